@@ -1,0 +1,44 @@
+"""Atomic file writes: a crash never leaves a truncated file, and nothing is overwritten."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from gdinv_modules.errors import OutputExistsError
+
+__all__ = ["atomic_path"]
+
+
+@contextmanager
+def atomic_path(path: Union[str, Path], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it into place with ``os.replace``.
+
+    The temporary file keeps the target's suffix (numpy and matplotlib choose the format by it).
+    If the body raises, the temporary file is removed and ``path`` is untouched.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputExistsError(f"{path} exists already and is not overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        if not overwrite and path.exists():
+            raise OutputExistsError(f"{path} appeared while it was being written; not overwritten")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,129 @@
+"""``MatrixDataModule``: serves the matrix M to invert, from a generator or a file."""
+
+from typing import Iterable, List, Literal, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from gdinv_modules.errors import InvalidOptionError
+from gdinv_modules.matrices import (
+    diagonal_matrix,
+    hilbert_matrix,
+    random_matrix,
+    random_orthogonal,
+    spd_matrix,
+)
+from gdinv_modules.matrix_io import load_matrix
+from gdinv_modules.validation import check_choice, check_finite, check_matrix, check_positive_int
+
+__all__ = ["MatrixDataModule", "make_matrix", "MatrixKind", "MATRIX_KINDS", "DTYPES", "step_ticks"]
+
+MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd"]
+MATRIX_KINDS: Tuple[str, ...] = ("random", "diagonal", "file", "hilbert", "orthogonal", "spd")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_BATCHES_PER_EPOCH = 10
+
+
+def step_ticks(batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH) -> Iterable[int]:
+    """The training loader of an inversion: one tick per ``training_step``, none of them data.
+
+    M stays on the module (moved to the device once); the loader only sets the epoch's length,
+    so epoch-end callbacks (``EarlyStopping``, ``ModelCheckpoint``) run every
+    ``batches_per_epoch`` batches.
+    """
+    return range(check_positive_int(batches_per_epoch, name="batches_per_epoch"))
+
+
+def make_matrix(
+    kind: MatrixKind = "random",
+    *,
+    n: int = 4,
+    seed: int = 314,
+    batch_shape: Sequence[int] = (),
+    values: Optional[Sequence[float]] = None,
+    path: Optional[str] = None,
+    condition: float = 100.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:  # shape: (*batch_shape, n, n)
+    """The matrix of a kind, as :class:`MatrixDataModule` describes them.
+
+    Example:
+        >>> make_matrix("hilbert", n=2, dtype=torch.float64)[1, 1].item()
+        0.3333333333333333
+    """
+    check_choice(kind, MATRIX_KINDS, name="kind")
+    if kind == "random":
+        return random_matrix(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    if kind == "diagonal":
+        return diagonal_matrix(values, n=n, dtype=dtype)
+    if kind == "file":
+        if path is None:
+            raise InvalidOptionError("kind='file' needs a path")
+        return load_matrix(path, dtype=dtype)
+    if kind == "hilbert":
+        return hilbert_matrix(n, dtype=dtype)
+    if kind == "orthogonal":
+        return random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    return spd_matrix(n, condition=condition, seed=seed, batch_shape=batch_shape, dtype=dtype)
+
+
+class MatrixDataModule(pl.LightningDataModule):
+    """The matrix M to invert, made once at construction so bad input fails before training.
+
+    Args:
+        kind: ``"random"`` (``torch.rand`` after seeding: the post's M1 for n = 4),
+            ``"diagonal"`` (``diag(values)``, default ``1..n``: the post's M2 for n = 4),
+            ``"file"`` (``.npy``, ``.pt`` or ``.csv`` at ``path``, never unpickled),
+            ``"hilbert"``, ``"orthogonal"`` (Haar-random) or ``"spd"`` (symmetric positive
+            definite with condition number ``condition``).
+        n: the order of the matrix (all kinds but ``"file"``, and ``"diagonal"`` with values).
+        seed: the seed of the random kinds.
+        batch_shape: leading dimensions, a batch of independent matrices (random kinds only).
+        values: the diagonal of ``"diagonal"``.
+        path: the file of ``"file"``.
+        condition: the condition number of ``"spd"``.
+        dtype: ``"float32"`` or ``"float64"``.
+        batches_per_epoch: training steps in an epoch (each takes ``LitInverse.steps_per_batch``
+            optimizer steps).
+
+    Example:
+        >>> MatrixDataModule("diagonal", n=3).matrix
+        tensor([[1., 0., 0.],
+                [0., 2., 0.],
+                [0., 0., 3.]])
+    """
+
+    def __init__(
+        self,
+        kind: MatrixKind = "random",
+        *,
+        n: int = 4,
+        seed: int = 314,
+        batch_shape: Sequence[int] = (),
+        values: Optional[List[float]] = None,
+        path: Optional[str] = None,
+        condition: float = 100.0,
+        dtype: Literal["float32", "float64"] = "float32",
+        batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_choice(kind, MATRIX_KINDS, name="kind")
+        check_choice(dtype, tuple(DTYPES), name="dtype")
+        check_positive_int(n, name="n")
+        check_positive_int(batches_per_epoch, name="batches_per_epoch")
+        if tuple(batch_shape) and kind not in ("random", "orthogonal", "spd"):
+            raise InvalidOptionError(f"batch_shape is for the random kinds, not kind={kind!r}")
+        if kind != "file" and path is not None:
+            raise InvalidOptionError(f"path is for kind='file', not kind={kind!r}")
+        if kind != "diagonal" and values is not None:
+            raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
+        self.batches_per_epoch = batches_per_epoch
+        self.matrix: Tensor = check_finite(check_matrix(make_matrix(
+            kind, n=n, seed=seed, batch_shape=batch_shape, values=values, path=path,
+            condition=condition, dtype=DTYPES[dtype],
+        )))
+
+    def train_dataloader(self) -> Iterable[int]:
+        return step_ticks(self.batches_per_epoch)

@@ -1,0 +1,43 @@
+"""The exceptions and warnings the library raises.
+
+Every error about bad input subclasses :class:`GDInvError`, itself a :class:`ValueError`, so
+``except ValueError`` keeps working and ``except GDInvError`` catches exactly ours.
+"""
+
+__all__ = [
+    "GDInvError",
+    "MatrixShapeError",
+    "MatrixDtypeError",
+    "NonFiniteMatrixError",
+    "MatrixFileError",
+    "InvalidOptionError",
+    "OutputExistsError",
+]
+
+
+class GDInvError(ValueError):
+    """Base class of the errors raised for bad input."""
+
+
+class MatrixShapeError(GDInvError):
+    """A matrix has the wrong shape: fewer than 2 dimensions, not square, or not matching."""
+
+
+class MatrixDtypeError(GDInvError):
+    """A matrix is not of a real floating dtype (integer, bool and complex are refused)."""
+
+
+class NonFiniteMatrixError(GDInvError):
+    """A matrix holds NaN or infinite entries."""
+
+
+class MatrixFileError(GDInvError):
+    """A matrix file is missing, unreadable, of an unknown format, or holds no plain array."""
+
+
+class InvalidOptionError(GDInvError):
+    """An option (learning rate, momentum, formulation, size, ...) has a value it cannot take."""
+
+
+class OutputExistsError(GDInvError):
+    """An output file exists already: a run never overwrites an earlier run's files."""

@@ -1,0 +1,42 @@
+"""Draw the post's figure from finished runs: ``python -m gdinv_modules.figure RUN RUN``.
+
+Each RUN is a log directory that :class:`~gdinv_modules.run_outputs.RunOutputs` wrote
+(it reads ``losses.csv``). With two runs and no ``--labels``, the post's legend is used.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from gdinv_modules.errors import GDInvError
+from gdinv_modules.plotting import POST_LABELS, POST_TITLE, plot_losses
+from gdinv_modules.run_outputs import read_losses_csv
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gdinv_modules.figure", description=__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="log directories of finished runs")
+    parser.add_argument("--output", "-o", type=Path, default=Path("figure.png"),
+                        help="the PNG to write (never overwritten; default figure.png)")
+    parser.add_argument("--labels", nargs="+", help="one legend entry per run")
+    parser.add_argument("--title", default=POST_TITLE, help="the figure's title")
+    args = parser.parse_args(argv)
+    labels = args.labels
+    if labels is None:
+        labels = list(POST_LABELS) if len(args.runs) == 2 else [str(run) for run in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
+    try:
+        curves = {label: read_losses_csv(run / "losses.csv") for label, run in zip(labels, args.runs)}
+        plot_losses(curves, args.output, title=args.title)
+    except GDInvError as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

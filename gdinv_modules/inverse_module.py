@@ -1,0 +1,197 @@
+"""``InverseModule``: the approximate inverse of a matrix as a trainable ``nn.Module``."""
+
+from typing import Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from gdinv_modules.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError
+from gdinv_modules.functional import (
+    FORMULATIONS,
+    Formulation,
+    identity_estimate,
+    identity_mse,
+    relative_residual,
+)
+from gdinv_modules import validation
+from gdinv_modules.validation import check_choice, check_matrix, check_positive_int
+
+__all__ = ["InverseModule", "Init", "INITS", "initial_approx"]
+
+Init = Literal["random", "zeros"]
+INITS: Tuple[str, ...] = ("random", "zeros")
+
+
+def initial_approx(
+    shape: Sequence[int],
+    *,
+    init: Init = "random",
+    seed: int = 314,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+) -> Tensor:  # shape: (..., n, n)
+    """The first guess ``X0``.
+
+    ``"random"`` is the post's guess: ``torch.rand(shape)`` drawn in float32 on the CPU right
+    after seeding with ``seed``, then cast, so ``X0`` is the same matrix for every dtype and
+    device (and, for the post's matrix drawn the same way, equals M itself). ``"zeros"`` starts
+    in M's row space, from where gradient descent reaches the Moore-Penrose pseudo-inverse.
+
+    Example:
+        >>> initial_approx((2, 2), init="zeros")
+        tensor([[0., 0.],
+                [0., 0.]])
+    """
+    check_choice(init, INITS, name="init")
+    if init == "zeros":
+        return torch.zeros(tuple(shape), dtype=dtype, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(tuple(shape), generator=generator).to(dtype=dtype, device=device)
+
+
+class InverseModule(nn.Module):
+    r"""An approximate inverse :math:`X` of :math:`M`, trained by gradient descent.
+
+    ``forward`` returns the estimate of the identity, :math:`XM` (``"left"``, the post's
+    formulation a), :math:`MX` (``"right"``, b) or :math:`(XM + MX)/2` (``"symmetric"``, c).
+    Train it towards the identity with any optimizer (``LitInverse`` does it under a Trainer),
+    or put it inside a model that produces :math:`M` and train the two together.
+
+    Args:
+        matrix: M, shape ``(..., n, n)``; leading dimensions are a batch of independent
+            matrices, each with its own inverse. Stored as the buffer ``matrix``; its floating
+            dtype and device are kept.
+        size: ``n``, to build the module without a matrix (M is then passed at call time).
+        batch_shape: the leading dimensions of the parameter when built from ``size``.
+        dtype: the parameter's dtype when built from ``size`` (default float32).
+        device: the parameter's device when built from ``size``.
+        formulation: ``"left"``, ``"right"`` or ``"symmetric"``.
+        init: ``"random"`` (the post's ``torch.rand`` after seeding) or ``"zeros"``.
+        seed: the seed of the random first guess.
+        check_finite: check call-time matrices for NaN and Inf (one host sync per call; turn
+            off in a hot loop once the inputs are trusted). A stored matrix is always checked.
+
+    Attributes:
+        approx: ``nn.Parameter`` of shape ``(..., n, n)``, the approximate inverse :math:`X`.
+        matrix: buffer of shape ``(..., n, n)``, or ``None`` when built from ``size``.
+
+    Example:
+        >>> m = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
+        >>> module = InverseModule(m, init="zeros")
+        >>> optimizer = torch.optim.SGD(module.parameters(), lr=0.2, momentum=0.1)
+        >>> for _ in range(100):
+        ...     optimizer.zero_grad()
+        ...     module.loss().sum().backward()
+        ...     optimizer.step()
+        >>> torch.allclose(module.inverse, torch.linalg.inv(m), atol=1e-5)
+        True
+    """
+
+    matrix: Optional[Tensor]
+
+    def __init__(
+        self,
+        matrix: Optional[Tensor] = None,
+        *,
+        size: Optional[int] = None,
+        batch_shape: Sequence[int] = (),
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device] = None,
+        formulation: Formulation = "left",
+        init: Init = "random",
+        seed: int = 314,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.formulation: Formulation = check_choice(formulation, FORMULATIONS, name="formulation")
+        check_choice(init, INITS, name="init")
+        self.check_finite = check_finite
+        if matrix is not None:
+            if size is not None or tuple(batch_shape) or dtype is not None or device is not None:
+                raise InvalidOptionError(
+                    "give either matrix, or size with batch_shape, dtype and device, not both"
+                )
+            validation.check_finite(check_matrix(matrix))
+            shape, dtype, device = tuple(matrix.shape), matrix.dtype, matrix.device
+            self.register_buffer("matrix", matrix.detach().clone())
+        else:
+            if size is None:
+                raise InvalidOptionError("give the matrix, or its size n to pass M at call time")
+            check_positive_int(size, name="size")
+            for dim in batch_shape:
+                check_positive_int(dim, name="batch_shape entries")
+            dtype = torch.float32 if dtype is None else dtype
+            if not dtype.is_floating_point:
+                raise MatrixDtypeError(f"dtype must be a real floating dtype, got {dtype}")
+            shape = (*batch_shape, size, size)
+            self.register_buffer("matrix", None)
+        self.approx = nn.Parameter(
+            initial_approx(shape, init=init, seed=seed, dtype=dtype, device=device)
+        )
+
+    @property
+    def size(self) -> int:
+        """``n``, the order of the matrices."""
+        return self.approx.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The leading (batch) dimensions of the parameter."""
+        return self.approx.shape[:-2]
+
+    @property
+    def inverse(self) -> Tensor:  # shape: (..., n, n)
+        """The current approximate inverse, detached from the graph."""
+        return self.approx.detach()
+
+    def resolve_matrix(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
+        """The matrix to use: the one passed (checked against the parameter), else the buffer."""
+        if matrix is None:
+            if self.matrix is None:
+                raise InvalidOptionError(
+                    "this InverseModule was built from a size: pass the matrix at call time"
+                )
+            return self.matrix
+        check_matrix(matrix)
+        if matrix.shape[-1] != self.size:
+            raise MatrixShapeError(
+                f"matrix of shape {tuple(matrix.shape)} does not fit the approximate inverse of "
+                f"shape {tuple(self.approx.shape)}: the last two dimensions must be "
+                f"({self.size}, {self.size})"
+            )
+        try:
+            torch.broadcast_shapes(matrix.shape[:-2], self.batch_shape)
+        except RuntimeError:
+            raise MatrixShapeError(
+                f"matrix of shape {tuple(matrix.shape)} does not fit the approximate inverse of "
+                f"shape {tuple(self.approx.shape)}: the batch dimensions "
+                f"{tuple(matrix.shape[:-2])} and {tuple(self.batch_shape)} do not broadcast"
+            ) from None
+        if matrix.dtype != self.approx.dtype:
+            raise MatrixDtypeError(
+                f"matrix has dtype {matrix.dtype} but the approximate inverse has "
+                f"{self.approx.dtype}: convert one of them"
+            )
+        if self.check_finite:
+            validation.check_finite(matrix)
+        return matrix
+
+    def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
+        """The estimate of the identity; gradients flow into ``approx`` and a passed ``matrix``."""
+        return identity_estimate(self.approx, self.resolve_matrix(matrix), self.formulation)
+
+    def loss(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (...)
+        """The mean squared error to the identity, one value per matrix (differentiable)."""
+        return identity_mse(self(matrix), reduction="none")
+
+    @torch.no_grad()
+    def residual(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (...)
+        r"""The relative residual :math:`\lVert E - I \rVert_F / \sqrt{n}`, one per matrix."""
+        return relative_residual(self(matrix))
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, batch_shape={tuple(self.batch_shape)}, "
+            f"formulation={self.formulation!r}, dtype={self.approx.dtype}"
+        )
+

@@ -1,0 +1,118 @@
+"""Matrices to invert: the post's two, and classic test matrices for experiments.
+
+Each function returns a float tensor of shape ``(..., n, n)``; random ones are drawn from a
+generator seeded with ``seed``, never from the global random state.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.errors import InvalidOptionError
+from gdinv_modules.validation import check_positive_int
+
+__all__ = [
+    "random_matrix",
+    "diagonal_matrix",
+    "hilbert_matrix",
+    "random_orthogonal",
+    "spd_matrix",
+]
+
+
+def _check_batch_shape(batch_shape: Sequence[int]) -> tuple:
+    for dim in batch_shape:
+        check_positive_int(dim, name="batch_shape entries")
+    return tuple(batch_shape)
+
+
+def random_matrix(
+    n: int, *, seed: int = 314, batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.float32
+) -> Tensor:  # shape: (*batch_shape, n, n)
+    """``torch.rand`` right after seeding, drawn in float32 then cast: the post's M1 for n = 4.
+
+    Example:
+        >>> random_matrix(4)[0]
+        tensor([0.7196, 0.6295, 0.6667, 0.3385])
+    """
+    check_positive_int(n, name="n")
+    generator = torch.Generator().manual_seed(seed)
+    shape = (*_check_batch_shape(batch_shape), n, n)
+    return torch.rand(shape, generator=generator).to(dtype)
+
+
+def diagonal_matrix(
+    values: Optional[Sequence[float]] = None, *, n: int = 4, dtype: torch.dtype = torch.float32
+) -> Tensor:  # shape: (n, n)
+    """``diag(values)``, by default ``diag(1, ..., n)``: the post's M2 for n = 4.
+
+    Example:
+        >>> diagonal_matrix(n=2)
+        tensor([[1., 0.],
+                [0., 2.]])
+    """
+    if values is None:
+        check_positive_int(n, name="n")
+        values = range(1, n + 1)
+    values = [float(v) for v in values]
+    if not values:
+        raise InvalidOptionError("values of a diagonal matrix must not be empty")
+    return torch.diag(torch.tensor(values, dtype=dtype))
+
+
+def hilbert_matrix(n: int, *, dtype: torch.dtype = torch.float64) -> Tensor:  # shape: (n, n)
+    """The Hilbert matrix ``1 / (i + j + 1)``: symmetric positive definite, very ill-conditioned.
+
+    Example:
+        >>> hilbert_matrix(2)
+        tensor([[1.0000, 0.5000],
+                [0.5000, 0.3333]], dtype=torch.float64)
+    """
+    check_positive_int(n, name="n")
+    index = torch.arange(n, dtype=torch.float64)
+    return (1.0 / (index[:, None] + index[None, :] + 1.0)).to(dtype)
+
+
+def random_orthogonal(
+    n: int, *, seed: int = 314, batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.float32
+) -> Tensor:  # shape: (*batch_shape, n, n)
+    """A Haar-random orthogonal matrix (QR of a Gaussian matrix, signs fixed): its inverse is M^T.
+
+    Example:
+        >>> q = random_orthogonal(3, dtype=torch.float64)
+        >>> torch.allclose(q @ q.mT, torch.eye(3, dtype=torch.float64))
+        True
+    """
+    check_positive_int(n, name="n")
+    generator = torch.Generator().manual_seed(seed)
+    shape = (*_check_batch_shape(batch_shape), n, n)
+    gaussian = torch.randn(shape, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    return (q * signs[..., None, :]).to(dtype)
+
+
+def spd_matrix(
+    n: int,
+    *,
+    condition: float = 100.0,
+    seed: int = 314,
+    batch_shape: Sequence[int] = (),
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:  # shape: (*batch_shape, n, n)
+    """A symmetric positive definite matrix ``Q diag(s) Q^T`` with eigenvalues spread
+    geometrically from 1 to ``condition``: its condition number is ``condition`` exactly.
+
+    Example:
+        >>> s = torch.linalg.svdvals(spd_matrix(5, condition=10.0, dtype=torch.float64))
+        >>> round(float(s[0] / s[-1]), 6)
+        10.0
+    """
+    if not condition >= 1.0 or condition == float("inf"):
+        raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
+    q = random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=torch.float64)
+    eigenvalues = torch.logspace(0.0, torch.log10(torch.tensor(condition)).item(), n,
+                                 dtype=torch.float64)
+    spd = (q * eigenvalues) @ q.mT
+    return ((spd + spd.mT) / 2).to(dtype)

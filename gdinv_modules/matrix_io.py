@@ -1,0 +1,170 @@
+"""Reading matrices from files and writing them back, safely.
+
+``load_matrix`` reads ``.npy``, ``.pt`` and ``.csv`` files and never unpickles: numpy with
+``allow_pickle=False``, torch with ``weights_only=True``. A ``.npy`` header is read first, so a
+file announcing more than ``max_bytes`` is refused before its data is read.
+"""
+
+import csv
+import math
+import pickle
+import zipfile
+from pathlib import Path
+from typing import List, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gdinv_modules.atomic import atomic_path
+from gdinv_modules.errors import MatrixFileError
+
+__all__ = ["load_matrix", "save_matrix", "MATRIX_SUFFIXES", "DEFAULT_MAX_BYTES"]
+
+MATRIX_SUFFIXES = (".npy", ".pt", ".csv")
+DEFAULT_MAX_BYTES = 1 << 31  # 2 GiB
+
+
+def load_matrix(
+    path: Union[str, Path], *, dtype: torch.dtype = torch.float32, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Tensor:
+    """Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
+
+    Integer data is converted to ``dtype``; complex, boolean and object data are refused.
+    Every failure raises :class:`~gdinv_modules.errors.MatrixFileError` naming the file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
+        >>> _ = path.write_text("1,2\\n3,4\\n")
+        >>> load_matrix(path)
+        tensor([[1., 2.],
+                [3., 4.]])
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MATRIX_SUFFIXES:
+        raise MatrixFileError(
+            f"{path}: unknown matrix file format {suffix!r}; use one of {list(MATRIX_SUFFIXES)}"
+        )
+    if not path.exists():
+        raise MatrixFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise MatrixFileError(f"{path}: the file is empty")
+    if size > max_bytes:
+        raise MatrixFileError(f"{path}: {size} bytes on disk, more than max_bytes={max_bytes}")
+    try:
+        if suffix == ".npy":
+            array = _read_npy(path, max_bytes)
+        elif suffix == ".pt":
+            array = _read_pt(path)
+        else:
+            array = _read_csv(path)
+    except MatrixFileError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as error:
+        raise MatrixFileError(f"{path}: cannot read a matrix: {error}") from error
+    return _to_float_tensor(array, path, dtype)
+
+
+def save_matrix(matrix: Tensor, path: Union[str, Path], *, overwrite: bool = False) -> Path:
+    """Write ``matrix`` atomically as ``.npy`` or ``.pt`` (by the suffix of ``path``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "eye.npy"
+        >>> load_matrix(save_matrix(torch.eye(2), path))
+        tensor([[1., 0.],
+                [0., 1.]])
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".pt"):
+        raise MatrixFileError(f"{path}: save_matrix writes .npy or .pt, not {suffix!r}")
+    data = matrix.detach().cpu()
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if suffix == ".npy":
+            np.save(tmp, data.numpy(), allow_pickle=False)
+        else:
+            torch.save(data.clone(), tmp)
+    return path
+
+
+def _read_npy(path: Path, max_bytes: int) -> np.ndarray:
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+        except ValueError as error:
+            raise MatrixFileError(f"{path}: not a valid .npy file: {error}") from error
+        header_end = handle.tell()
+    if dtype.hasobject:
+        raise MatrixFileError(f"{path}: holds Python objects (dtype {dtype}); refused, never unpickled")
+    announced = math.prod(shape) * dtype.itemsize
+    if announced > max_bytes:
+        raise MatrixFileError(
+            f"{path}: its header announces {announced} bytes of data (shape {shape}, {dtype}), "
+            f"more than max_bytes={max_bytes}; refused before reading"
+        )
+    if path.stat().st_size - header_end < announced:
+        raise MatrixFileError(
+            f"{path}: truncated: the header announces {announced} bytes of data, the file holds "
+            f"{path.stat().st_size - header_end}"
+        )
+    return np.load(path, allow_pickle=False)
+
+
+def _read_pt(path: Path) -> Union[Tensor, np.ndarray]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise MatrixFileError(
+            f"{path}: holds something other than plain tensors; refused, never unpickled "
+            f"({str(error).splitlines()[0]})"
+        ) from error
+    if not isinstance(data, Tensor):
+        raise MatrixFileError(f"{path}: holds a {type(data).__name__}, not a tensor")
+    return data
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    rows: List[List[float]] = []
+    with open(path, newline="") as handle:
+        for line_number, row in enumerate(csv.reader(handle), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            try:
+                values = [float(cell) for cell in row]
+            except ValueError:
+                bad = next(c for c in row if not _is_number(c))
+                raise MatrixFileError(f"{path}, line {line_number}: {bad!r} is not a number") from None
+            if rows and len(values) != len(rows[0]):
+                raise MatrixFileError(
+                    f"{path}, line {line_number}: {len(values)} values, but the rows above have "
+                    f"{len(rows[0])}"
+                )
+            rows.append(values)
+    if not rows:
+        raise MatrixFileError(f"{path}: holds no numbers")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _to_float_tensor(array: Union[Tensor, np.ndarray], path: Path, dtype: torch.dtype) -> Tensor:
+    tensor = array if isinstance(array, Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise MatrixFileError(f"{path}: holds {tensor.dtype} data; a real matrix is needed")
+    return tensor.to(dtype)

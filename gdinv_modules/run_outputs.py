@@ -1,0 +1,143 @@
+"""``RunOutputs``: what a finished run leaves in its log directory, and how to read it back."""
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
+
+from gdinv_modules.atomic import atomic_path
+from gdinv_modules.errors import MatrixFileError, OutputExistsError
+from gdinv_modules.functional import identity_mse, relative_residual
+from gdinv_modules.matrix_io import save_matrix
+from gdinv_modules.plotting import plot_losses
+
+__all__ = ["RunOutputs", "OUTPUT_FILES", "read_losses_csv", "write_losses_csv"]
+
+OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
+
+
+def write_losses_csv(losses: Tensor, path: Union[str, Path]) -> Path:  # losses: (steps, ...)
+    """Write ``step,loss`` rows (the loss averaged over the batch) atomically.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "losses.csv"
+        >>> read_losses_csv(write_losses_csv(torch.tensor([0.5, 0.25]), path))
+        tensor([0.5000, 0.2500], dtype=torch.float64)
+    """
+    mean = losses.detach().double().reshape(len(losses), -1).mean(dim=1).cpu()
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["step", "loss"])
+            writer.writerows((step, repr(value)) for step, value in enumerate(mean.tolist()))
+    return Path(path)
+
+
+def read_losses_csv(path: Union[str, Path]) -> Tensor:  # shape: (steps,)
+    """Read the ``loss`` column of a ``losses.csv`` written by :func:`write_losses_csv`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: no such file; is this the log directory of a finished run?")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        return torch.tensor([float(row["loss"]) for row in rows], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError) as error:
+        raise MatrixFileError(f"{path}: not a losses.csv of a run ({error})") from error
+
+
+class RunOutputs(pl.Callback):
+    """Write a finished run's results into the Trainer's log directory and print a summary.
+
+    Files: ``inverse.pt`` and ``inverse.npy`` (the trained X), ``losses.csv`` (the loss of
+    every optimizer step), ``loss_curve.png`` (log-scale y) and ``summary.json``. They are
+    written atomically, and a directory holding an earlier run's outputs is refused at fit start,
+    before any training.
+
+    Args:
+        plot: draw ``loss_curve.png``.
+        output_dir: where to write; default the Trainer's ``log_dir``.
+    """
+
+    def __init__(self, *, plot: bool = True, output_dir: Optional[str] = None) -> None:
+        self.plot = plot
+        self.output_dir = output_dir
+        self._start: Optional[float] = None
+        self.summary: Dict[str, Any] = {}
+
+    def directory(self, trainer: pl.Trainer) -> Path:
+        """The directory the outputs go to."""
+        return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            existing = [name for name in OUTPUT_FILES if (self.directory(trainer) / name).exists()]
+            if existing:
+                raise OutputExistsError(
+                    f"{self.directory(trainer)} holds an earlier run's outputs ({', '.join(existing)})"
+                    "; choose another directory or logger version"
+                )
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        wall_time = time.perf_counter() - (self._start or time.perf_counter())
+        self.summary = run_summary(pl_module, trainer.global_step, wall_time)
+        directory = self.directory(trainer)
+        inverse = pl_module.inverse
+        save_matrix(inverse, directory / "inverse.pt")
+        save_matrix(inverse, directory / "inverse.npy")
+        write_losses_csv(pl_module.losses, directory / "losses.csv")
+        if self.plot:
+            plot_losses({"loss": pl_module.losses.reshape(len(pl_module.losses), -1).mean(dim=1)},
+                        directory / "loss_curve.png", title="Loss to the identity per step")
+        with atomic_path(directory / "summary.json") as tmp:
+            tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
+        rank_zero_info(format_summary(self.summary, directory))
+
+
+def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> Dict[str, Any]:
+    """The numbers that tell how a run went (host syncs here, once, at the end)."""
+    module = pl_module.inverse_module
+    with torch.no_grad():
+        estimate = module(module.matrix)
+        try:
+            exact = torch.linalg.inv(module.matrix.double())
+            max_error: Optional[float] = float((module.inverse.double() - exact).abs().max())
+        except torch.linalg.LinAlgError:
+            max_error = None
+        return {
+            "steps": steps,
+            "final_loss": float(identity_mse(estimate)),
+            "residual": float(relative_residual(estimate).max()),
+            "max_abs_error_vs_inv": max_error,
+            "wall_time_s": wall_time,
+            "n": module.size,
+            "batch_shape": list(module.batch_shape),
+            "dtype": str(module.approx.dtype).replace("torch.", ""),
+            "hyperparameters": {
+                key: value for key, value in pl_module.hparams.items() if not key.startswith("_")
+            },
+        }
+
+
+def format_summary(summary: Dict[str, Any], directory: Path) -> str:
+    """The summary as a few printed lines."""
+    max_error = summary["max_abs_error_vs_inv"]
+    return "\n".join([
+        f"Inverse of a {summary['n']} x {summary['n']} matrix ({summary['dtype']}, "
+        f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
+        f"in {summary['wall_time_s']:.2f} s",
+        f"  final loss             {summary['final_loss']:.4e}",
+        f"  residual ||XM-I||/√n   {summary['residual']:.4e}",
+        "  max |X - inv(M)|       " + ("singular M" if max_error is None else f"{max_error:.4e}"),
+        f"  outputs in             {directory}",
+    ])

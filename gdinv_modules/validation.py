@@ -1,0 +1,94 @@
+"""Checks on user input, raising the named errors of :mod:`gdinv_modules.errors`."""
+
+from typing import Sequence, TypeVar
+
+import math
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.errors import (
+    InvalidOptionError,
+    MatrixDtypeError,
+    MatrixShapeError,
+    NonFiniteMatrixError,
+)
+
+__all__ = [
+    "check_matrix",
+    "check_finite",
+    "check_choice",
+    "check_positive_int",
+    "check_positive_float",
+    "check_momentum",
+]
+
+T = TypeVar("T")
+
+
+def check_matrix(matrix: object, *, name: str = "matrix") -> Tensor:
+    """Check that ``matrix`` is a real floating tensor of shape ``(..., n, n)`` with ``n >= 1``.
+
+    No host synchronisation: finiteness is checked separately by :func:`check_finite`.
+
+    Example:
+        >>> check_matrix(torch.eye(3)).shape
+        torch.Size([3, 3])
+    """
+    if not isinstance(matrix, Tensor):
+        raise MatrixDtypeError(f"{name} must be a torch.Tensor, got {type(matrix).__name__}")
+    if not matrix.is_floating_point():
+        raise MatrixDtypeError(
+            f"{name} must have a real floating dtype (float32 or float64), got {matrix.dtype}"
+        )
+    if matrix.ndim < 2:
+        raise MatrixShapeError(
+            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(matrix.shape)}"
+        )
+    rows, cols = matrix.shape[-2:]
+    if rows != cols:
+        raise MatrixShapeError(f"{name} must be square (..., n, n), got shape {tuple(matrix.shape)}")
+    if matrix.numel() == 0:
+        raise MatrixShapeError(f"{name} must not be empty, got shape {tuple(matrix.shape)}")
+    return matrix
+
+
+def check_finite(matrix: Tensor, *, name: str = "matrix") -> Tensor:
+    """Raise :class:`NonFiniteMatrixError` if ``matrix`` holds NaN or Inf (one host sync)."""
+    finite = torch.isfinite(matrix)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise NonFiniteMatrixError(
+            f"{name} holds NaN or infinite entries, the first at index {tuple(bad)}"
+        )
+    return matrix
+
+
+def check_choice(value: T, choices: Sequence[T], *, name: str) -> T:
+    """Raise :class:`InvalidOptionError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise InvalidOptionError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value: object, *, name: str) -> int:
+    """Raise :class:`InvalidOptionError` unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_positive_float(value: object, *, name: str) -> float:
+    """Raise :class:`InvalidOptionError` unless ``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise InvalidOptionError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_momentum(value: object, *, name: str = "momentum") -> float:
+    """Raise :class:`InvalidOptionError` unless ``0 <= value < 1`` (heavy ball is stable only there)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise InvalidOptionError(f"{name} must be a number with 0 <= {name} < 1, got {value!r}")
+    return float(value)
