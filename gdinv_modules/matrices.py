@@ -4,6 +4,7 @@ Each function returns a float tensor of shape ``(..., n, n)``; random ones are d
 generator seeded with ``seed``, never from the global random state.
 """
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -112,7 +113,6 @@ def spd_matrix(
     if not condition >= 1.0 or condition == float("inf"):
         raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
     q = random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=torch.float64)
-    eigenvalues = torch.logspace(0.0, torch.log10(torch.tensor(condition)).item(), n,
-                                 dtype=torch.float64)
+    eigenvalues = torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
     spd = (q * eigenvalues) @ q.mT
     return ((spd + spd.mT) / 2).to(dtype)

@@ -8,7 +8,6 @@ from typing import Any, Dict, Optional, Union
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from gdinv_modules.atomic import atomic_path
@@ -101,7 +100,7 @@ class RunOutputs(pl.Callback):
                         directory / "loss_curve.png", title="Loss to the identity per step")
         with atomic_path(directory / "summary.json") as tmp:
             tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
-        rank_zero_info(format_summary(self.summary, directory))
+        print(format_summary(self.summary, directory))
 
 
 def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> Dict[str, Any]:

@@ -1,0 +1,51 @@
+"""Shared fixtures: the post's matrices and a quiet Trainer."""
+
+import logging
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from gdinv_modules.matrices import diagonal_matrix, random_matrix
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|litlogger).*")
+        yield
+
+
+@pytest.fixture
+def m1() -> torch.Tensor:
+    """The post's random matrix: torch.rand(4, 4) right after torch.manual_seed(314)."""
+    return random_matrix(4)
+
+
+@pytest.fixture
+def m2() -> torch.Tensor:
+    """The post's diagonal matrix diag(1, 2, 3, 4)."""
+    return diagonal_matrix([1.0, 2.0, 3.0, 4.0])
+
+
+def quiet_trainer(**options) -> pl.Trainer:
+    """A Trainer that writes nothing and prints little, unless options say otherwise."""
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    defaults.update(options)
+    return pl.Trainer(**defaults)
+
+
+def first_below(losses: torch.Tensor, threshold: float) -> int:
+    """The first step whose loss is below ``threshold``."""
+    below = (losses < threshold).nonzero()
+    assert len(below), f"the loss never fell below {threshold}"
+    return int(below[0])

@@ -1,0 +1,128 @@
+"""train.py: the seed configs reproduce the post, outputs are written, bad configs are refused."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import first_below
+from gdinv_modules.cli import main
+from gdinv_modules.figure import main as figure_main
+from gdinv_modules.matrices import diagonal_matrix, random_matrix
+from gdinv_modules.matrix_io import load_matrix
+from gdinv_modules.run_outputs import OUTPUT_FILES, read_losses_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fit(config: str, save_dir: Path, *extra: str) -> Path:
+    main(["fit", "--config", str(ROOT / "configs" / config),
+          "--trainer.logger.init_args.save_dir", str(save_dir), *extra])
+    runs = sorted(save_dir.glob("*/version_*"))
+    return runs[-1]
+
+
+@pytest.mark.parametrize(
+    "config, matrix, below_1e12",
+    [("seed_random.yaml", random_matrix(4), 785), ("seed_diagonal.yaml", diagonal_matrix(), 253)],
+)
+def test_seed_configs_reproduce_the_post_and_write_the_outputs(
+    tmp_path, capsys, config, matrix, below_1e12
+):
+    run = fit(config, tmp_path)
+    for name in OUTPUT_FILES:
+        assert (run / name).is_file(), name
+    losses = read_losses_csv(run / "losses.csv")
+    assert len(losses) == 10_000
+    assert abs(first_below(losses, 1e-12) - below_1e12) <= 2
+    inverse = load_matrix(run / "inverse.npy")
+    assert torch.equal(inverse, load_matrix(run / "inverse.pt"))
+    torch.testing.assert_close(inverse @ matrix, torch.eye(4), atol=1e-4, rtol=0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 10_000 and summary["residual"] < 1e-5
+    assert summary["max_abs_error_vs_inv"] < 1e-3
+    printed = capsys.readouterr().out
+    assert "after 10000 steps" in printed and "max |X - inv(M)|" in printed
+
+
+def test_a_second_run_gets_its_own_directory(tmp_path):
+    first = fit("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "100")
+    second = fit("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "100")
+    assert first != second
+    assert (first / "inverse.pt").is_file() and (second / "inverse.pt").is_file()
+
+
+def test_the_posts_figure_from_two_runs(tmp_path, capsys):
+    random_run = fit("seed_random.yaml", tmp_path / "a", "--trainer.max_steps", "300")
+    diagonal_run = fit("seed_diagonal.yaml", tmp_path / "b", "--trainer.max_steps", "300")
+    output = tmp_path / "figure.png"
+    figure_main([str(random_run), str(diagonal_run), "--output", str(output)])
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        figure_main([str(random_run), str(diagonal_run), "--output", str(output)])
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(ROOT / "configs" / "seed_random.yaml"), "--print_config"])
+    assert exited.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "max_steps: 10000" in printed and "kind: random" in printed and "lr: 0.9" in printed
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--model.learning_rate", "0.5"], "learning_rate"),
+        (["--model.lr", "fast"], "lr"),
+        (["--data.kind", "triangular"], "kind"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_exit_with_the_parsers_message(tmp_path, capsys, extra, words):
+    with pytest.raises(SystemExit) as exited:
+        fit("seed_random.yaml", tmp_path, *extra)
+    assert exited.value.code not in (0, None)
+    assert words in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  learnin_rate: 0.5\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(config)])
+    assert exited.value.code not in (0, None)
+    assert "learnin_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--model.lr", "-0.5"], "lr must be a finite number > 0"),
+        (["--model.momentum", "1.5"], "momentum"),
+        (["--data.n", "0"], "n must be an integer >= 1"),
+        (["--data.kind", "file", "--data.path", "missing.npy"], "no such file"),
+    ],
+)
+def test_bad_values_are_refused_before_training_with_one_line(tmp_path, capsys, extra, words):
+    with pytest.raises(SystemExit) as exited:
+        fit("seed_random.yaml", tmp_path, *extra)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*/version_*/inverse.pt"))
+
+
+def test_train_py_runs_as_a_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config",
+         str(ROOT / "configs" / "seed_diagonal.yaml"), "--trainer.max_steps", "200",
+         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar",
+         "false"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "after 200 steps" in result.stdout

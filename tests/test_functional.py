@@ -1,0 +1,62 @@
+"""The pure math: estimates, losses, residuals and the closed-form gradient."""
+
+import math
+
+import pytest
+import torch
+
+from gdinv_modules.functional import (
+    FORMULATIONS,
+    identity_estimate,
+    identity_mse,
+    identity_sse,
+    loss_and_gradient,
+    relative_residual,
+)
+from gdinv_modules.matrices import random_matrix, spd_matrix
+
+
+def test_estimates_are_the_posts_three_formulations():
+    x, m = random_matrix(3, seed=1), random_matrix(3, seed=2)
+    assert torch.equal(identity_estimate(x, m, "left"), x @ m)
+    assert torch.equal(identity_estimate(x, m, "right"), m @ x)
+    torch.testing.assert_close(identity_estimate(x, m, "symmetric"), (x @ m + m @ x) / 2)
+
+
+def test_identity_mse_matches_the_posts_mse():
+    estimate = random_matrix(4, batch_shape=(3,), dtype=torch.float64)
+    eye = torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(identity_mse(estimate), ((estimate - eye) ** 2).mean())
+    per_matrix = identity_mse(estimate, reduction="none")
+    assert per_matrix.shape == (3,)
+    torch.testing.assert_close(per_matrix, ((estimate - eye) ** 2).mean(dim=(-2, -1)))
+    sse, count = identity_sse(estimate)
+    assert count == 48
+    torch.testing.assert_close(sse, ((estimate - eye) ** 2).sum())
+
+
+def test_relative_residual_is_frobenius_over_sqrt_n():
+    estimate = random_matrix(5, batch_shape=(2,), dtype=torch.float64)
+    expected = torch.linalg.matrix_norm(estimate - torch.eye(5, dtype=torch.float64)) / math.sqrt(5)
+    torch.testing.assert_close(relative_residual(estimate), expected)
+    assert relative_residual(torch.eye(5)).item() == 0.0
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("batch_shape", [(), (3,), (2, 2)])
+def test_closed_form_gradient_equals_autograd(formulation, batch_shape):
+    m = random_matrix(5, seed=3, batch_shape=batch_shape, dtype=torch.float64)
+    x = random_matrix(5, seed=4, batch_shape=batch_shape, dtype=torch.float64).requires_grad_()
+    identity_mse(identity_estimate(x, m, formulation), reduction="none").sum().backward()
+    loss, gradient = loss_and_gradient(x.detach(), m, formulation)
+    assert loss.shape == batch_shape
+    torch.testing.assert_close(gradient, x.grad, rtol=1e-12, atol=1e-14)
+    expected = identity_mse(identity_estimate(x.detach(), m, formulation), reduction="none")
+    torch.testing.assert_close(loss, expected)
+
+
+def test_gradient_vanishes_at_the_inverse():
+    m = spd_matrix(4, condition=10.0, dtype=torch.float64)
+    for formulation in FORMULATIONS:
+        _, gradient = loss_and_gradient(torch.linalg.inv(m), m, formulation)
+        assert gradient.abs().max() < 100 * torch.finfo(torch.float64).eps

@@ -1,0 +1,163 @@
+"""InverseModule: construction, formulations, composition, and clear errors for bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+from gdinv_modules import (
+    GDInvError,
+    InvalidOptionError,
+    InverseModule,
+    MatrixDtypeError,
+    MatrixShapeError,
+    NonFiniteMatrixError,
+)
+from gdinv_modules.matrices import random_matrix, spd_matrix
+
+
+def test_random_init_reproduces_the_posts_first_guess(m1):
+    module = InverseModule(m1)
+    torch.manual_seed(314)
+    assert torch.equal(module.approx.detach(), torch.rand(4, 4))
+    # The post draws M1 the same way, so its first guess is M1 itself.
+    assert torch.equal(module.inverse, m1)
+
+
+def test_parameter_and_buffer_keep_shape_dtype_and_device():
+    m = random_matrix(3, batch_shape=(2, 5), dtype=torch.float64)
+    module = InverseModule(m, init="zeros")
+    assert isinstance(module.approx, nn.Parameter)
+    assert module.approx.shape == m.shape == module.matrix.shape
+    assert module.approx.dtype == torch.float64 == module.matrix.dtype
+    assert module.approx.device == m.device
+    assert module.size == 3 and module.batch_shape == (2, 5)
+    assert dict(module.named_buffers()).keys() == {"matrix"}
+    assert torch.count_nonzero(module.inverse) == 0
+
+
+def test_float64_first_guess_is_the_float32_draw_cast():
+    m = random_matrix(4, dtype=torch.float64)
+    assert torch.equal(InverseModule(m).inverse, InverseModule(m.float()).inverse.double())
+
+
+def test_forward_gives_each_formulation(m1):
+    module = InverseModule(m1)
+    x = module.inverse
+    assert torch.equal(module(), x @ m1)
+    assert torch.equal(InverseModule(m1, formulation="right")(), m1 @ x)
+    torch.testing.assert_close(InverseModule(m1, formulation="symmetric")(), (x @ m1 + m1 @ x) / 2)
+
+
+def test_residual_and_loss_are_per_matrix():
+    m = random_matrix(4, batch_shape=(3,))
+    module = InverseModule(m)
+    assert module.residual().shape == (3,)
+    assert module.loss().shape == (3,)
+    exact = InverseModule(m)
+    with torch.no_grad():
+        exact.approx.copy_(torch.linalg.inv(m.double()).float())
+    assert exact.residual().max() < 100 * torch.finfo(torch.float32).eps
+
+
+def test_built_from_size_takes_the_matrix_at_call_time():
+    module = InverseModule(size=4, batch_shape=(2,), dtype=torch.float64, init="zeros")
+    assert module.matrix is None
+    assert module.approx.shape == (2, 4, 4) and module.approx.dtype == torch.float64
+    m = random_matrix(4, batch_shape=(2,), dtype=torch.float64)
+    assert torch.equal(module(m), module.inverse @ m)
+    with pytest.raises(InvalidOptionError, match="pass the matrix"):
+        module()
+
+
+def test_call_time_matrix_broadcasts_over_the_batch():
+    """One shared X (a learned preconditioner) applied to a batch of matrices."""
+    module = InverseModule(size=3, init="random")
+    batch = random_matrix(3, batch_shape=(5,))
+    assert module(batch).shape == (5, 3, 3)
+
+
+def test_composition_trains_end_to_end_and_gradients_reach_both():
+    """A network produces M from its own parameters; X and the network train together."""
+
+    class MatrixNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(spd_matrix(3, condition=2.0, dtype=torch.float64))
+
+        def forward(self) -> torch.Tensor:
+            return self.weight + 0.5 * torch.eye(3, dtype=torch.float64)
+
+    net = MatrixNet()
+    inverse = InverseModule(size=3, dtype=torch.float64, init="random")
+    optimizer = torch.optim.SGD([*net.parameters(), *inverse.parameters()], lr=0.5, momentum=0.5)
+    first = inverse.loss(net()).item()
+    for step in range(300):
+        optimizer.zero_grad()
+        loss = inverse.loss(net()).sum()
+        loss.backward()
+        if step == 0:
+            assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+            assert inverse.approx.grad is not None and inverse.approx.grad.abs().sum() > 0
+        optimizer.step()
+    m = net().detach()
+    assert inverse.loss(m).item() < 1e-12 < first
+    torch.testing.assert_close(inverse.inverse, torch.linalg.inv(m), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        (torch.rand(3, 4), MatrixShapeError, "square"),
+        (torch.rand(4), MatrixShapeError, "at least 2 dimensions"),
+        (torch.rand(0, 0), MatrixShapeError, "empty"),
+        (torch.ones(3, 3, dtype=torch.int64), MatrixDtypeError, "floating"),
+        (torch.ones(3, 3, dtype=torch.complex64), MatrixDtypeError, "floating"),
+        (torch.ones(3, 3, dtype=torch.bool), MatrixDtypeError, "floating"),
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), NonFiniteMatrixError, r"\(0, 1\)"),
+        (torch.tensor([[1.0, 0.0], [float("inf"), 1.0]]), NonFiniteMatrixError, "NaN or infinite"),
+        ([[1.0, 0.0], [0.0, 1.0]], MatrixDtypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_matrices_get_a_clear_error(bad, error, words):
+    with pytest.raises(error, match=words) as raised:
+        InverseModule(bad)
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, GDInvError)
+
+
+@pytest.mark.parametrize(
+    "call_time, words",
+    [
+        (torch.rand(5, 5), r"last two dimensions must be \(4, 4\)"),
+        (torch.rand(3, 4, 4), "do not broadcast"),
+        (torch.rand(2, 4, 4, dtype=torch.float64), "dtype"),
+        (torch.full((2, 4, 4), float("nan")), "NaN"),
+        (torch.rand(2, 4, 3), "square"),
+    ],
+)
+def test_call_time_matrix_that_does_not_fit_is_refused(call_time, words):
+    module = InverseModule(size=4, batch_shape=(2,))
+    with pytest.raises(GDInvError, match=words):
+        module(call_time)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(formulation="diagonal"), "formulation"),
+        (dict(init="ones"), "init"),
+    ],
+)
+def test_bad_options_are_named(kwargs, words):
+    with pytest.raises(InvalidOptionError, match=words):
+        InverseModule(torch.eye(2), **kwargs)
+
+
+def test_size_and_matrix_are_exclusive_and_size_must_be_positive():
+    with pytest.raises(InvalidOptionError, match="not both"):
+        InverseModule(torch.eye(2), size=2)
+    with pytest.raises(InvalidOptionError, match="size"):
+        InverseModule(size=0)
+    with pytest.raises(InvalidOptionError, match="give the matrix"):
+        InverseModule()
+    with pytest.raises(MatrixDtypeError, match="floating"):
+        InverseModule(size=2, dtype=torch.int32)

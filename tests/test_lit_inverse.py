@@ -1,0 +1,203 @@
+"""LitInverse under a Trainer: the post reproduced, accuracy, batches, and Lightning's tools."""
+
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from conftest import first_below, quiet_trainer
+from gdinv_modules import InvalidOptionError, LitInverse, MatrixDataModule
+from gdinv_modules.functional import identity_mse
+from gdinv_modules.matrices import diagonal_matrix, random_matrix, random_orthogonal, spd_matrix
+
+
+def polyak(matrix: torch.Tensor) -> dict:
+    """The best fixed (lr, momentum) for the mean-over-n^2 loss, from the exact singular values."""
+    s = torch.linalg.svdvals(matrix.double())
+    n = matrix.shape[-1]
+    s_max, s_min = s.max().item(), s.min().item()
+    kappa = s_max / s_min
+    return dict(lr=2 * n * n / (s_max + s_min) ** 2, momentum=((kappa - 1) / (kappa + 1)) ** 2)
+
+
+@pytest.mark.parametrize(
+    "name, below_1e8, below_1e12", [("m1", 499, 785), ("m2", 166, 253)]
+)
+def test_reproduces_the_posts_runs(name, below_1e8, below_1e12, request):
+    matrix = request.getfixturevalue(name)
+    model = LitInverse(matrix)
+    trainer = quiet_trainer(max_steps=10_000)
+    trainer.fit(model)
+    losses = model.losses
+    assert trainer.global_step == 10_000 and losses.shape == (10_000,)
+    assert abs(first_below(losses, 1e-8) - below_1e8) <= 2
+    assert abs(first_below(losses, 1e-12) - below_1e12) <= 2
+    torch.testing.assert_close(model.inverse @ matrix, torch.eye(4), atol=1e-4, rtol=0)
+
+
+def test_loss_at_step_t_is_taken_before_that_steps_update(m1):
+    model = LitInverse(m1)
+    first_guess = model.inverse.clone()
+    quiet_trainer(max_steps=3).fit(model)
+    assert model.losses[0].item() == pytest.approx(identity_mse(first_guess @ m1).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("max_steps, steps_per_batch", [(250, 100), (7, 3), (5, 1)])
+def test_global_step_and_max_steps_count_optimizer_steps(m2, max_steps, steps_per_batch):
+    model = LitInverse(m2, steps_per_batch=steps_per_batch)
+    trainer = quiet_trainer(max_steps=max_steps)
+    trainer.fit(model)
+    assert trainer.global_step == max_steps
+    assert model.losses.shape == (max_steps,)
+
+
+def test_same_trajectory_for_any_steps_per_batch(m1):
+    runs = []
+    for steps_per_batch in (1, 37, 100):
+        model = LitInverse(m1, steps_per_batch=steps_per_batch)
+        quiet_trainer(max_steps=300).fit(model)
+        runs.append((model.losses, model.inverse))
+    for losses, inverse in runs[1:]:
+        assert torch.equal(losses, runs[0][0]) and torch.equal(inverse, runs[0][1])
+
+
+MATRICES = {
+    "m1": lambda: random_matrix(4),
+    "m2": lambda: diagonal_matrix([1.0, 2.0, 3.0, 4.0]),
+    "spd6": lambda: spd_matrix(6, condition=10.0, dtype=torch.float64),
+    "orthogonal5": lambda: random_orthogonal(5, dtype=torch.float64),
+    "random6": lambda: random_matrix(6, seed=7, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("formulation", ["left", "right"])
+@pytest.mark.parametrize("name", sorted(MATRICES))
+def test_matches_torch_linalg_inv(name, formulation):
+    matrix = MATRICES[name]().double()
+    model = LitInverse(matrix, formulation=formulation, init="zeros", **polyak(matrix))
+    quiet_trainer(max_steps=3000).fit(model)
+    exact = torch.linalg.inv(matrix)
+    condition = torch.linalg.cond(matrix).item()
+    tolerance = 1e3 * condition * torch.finfo(torch.float64).eps * exact.abs().max().item()
+    torch.testing.assert_close(model.inverse, exact, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["m2", "spd6"])
+def test_symmetric_formulation_matches_torch_linalg_inv(name):
+    """Formulation c is conditioned by M's eigenvalues: it is tested on SPD matrices."""
+    matrix = MATRICES[name]().double()
+    model = LitInverse(matrix, formulation="symmetric", init="zeros", **polyak(matrix))
+    quiet_trainer(max_steps=3000).fit(model)
+    torch.testing.assert_close(model.inverse, torch.linalg.inv(matrix), atol=1e-11, rtol=0)
+
+
+def test_batch_gives_each_matrix_the_trajectory_it_has_alone():
+    batch = random_matrix(4, seed=11, batch_shape=(3,), dtype=torch.float64)
+    batch[1] = spd_matrix(4, condition=5.0, dtype=torch.float64)
+    options = dict(lr=0.9, momentum=0.9, steps_per_batch=50)
+    batched = LitInverse(batch, **options)
+    first_guesses = batched.inverse.clone()
+    quiet_trainer(max_steps=400).fit(batched)
+    assert batched.losses.shape == (400, 3)
+    for index in range(3):
+        alone = LitInverse(batch[index], **options)
+        with torch.no_grad():
+            alone.inverse_module.approx.copy_(first_guesses[index])
+        quiet_trainer(max_steps=400).fit(alone)
+        torch.testing.assert_close(batched.inverse[index], alone.inverse, rtol=1e-12, atol=1e-13)
+        # Near convergence the loss is a sum of squares of rounding errors: compared loosely.
+        torch.testing.assert_close(batched.losses[:, index], alone.losses, rtol=1e-5, atol=1e-24)
+
+
+def test_float64_under_64_true_precision_reaches_1e_10(m1):
+    model = LitInverse(m1, **polyak(m1))
+    quiet_trainer(max_steps=600, precision="64-true").fit(model)
+    assert model.inverse.dtype == torch.float64
+    assert model.inverse_module.residual().item() < 1e-10
+    exact = torch.linalg.inv(m1.double())
+    torch.testing.assert_close(model.inverse, exact, atol=1e-9, rtol=0)
+
+
+def test_takes_the_matrix_from_a_datamodule(m2):
+    model = LitInverse(steps_per_batch=50)
+    quiet_trainer(max_steps=2000).fit(model, datamodule=MatrixDataModule("diagonal"))
+    torch.testing.assert_close(model.inverse, torch.linalg.inv(m2), atol=1e-6, rtol=0)
+
+
+def test_a_different_matrix_from_the_datamodule_is_refused(m1):
+    with pytest.raises(InvalidOptionError, match="give one"):
+        quiet_trainer(max_steps=10).fit(LitInverse(m1), datamodule=MatrixDataModule("diagonal"))
+
+
+def test_without_any_matrix_the_error_says_where_to_give_one():
+    with pytest.raises(InvalidOptionError, match="LitInverse has no matrix"):
+        quiet_trainer(max_steps=10).fit(LitInverse())
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(momentum=-0.5), "momentum"),
+        (dict(steps_per_batch=0), "steps_per_batch"),
+        (dict(formulation="sideways"), "formulation"),
+    ],
+)
+def test_bad_hyperparameters_are_named(kwargs, words, m1):
+    with pytest.raises(InvalidOptionError, match=words):
+        LitInverse(m1, **kwargs)
+
+
+def test_early_stopping_on_loss_stops_the_run(m1):
+    model = LitInverse(m1)
+    stop = EarlyStopping(monitor="loss", stopping_threshold=1e-12, check_on_train_epoch_end=True)
+    trainer = quiet_trainer(max_steps=10_000, callbacks=[stop])
+    trainer.fit(model)
+    assert 785 <= trainer.global_step < 10_000
+    assert trainer.callback_metrics["loss"].item() < 1e-12
+
+
+def test_checkpoint_and_csv_logger(m1, tmp_path):
+    model = LitInverse(m1)
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="loss", mode="min")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "last", save_last=True)
+    trainer = quiet_trainer(
+        max_steps=3000,
+        logger=CSVLogger(tmp_path, name="run"),
+        callbacks=[best, checkpoint],
+        enable_checkpointing=True,
+        log_every_n_steps=1,  # a logging step is a batch of steps_per_batch optimizer steps
+    )
+    trainer.fit(model)
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("loss")]
+    assert rows and {"loss", "residual"} <= rows[0].keys()
+    assert float(rows[-1]["loss"]) < 1e-11
+
+    assert best.best_model_score.item() < 1e-11
+    assert LitInverse.load_from_checkpoint(best.best_model_path).losses.shape[0] % 1000 == 0
+
+    restored = LitInverse.load_from_checkpoint(checkpoint.last_model_path)
+    assert torch.equal(restored.inverse, model.inverse)
+    assert torch.equal(restored.inverse_module.matrix, m1)
+    assert torch.equal(restored.losses, model.losses)
+    assert restored.hparams.lr == 0.9 and restored.hparams.momentum == 0.9
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_trajectory(m1, tmp_path):
+    m = m1.double()
+    uninterrupted = LitInverse(m)
+    quiet_trainer(max_steps=600).fit(uninterrupted)
+
+    first = LitInverse(m)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=300)
+    quiet_trainer(max_steps=300, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
+    resumed = LitInverse(m)
+    quiet_trainer(max_steps=600).fit(resumed, ckpt_path=checkpoint.last_model_path)
+    assert torch.equal(resumed.inverse, uninterrupted.inverse)
+    assert torch.equal(resumed.losses, uninterrupted.losses)
