@@ -46,7 +46,8 @@ def initial_approx(
     if init == "zeros":
         return torch.zeros(tuple(shape), dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(tuple(shape), generator=generator).to(dtype=dtype, device=device)
+    first_guess = torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+    return first_guess.to(dtype=dtype, device=device)
 
 
 class InverseModule(nn.Module):

@@ -40,7 +40,7 @@ def random_matrix(
     check_positive_int(n, name="n")
     generator = torch.Generator().manual_seed(seed)
     shape = (*_check_batch_shape(batch_shape), n, n)
-    return torch.rand(shape, generator=generator).to(dtype)
+    return torch.rand(shape, generator=generator, dtype=torch.float32).to(dtype)
 
 
 def diagonal_matrix(

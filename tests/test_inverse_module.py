@@ -23,6 +23,17 @@ def test_random_init_reproduces_the_posts_first_guess(m1):
     assert torch.equal(module.inverse, m1)
 
 
+def test_random_draws_ignore_the_default_dtype(m1):
+    """Lightning's 64-true precision sets the default dtype; the post's numbers must not move."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(random_matrix(4, dtype=torch.float32), m1)
+        assert torch.equal(InverseModule(m1).inverse, m1)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_parameter_and_buffer_keep_shape_dtype_and_device():
     m = random_matrix(3, batch_shape=(2, 5), dtype=torch.float64)
     module = InverseModule(m, init="zeros")
