@@ -1,7 +1,12 @@
 """gdinv_modules: matrix inverses by gradient descent, as PyTorch and Lightning modules."""
 
+from gdinv_modules.auto_tuner import HeavyBallTuner
+from gdinv_modules.convergence import ConvergenceMonitor, default_tol
 from gdinv_modules.datamodule import MatrixDataModule, make_matrix
 from gdinv_modules.errors import (
+    ConvergenceError,
+    ConvergenceWarning,
+    DivergenceError,
     GDInvError,
     InvalidOptionError,
     MatrixDtypeError,
@@ -11,16 +16,24 @@ from gdinv_modules.errors import (
     OutputExistsError,
 )
 from gdinv_modules.inverse_module import InverseModule
+from gdinv_modules.invert import InverseResult, invert
 from gdinv_modules.lit_inverse import LitInverse
 from gdinv_modules.matrix_io import load_matrix, save_matrix
 from gdinv_modules.metric import IdentityMSE
+from gdinv_modules.report import ConvergenceReport
 
 __all__ = [
+    "invert",
+    "InverseResult",
     "InverseModule",
     "IdentityMSE",
     "LitInverse",
     "MatrixDataModule",
     "make_matrix",
+    "ConvergenceMonitor",
+    "ConvergenceReport",
+    "HeavyBallTuner",
+    "default_tol",
     "load_matrix",
     "save_matrix",
     "GDInvError",
@@ -30,4 +43,7 @@ __all__ = [
     "MatrixShapeError",
     "NonFiniteMatrixError",
     "OutputExistsError",
+    "DivergenceError",
+    "ConvergenceError",
+    "ConvergenceWarning",
 ]

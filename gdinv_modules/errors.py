@@ -12,6 +12,9 @@ __all__ = [
     "MatrixFileError",
     "InvalidOptionError",
     "OutputExistsError",
+    "DivergenceError",
+    "ConvergenceError",
+    "ConvergenceWarning",
 ]
 
 
@@ -41,3 +44,15 @@ class InvalidOptionError(GDInvError):
 
 class OutputExistsError(GDInvError):
     """An output file exists already: a run never overwrites an earlier run's files."""
+
+
+class DivergenceError(GDInvError):
+    """The loss became non-finite or grew without bound: the step size is past the stable bound."""
+
+
+class ConvergenceError(RuntimeError):
+    """The run ended before every matrix reached the tolerance (``invert(..., check=True)``)."""
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """The run ended before every matrix reached the tolerance; the result is still returned."""

@@ -1,16 +1,24 @@
 """``LitInverse``: trains an :class:`InverseModule` under a Lightning ``Trainer``."""
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from gdinv_modules.auto_tuner import HeavyBallTuner
+from gdinv_modules.convergence import ConvergenceMonitor, default_tol
 from gdinv_modules.datamodule import step_ticks
 from gdinv_modules.errors import InvalidOptionError
-from gdinv_modules.functional import Formulation, loss_and_gradient, relative_residual
+from gdinv_modules.functional import (
+    Formulation,
+    identity_mse,
+    loss_and_gradient,
+    relative_residual,
+)
 from gdinv_modules.inverse_module import Init, InverseModule
 from gdinv_modules.metric import IdentityMSE
+from gdinv_modules.report import ConvergenceReport
 from gdinv_modules.validation import check_momentum, check_positive_float, check_positive_int
 
 __all__ = ["LitInverse"]
@@ -31,17 +39,26 @@ class LitInverse(pl.LightningModule):
     :math:`t`'s update, is kept on the device (:attr:`losses`) and saved in checkpoints.
 
     After each ``training_step`` it logs ``loss`` (the :class:`IdentityMSE` of the current X over
-    the batch) and ``residual`` (the largest relative residual in the batch).
+    the batch) and ``residual`` (the largest relative residual in the batch), and a
+    :class:`ConvergenceMonitor` stops the run at ``tol`` and refuses divergence.
+
+    ``lr="auto"`` and/or ``momentum="auto"`` let a :class:`HeavyBallTuner` choose them from
+    spectral estimates of M (power iteration for the largest singular value, Rayleigh quotients
+    of the residual for the smallest), retuning as the estimates improve: no tuning per matrix,
+    close to Polyak's optimal rate, never past the stability bound.
 
     Args:
         matrix: M, shape ``(..., n, n)``. Leave it out to take M from the ``datamodule``'s
             ``matrix`` (:class:`MatrixDataModule`) or from a checkpoint.
-        lr: the learning rate :math:`\eta > 0`.
-        momentum: the heavy-ball momentum :math:`0 \le \beta < 1`.
+        lr: the learning rate :math:`\eta > 0`, or ``"auto"``.
+        momentum: the heavy-ball momentum :math:`0 \le \beta < 1`, or ``"auto"``.
         formulation: ``"left"`` (:math:`XM`), ``"right"`` (:math:`MX`) or ``"symmetric"``.
         init: ``"random"`` (the post's first guess) or ``"zeros"``.
         seed: the seed of the random first guess.
         steps_per_batch: optimizer steps per ``training_step``.
+        tol: stop once every matrix's relative residual is at most ``tol``; ``None`` runs to
+            ``max_steps`` (as the post does). Reports call a matrix converged at ``tol``, or
+            without one at the dtype's default (1e-5 for float32, 1e-10 for float64).
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
@@ -57,22 +74,32 @@ class LitInverse(pl.LightningModule):
         self,
         matrix: Optional[Tensor] = None,
         *,
-        lr: float = 0.9,
-        momentum: float = 0.9,
+        lr: Union[float, Literal["auto"]] = 0.9,
+        momentum: Union[float, Literal["auto"]] = 0.9,
         formulation: Formulation = "left",
         init: Init = "random",
         seed: int = 314,
         steps_per_batch: int = 100,
+        tol: Optional[float] = None,
     ) -> None:
         super().__init__()
-        check_positive_float(lr, name="lr")
-        check_momentum(momentum)
+        if lr != "auto":
+            check_positive_float(lr, name="lr")
+        if momentum != "auto":
+            check_momentum(momentum)
+        if tol is not None:
+            check_positive_float(tol, name="tol")
         check_positive_int(steps_per_batch, name="steps_per_batch")
         self.save_hyperparameters(ignore=["matrix"])
         self.automatic_optimization = False
         self.inverse_module: Optional[InverseModule] = None
         self.metric = IdentityMSE()
+        self.tuner: Optional[HeavyBallTuner] = None
+        self._tuner_state: Optional[Dict[str, Any]] = None
         self._loss_chunks: List[Tensor] = []
+        self.first_loss: Optional[Tensor] = None  # shape: (...), L(X_0) per matrix
+        self.last_loss: Optional[Tensor] = None  # shape: (...), L of the current X
+        self.last_residual: Optional[Tensor] = None  # shape: (...)
         if matrix is not None:
             self._build(matrix)
 
@@ -107,6 +134,29 @@ class LitInverse(pl.LightningModule):
             self._loss_chunks = [torch.cat([c.to(device) for c in self._loss_chunks])]
         return self._loss_chunks[0]
 
+    @property
+    def auto(self) -> bool:
+        """Whether lr or momentum is chosen automatically."""
+        return "auto" in (self.hparams.lr, self.hparams.momentum)
+
+    def effective_parameters(self) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...)
+        """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair)."""
+        if self.tuner is not None and self.tuner.lr is not None:
+            return self.tuner.lr, self.tuner.momentum
+        batch_shape = self._module().batch_shape
+        lr, momentum = self.hparams.lr, self.hparams.momentum
+        return (torch.full(batch_shape, float(lr), dtype=torch.float64),
+                torch.full(batch_shape, float(momentum), dtype=torch.float64))
+
+    def report(self) -> ConvergenceReport:
+        """The convergence report of the run so far (host syncs: call it at the end)."""
+        module = self._module()
+        lr, momentum = self.effective_parameters()
+        tol = self.hparams.tol or default_tol(module.approx.dtype)
+        return ConvergenceReport.from_run(
+            self.losses, module.matrix, module.formulation, lr, momentum, tol, module.residual()
+        )
+
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
         return self._module()(matrix)
@@ -130,9 +180,22 @@ class LitInverse(pl.LightningModule):
         return step_ticks()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            self._module().parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum
-        )
+        # With "auto" the tuner sets both values before the first step.
+        lr = 1.0 if self.hparams.lr == "auto" else self.hparams.lr
+        momentum = 0.0 if self.hparams.momentum == "auto" else self.hparams.momentum
+        return torch.optim.SGD(self._module().parameters(), lr=lr, momentum=momentum)
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        return [ConvergenceMonitor(self.hparams.tol)]
+
+    def on_train_start(self) -> None:
+        if self.auto and self.tuner is None:
+            module = self._module()
+            fixed = {key: None if self.hparams[key] == "auto" else self.hparams[key]
+                     for key in ("lr", "momentum")}
+            self.tuner = HeavyBallTuner(module.matrix, module.formulation, **fixed)
+            if self._tuner_state is not None:
+                self.tuner.load_state_dict(self._tuner_state)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         module = self._module()
@@ -140,23 +203,45 @@ class LitInverse(pl.LightningModule):
         if self.trainer.max_steps >= 0:
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
         optimizer = self.optimizers()
+        tuner, first_step = self.tuner, self.trainer.global_step
         approx, matrix = module.approx, module.matrix
         losses = approx.new_empty((steps, *module.batch_shape))
         with torch.no_grad():
             for step in range(steps):
-                losses[step], approx.grad = loss_and_gradient(approx, matrix, module.formulation)
+                loss, gradient = loss_and_gradient(approx, matrix, module.formulation)
+                losses[step] = loss
+                if tuner is not None:
+                    if tuner.due(first_step + step):
+                        tuner.retune(first_step + step, loss, gradient, optimizer.optimizer)
+                    gradient = tuner.scale(gradient)
+                approx.grad = gradient
                 optimizer.step()
             estimate = module(matrix)
             self.metric(estimate)
-            residual = relative_residual(estimate).max()
+            self.last_loss = identity_mse(estimate, reduction="none")
+            self.last_residual = relative_residual(estimate)
+        if self.first_loss is None:
+            self.first_loss = losses[0]
+        elif self.first_loss.device != losses.device:  # restored from a checkpoint
+            self.first_loss = self.first_loss.to(losses.device)
         self._loss_chunks.append(losses)
         self.log("loss", self.metric, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("residual", residual, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("residual", self.last_residual.max(), on_step=True, on_epoch=False, prog_bar=True)
+        if tuner is not None:
+            group = optimizer.optimizer.param_groups[0]
+            self.log_dict({"lr": group["lr"], "momentum": group["momentum"]}, on_step=True,
+                          on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["loss_history"] = self.losses.detach().cpu()
+        if self.tuner is not None:
+            checkpoint["auto_tuner"] = self.tuner.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.inverse_module is None:
             self._build(checkpoint["state_dict"]["inverse_module.matrix"])
-        self._loss_chunks = [checkpoint.get("loss_history", torch.empty(0))]
+        history = checkpoint.get("loss_history")
+        if history is not None and len(history):
+            self._loss_chunks = [history]
+            self.first_loss = history[0]
+        self._tuner_state = checkpoint.get("auto_tuner")

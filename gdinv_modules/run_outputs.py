@@ -15,6 +15,7 @@ from gdinv_modules.errors import MatrixFileError, OutputExistsError
 from gdinv_modules.functional import identity_mse, relative_residual
 from gdinv_modules.matrix_io import save_matrix
 from gdinv_modules.plotting import plot_losses
+from gdinv_modules.report import ConvergenceReport
 
 __all__ = ["RunOutputs", "OUTPUT_FILES", "read_losses_csv", "write_losses_csv"]
 
@@ -122,6 +123,7 @@ def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> 
             "n": module.size,
             "batch_shape": list(module.batch_shape),
             "dtype": str(module.approx.dtype).replace("torch.", ""),
+            "convergence": pl_module.report().to_dict(),
             "hyperparameters": {
                 key: value for key, value in pl_module.hparams.items() if not key.startswith("_")
             },
@@ -131,6 +133,7 @@ def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> 
 def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     """The summary as a few printed lines."""
     max_error = summary["max_abs_error_vs_inv"]
+    report = ConvergenceReport(**summary["convergence"])
     return "\n".join([
         f"Inverse of a {summary['n']} x {summary['n']} matrix ({summary['dtype']}, "
         f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
@@ -138,5 +141,6 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
         f"  final loss             {summary['final_loss']:.4e}",
         f"  residual ||XM-I||/√n   {summary['residual']:.4e}",
         "  max |X - inv(M)|       " + ("singular M" if max_error is None else f"{max_error:.4e}"),
+        *report.summary_lines(),
         f"  outputs in             {directory}",
     ])

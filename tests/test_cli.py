@@ -48,6 +48,18 @@ def test_seed_configs_reproduce_the_post_and_write_the_outputs(
     assert "after 10000 steps" in printed and "max |X - inv(M)|" in printed
 
 
+def test_auto_config_stops_at_its_tolerance_and_reports_convergence(tmp_path, capsys):
+    run = fit("auto_spd.yaml", tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    report = summary["convergence"]
+    assert report["converged"] == [True] and report["tol"] == 1e-10
+    assert report["steps_to_tol"][0] <= summary["steps"] < 100_000
+    assert summary["residual"] <= 1e-10
+    assert report["measured_rate"][0] == pytest.approx(report["predicted_rate"][0], rel=0.01)
+    printed = capsys.readouterr().out
+    assert "converged (tol 1e-10)  1 of 1" in printed and "rate per step" in printed
+
+
 def test_a_second_run_gets_its_own_directory(tmp_path):
     first = fit("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "100")
     second = fit("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "100")
@@ -104,6 +116,8 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path, capsys):
         (["--model.lr", "-0.5"], "lr must be a finite number > 0"),
         (["--model.momentum", "1.5"], "momentum"),
         (["--data.n", "0"], "n must be an integer >= 1"),
+        (["--model.tol", "0"], "tol must be a finite number > 0"),
+        (["--model.lr", "1000", "--trainer.max_steps", "3000"], "diverged"),
         (["--data.kind", "file", "--data.path", "missing.npy"], "no such file"),
     ],
 )

@@ -1,0 +1,128 @@
+r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral estimates of M.
+
+- :math:`a_\max` (the largest singular value of the estimate's operator; :math:`\sigma_\max(M)`
+  for ``left``/``right``) comes from power iteration before the first step, times a safety
+  margin, since the Rayleigh quotient never overestimates and heavy ball near Polyak's pair is
+  unstable for any singular value above :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
+- :math:`a_\min` is estimated as the run goes, for free: with the residual :math:`R` and the
+  gradient :math:`G = \tfrac{2}{n^2}\mathcal{A}^*(R)` already at hand,
+  :math:`\lVert \mathcal{A}^* R\rVert_F^2 / \lVert R\rVert_F^2 = n^2 \lVert G\rVert_F^2 /
+  (4 L)` is a Rayleigh quotient of :math:`\mathcal{A}\mathcal{A}^*`, never below
+  :math:`a_\min^2`. Its running minimum falls towards :math:`a_\min^2` as the fast directions of
+  the residual die out, and the pair is retuned (Polyak's, or
+  :func:`~gdinv_modules.theory.tuned_parameters` when one of the two is fixed) at steps 0, 4, 8,
+  ... with gaps growing like t/8: a handful of host syncs per run, none per step.
+- A batch gets one momentum, the largest of the matrices' (a larger momentum keeps a pair
+  stable), and one learning rate per matrix: SGD's ``lr`` is the largest and each matrix's
+  gradient is scaled by its share, its momentum buffer rescaled when that share changes.
+"""
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.errors import DivergenceError
+from gdinv_modules.functional import Formulation
+from gdinv_modules.theory import MAX_MOMENTUM, power_sigma_max, stable_lr_bound, tuned_parameters
+
+__all__ = ["HeavyBallTuner"]
+
+SIGMA_MAX_MARGIN = 1.01
+MAX_CONDITION = 1e8
+
+
+class HeavyBallTuner:
+    """Chooses and retunes ``torch.optim.SGD``'s lr and momentum for one InverseModule.
+
+    Args:
+        matrix: M, shape ``(..., n, n)``.
+        formulation: the estimate's formulation.
+        lr: a fixed learning rate, or ``None`` to choose it.
+        momentum: a fixed momentum, or ``None`` to choose it.
+
+    Example:
+        >>> m = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
+        >>> tuner = HeavyBallTuner(m, "left")
+        >>> round(tuner.sigma_max.item(), 4)
+        4.04
+    """
+
+    def __init__(
+        self,
+        matrix: Tensor,
+        formulation: Formulation,
+        *,
+        lr: Optional[float] = None,
+        momentum: Optional[float] = None,
+    ) -> None:
+        self.n = matrix.shape[-1]
+        self.fixed_lr = lr
+        self.fixed_momentum = momentum
+        estimate = power_sigma_max(matrix, formulation).double()
+        if lr is not None:
+            bound = stable_lr_bound(estimate.max(), torch.tensor(MAX_MOMENTUM), self.n).item()
+            if lr >= bound:
+                raise DivergenceError(
+                    f"lr={lr:g} is past the stable bound for any momentum < 1: heavy ball needs "
+                    f"lr < (1 + momentum) n^2 / sigma_max^2 < {bound:.4g} for this M "
+                    f"(sigma_max = {estimate.max().item():.4g}, n = {self.n}); lower lr or use "
+                    "lr='auto'"
+                )
+        self.sigma_max = estimate * SIGMA_MAX_MARGIN
+        self.sigma_min_sq: Optional[Tensor] = None
+        self.lr: Optional[Tensor] = None  # per matrix, shape (...)
+        self.momentum: Optional[Tensor] = None  # per matrix, shape (...)
+        self.gradient_scale: Optional[Tensor] = None  # shape (..., 1, 1); None for one matrix
+        self.next_step = 0
+
+    def due(self, step: int) -> bool:
+        """Whether to retune before optimizer step ``step`` (a Python check, no sync)."""
+        return step >= self.next_step
+
+    def retune(
+        self,
+        step: int,
+        loss: Tensor,  # shape: (...)
+        gradient: Tensor,  # shape: (..., n, n), unscaled
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        """Update the estimates from this step's loss and gradient and set SGD's pair (one sync)."""
+        n = self.n
+        loss = loss.double()
+        quotient = gradient.double().square().sum(dim=(-2, -1)) * (n * n) / (4 * loss)
+        quotient = torch.where(loss > 0, quotient, self.sigma_max.square())
+        floor = (self.sigma_max / MAX_CONDITION).square()
+        quotient = torch.maximum(torch.minimum(quotient, self.sigma_max.square()), floor)
+        self.sigma_min_sq = (
+            quotient if self.sigma_min_sq is None else torch.minimum(self.sigma_min_sq, quotient)
+        )
+        lr, momentum = tuned_parameters(
+            self.sigma_max, self.sigma_min_sq.sqrt(), n, lr=self.fixed_lr, momentum=self.fixed_momentum
+        )
+        shared_lr, shared_momentum = (value.item() for value in (lr.max(), momentum.max()))
+        param = optimizer.param_groups[0]["params"][0]
+        if lr.ndim > 0:
+            scale = (lr / shared_lr).to(param.dtype)[..., None, None]
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None and self.gradient_scale is not None:
+                buffer.mul_(scale / self.gradient_scale)
+            self.gradient_scale = scale
+        for group in optimizer.param_groups:
+            group["lr"], group["momentum"] = shared_lr, shared_momentum
+        self.lr, self.momentum = lr, torch.full_like(momentum, shared_momentum)
+        self.next_step = step + max(4, step // 8)
+
+    def scale(self, gradient: Tensor) -> Tensor:
+        """The gradient scaled by each matrix's share of SGD's learning rate."""
+        return gradient if self.gradient_scale is None else gradient * self.gradient_scale
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {key: getattr(self, key) for key in (
+            "sigma_max", "sigma_min_sq", "lr", "momentum", "gradient_scale", "next_step"
+        )}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        device = self.sigma_max.device
+        for key, value in state.items():
+            setattr(self, key, value.to(device) if isinstance(value, Tensor) else value)

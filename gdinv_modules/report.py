@@ -1,0 +1,160 @@
+"""``ConvergenceReport``: how a run converged, measured, beside what the theory predicts."""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.functional import Formulation
+from gdinv_modules.theory import heavy_ball_rate, operator_singular_values, polyak_parameters
+
+__all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
+
+# The exact operator spectrum of "symmetric" is an SVD of an n^2 x n^2 matrix: small n only.
+SYMMETRIC_THEORY_MAX_N = 24
+
+
+def residual_history(losses: Tensor, n: int) -> Tensor:  # shape: (steps, ...) -> (steps, ...)
+    r"""The relative residual :math:`\lVert E_t - I\rVert_F/\sqrt n = \sqrt{n L_t}` of every step.
+
+    Example:
+        >>> residual_history(torch.tensor([0.25, 0.0625]), 4).tolist()
+        [1.0, 0.5]
+    """
+    return (losses.double() * n).sqrt()
+
+
+def first_step_below(history: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (...), -1 if never
+    """The first step whose value is at most ``tol``, per matrix; -1 where there is none.
+
+    Example:
+        >>> first_step_below(torch.tensor([1.0, 0.1, 0.01]), 0.1).item()
+        1
+    """
+    below = history <= tol
+    found = below.any(dim=0)
+    first = below.to(torch.int64).argmax(dim=0)
+    return torch.where(found, first, torch.full_like(first, -1))
+
+
+def measured_rate(residuals: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (...)
+    """The residual's contraction per step, fitted on the run's linear phase.
+
+    The phase starts once the residual fell below a tenth of its first value (past the
+    transient) and ends where it first reaches ``max(tol, 10 * its floor)``; the rate is
+    ``exp(slope)`` of a least-squares line through log residual against step. NaN where the
+    phase holds fewer than 3 steps.
+
+    Example:
+        >>> round(measured_rate(0.5 ** torch.arange(40.0), 1e-9).item(), 6)
+        0.5
+    """
+    steps = residuals.shape[0]
+    flat = residuals.double().reshape(steps, -1).clamp_min(1e-300)
+    index = torch.arange(steps, dtype=torch.float64)[:, None]
+    start = first_step_below(flat / flat[0], 0.1).clamp_min(0)
+    target = torch.maximum(torch.full_like(flat[0], tol), 10 * flat.min(dim=0).values)
+    end = first_step_below(flat - target, 0.0)
+    end = torch.where(end < 0, torch.full_like(end, steps - 1), end)
+    inside = (index >= start[None]) & (index <= end[None])
+    count = inside.sum(dim=0).double()
+    log = flat.log()
+    mean_t = (index * inside).sum(dim=0) / count.clamp_min(1)
+    mean_y = (log * inside).sum(dim=0) / count.clamp_min(1)
+    covariance = ((index - mean_t) * (log - mean_y) * inside).sum(dim=0)
+    variance = ((index - mean_t).square() * inside).sum(dim=0)
+    rate = (covariance / variance.clamp_min(1e-300)).exp()
+    rate = torch.where(count >= 3, rate, torch.full_like(rate, math.nan))
+    return rate.reshape(residuals.shape[1:])
+
+
+@dataclass
+class ConvergenceReport:
+    """How a run converged, per matrix (lists follow the batch, flattened).
+
+    ``predicted_rate`` is the heavy-ball rate of the final (lr, momentum) over the exact
+    singular values; ``polyak_rate`` the best any fixed pair could do, ``(kappa-1)/(kappa+1)``.
+    """
+
+    tol: float
+    steps: int
+    converged: List[bool]
+    steps_to_tol: List[Optional[int]]
+    final_residual: List[float]
+    measured_rate: List[Optional[float]]
+    predicted_rate: List[Optional[float]]
+    polyak_rate: List[Optional[float]]
+    lr: List[float]
+    momentum: List[float]
+    sigma_max: List[Optional[float]]
+    sigma_min: List[Optional[float]]
+
+    @classmethod
+    def from_run(
+        cls,
+        losses: Tensor,  # shape: (steps, ...)
+        matrix: Tensor,  # shape: (..., n, n)
+        formulation: Formulation,
+        lr: Tensor,  # shape: (...) or ()
+        momentum: Tensor,  # shape: (...) or ()
+        tol: float,
+        final_residual: Tensor,  # shape: (...)
+    ) -> "ConvergenceReport":
+        n = matrix.shape[-1]
+        batch = matrix.shape[:-2]
+        residuals = residual_history(losses, n)
+        first = first_step_below(residuals, tol).reshape(-1)
+        final = final_residual.double().reshape(-1).cpu()
+        lr = torch.as_tensor(lr, dtype=torch.float64).expand(batch).reshape(-1).cpu()
+        momentum = torch.as_tensor(momentum, dtype=torch.float64).expand(batch).reshape(-1).cpu()
+        nan = torch.full_like(final, math.nan)
+        sigma_max = sigma_min = predicted = polyak = nan
+        if formulation != "symmetric" or n <= SYMMETRIC_THEORY_MAX_N:
+            singular = operator_singular_values(matrix, formulation).reshape(final.shape[0], -1)
+            singular = singular.cpu()
+            sigma_max, sigma_min = singular[:, 0], singular[:, -1]
+            predicted = heavy_ball_rate(singular, lr, momentum, n)
+            polyak_lr, polyak_momentum = polyak_parameters(sigma_max, sigma_min, n)
+            polyak = heavy_ball_rate(singular, polyak_lr, polyak_momentum, n)
+        return cls(
+            tol=tol,
+            steps=int(losses.shape[0]),
+            converged=(final <= tol).tolist(),
+            steps_to_tol=[int(step) if step >= 0 else None for step in first.tolist()],
+            final_residual=final.tolist(),
+            measured_rate=_optional(measured_rate(residuals.cpu(), tol).reshape(-1)),
+            predicted_rate=_optional(predicted),
+            polyak_rate=_optional(polyak),
+            lr=lr.tolist(),
+            momentum=momentum.tolist(),
+            sigma_max=_optional(sigma_max),
+            sigma_min=_optional(sigma_min),
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary_lines(self) -> List[str]:
+        """A few lines for the printed summary (the worst matrix where there is a batch)."""
+        worst = max(range(len(self.final_residual)), key=lambda i: self.final_residual[i])
+        rate = self.measured_rate[worst]
+        predicted, polyak = self.predicted_rate[worst], self.polyak_rate[worst]
+        converged = sum(self.converged)
+        reached = [step for step in self.steps_to_tol if step is not None]
+        return [
+            f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
+            + (f", the last at step {max(reached)}" if reached else ""),
+            f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "
+            f"(Polyak's best {_fmt(polyak)})",
+            f"  lr, momentum           {self.lr[worst]:.4g}, {self.momentum[worst]:.4g}",
+        ]
+
+
+def _optional(values: Tensor) -> List[Optional[float]]:
+    return [None if math.isnan(value) else value for value in values.double().tolist()]
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.5f}"

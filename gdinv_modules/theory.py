@@ -1,0 +1,248 @@
+r"""Convergence theory of heavy ball on the inversion loss, as pure functions on tensors.
+
+Write the estimate as a linear operator of X, :math:`E = \mathcal{A}(X)` (``left``:
+:math:`XM`, ``right``: :math:`MX`, ``symmetric``: :math:`(XM + MX)/2`), and let :math:`a_i` be
+the singular values of :math:`\mathcal{A}` (for ``left`` and ``right`` they are the singular
+values :math:`\sigma_i` of M). With the loss :math:`\lVert \mathcal{A}(X) - I \rVert_F^2 / n^2`:
+
+- the Hessian's eigenvalues are :math:`h_i = 2 a_i^2 / n^2`;
+- heavy ball (``torch.optim.SGD`` with momentum :math:`\beta`) is stable while
+  :math:`\eta < (1 + \beta)\, n^2 / a_\max^2`;
+- each eigen-direction's error evolves by the roots of :math:`z^2 - (1 + \beta - \eta h_i) z +
+  \beta`; the residual shrinks per step by the largest root modulus over all :math:`i`;
+- the best fixed pair (Polyak) is :math:`\eta^* = 2 n^2 / (a_\max + a_\min)^2`,
+  :math:`\beta^* = ((\kappa - 1)/(\kappa + 1))^2` with :math:`\kappa = a_\max / a_\min`, for a
+  rate of :math:`(\kappa - 1)/(\kappa + 1)`.
+"""
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.functional import Formulation, loss_and_gradient
+
+__all__ = [
+    "normal_operator",
+    "operator_singular_values",
+    "power_sigma_max",
+    "stable_lr_bound",
+    "polyak_parameters",
+    "tuned_parameters",
+    "heavy_ball_rate",
+    "steps_to_tolerance",
+    "heavy_ball_steps",
+    "MAX_MOMENTUM",
+]
+
+MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
+
+
+def normal_operator(
+    v: Tensor, matrix: Tensor, formulation: Formulation = "left"
+) -> Tensor:  # shapes: (..., n, n), (..., n, n) -> (..., n, n)
+    r""":math:`\mathcal{A}^* \mathcal{A}(V)`, whose eigenvalues are the :math:`a_i^2`.
+
+    Example:
+        >>> normal_operator(torch.eye(2), 2 * torch.eye(2))
+        tensor([[4., 0.],
+                [0., 4.]])
+    """
+    if formulation == "left":
+        return v @ matrix @ matrix.mT
+    if formulation == "right":
+        return matrix.mT @ (matrix @ v)
+    image = (v @ matrix + matrix @ v) / 2
+    return (image @ matrix.mT + matrix.mT @ image) / 2
+
+
+def operator_singular_values(
+    matrix: Tensor, formulation: Formulation = "left"
+) -> Tensor:  # shape: (..., n, n) -> (..., k)
+    r"""The exact singular values of :math:`\mathcal{A}`, largest first (an SVD; for reports).
+
+    For ``symmetric`` the operator is the :math:`n^2 \times n^2` matrix
+    :math:`(I \otimes M + M^\top \otimes I)/2`, so keep n small there.
+
+    Example:
+        >>> operator_singular_values(torch.diag(torch.tensor([1.0, 3.0])), "symmetric").tolist()
+        [3.0, 2.0, 2.0, 1.0]
+    """
+    work = matrix.double()
+    if formulation != "symmetric":
+        return torch.linalg.svdvals(work)
+    n = matrix.shape[-1]
+    eye = torch.eye(n, dtype=work.dtype, device=work.device)
+    # vec(XM) = (M^T kron I) vec(X) and vec(MX) = (I kron M) vec(X), vec stacking columns.
+    operators = torch.stack(
+        [(torch.kron(m.mT.contiguous(), eye) + torch.kron(eye, m)) / 2 for m in work.reshape(-1, n, n)]
+    )
+    return torch.linalg.svdvals(operators).reshape(*work.shape[:-2], n * n)
+
+
+def power_sigma_max(
+    matrix: Tensor,
+    formulation: Formulation = "left",
+    *,
+    iterations: int = 64,
+    rtol: float = 1e-6,
+    seed: int = 0,
+) -> Tensor:  # shape: (..., n, n) -> (...)
+    r"""Estimate :math:`a_\max` per matrix by power iteration on :math:`\mathcal{A}^*\mathcal{A}`.
+
+    Each iteration costs the operator's products (two for ``left``/``right``); it stops once
+    every estimate moved by less than ``rtol`` (checked every 8 iterations: one host sync each).
+    The Rayleigh quotient never overestimates; callers add a safety margin.
+
+    Example:
+        >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
+        >>> round(power_sigma_max(m).item(), 6)
+        5.0
+    """
+    work = matrix.double() if matrix.dtype != torch.float64 else matrix
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.rand(work.shape, generator=generator, dtype=torch.float64).to(work.device) + 0.5
+    v = v / torch.linalg.matrix_norm(v)[..., None, None]
+    estimate = torch.zeros(work.shape[:-2], dtype=torch.float64, device=work.device)
+    for iteration in range(iterations):
+        image = normal_operator(v, work, formulation)
+        previous, estimate = estimate, (image * v).sum(dim=(-2, -1)).clamp_min(0).sqrt()
+        norm = torch.linalg.matrix_norm(image)[..., None, None]
+        v = torch.where(norm > 0, image / norm.clamp_min(torch.finfo(torch.float64).tiny), v)
+        if iteration % 8 == 7 and bool(((estimate - previous).abs() <= rtol * estimate).all()):
+            break
+    return estimate.to(matrix.dtype)
+
+
+def stable_lr_bound(
+    sigma_max: Tensor, momentum: Tensor, n: int
+) -> Tensor:  # shapes: (...), (...) -> (...)
+    r"""The largest stable learning rate, :math:`(1 + \beta)\, n^2 / a_\max^2`.
+
+    Example:
+        >>> stable_lr_bound(torch.tensor(2.0), torch.tensor(0.5), 4).item()
+        6.0
+    """
+    return (1 + momentum) * n * n / sigma_max.square()
+
+
+def polyak_parameters(
+    sigma_max: Tensor, sigma_min: Tensor, n: int
+) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...) -> (...), (...)
+    r"""The best fixed pair :math:`(\eta^*, \beta^*)` for singular values in ``[sigma_min, sigma_max]``.
+
+    Example:
+        >>> from gdinv_modules.matrices import random_matrix
+        >>> s = torch.linalg.svdvals(random_matrix(4, dtype=torch.float64))  # the post's M1
+        >>> lr, momentum = polyak_parameters(s[0], s[-1], 4)
+        >>> round(lr.item(), 3), round(momentum.item(), 4)
+        (6.843, 0.8069)
+    """
+    lr = 2 * n * n / (sigma_max + sigma_min).square()
+    momentum = ((sigma_max - sigma_min) / (sigma_max + sigma_min)).square()
+    return lr, momentum
+
+
+def tuned_parameters(
+    sigma_max: Tensor,
+    sigma_min: Tensor,
+    n: int,
+    *,
+    lr: "float | None" = None,
+    momentum: "float | None" = None,
+) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...) -> (...), (...)
+    r"""The pair to use when ``lr``, ``momentum`` or both are chosen automatically.
+
+    Both free: Polyak's pair. Momentum given: the learning rate that puts the top of the
+    spectrum at the edge of the under-damped region, :math:`\eta = (1 + \sqrt\beta)^2 n^2 /
+    (2 a_\max^2)`. Learning rate given: the smallest momentum that under-damps both ends,
+    :math:`\beta = \max\{(1 - \sqrt{\eta h_\min})^2, (\sqrt{\eta h_\max} - 1)^2\}`, below 1. Each
+    reduces to Polyak's pair when the other value is Polyak's.
+
+    Example:
+        >>> lr, momentum = tuned_parameters(torch.tensor(3.0), torch.tensor(1.0), 2, momentum=0.25)
+        >>> lr.item(), momentum.item()
+        (0.5, 0.25)
+    """
+    if lr is None and momentum is None:
+        return polyak_parameters(sigma_max, sigma_min, n)
+    if lr is None:
+        beta = torch.full_like(sigma_max, float(momentum))
+        return (1 + beta.sqrt()).square() * n * n / (2 * sigma_max.square()), beta
+    if momentum is None:
+        rate_min = (lr * 2 * sigma_min.square() / (n * n)).sqrt()
+        rate_max = (lr * 2 * sigma_max.square() / (n * n)).sqrt()
+        beta = torch.maximum((1 - rate_min).square(), (rate_max - 1).square())
+        return torch.full_like(sigma_max, float(lr)), beta.clamp(0.0, MAX_MOMENTUM)
+    return torch.full_like(sigma_max, float(lr)), torch.full_like(sigma_max, float(momentum))
+
+
+def heavy_ball_rate(
+    singular_values: Tensor, lr: Tensor, momentum: Tensor, n: int
+) -> Tensor:  # shapes: (..., k), (...), (...) -> (...)
+    r"""The residual's contraction per step: the largest root modulus over all :math:`h_i`.
+
+    Above 1 the run diverges. For Polyak's pair it equals :math:`(\kappa - 1)/(\kappa + 1)`.
+
+    Example:
+        >>> s = torch.tensor([3.0, 1.0], dtype=torch.float64)
+        >>> lr, momentum = polyak_parameters(s[0], s[1], 2)
+        >>> round(heavy_ball_rate(s, lr, momentum, 2).item(), 6)
+        0.5
+    """
+    s = singular_values.double()
+    lr = torch.as_tensor(lr, dtype=torch.float64, device=s.device)[..., None]
+    beta = torch.as_tensor(momentum, dtype=torch.float64, device=s.device)[..., None]
+    trace = 1 + beta - lr * 2 * s.square() / (n * n)
+    discriminant = (trace.square() - 4 * beta).to(torch.complex128)
+    root = discriminant.sqrt()
+    modulus = torch.maximum(((trace + root) / 2).abs(), ((trace - root) / 2).abs())
+    return modulus.amax(dim=-1)
+
+
+def steps_to_tolerance(rate: float, tol: float, start: float = 1.0) -> float:
+    """Steps for a residual of ``start`` shrinking by ``rate`` per step to reach ``tol``.
+
+    Example:
+        >>> steps_to_tolerance(0.5, 1e-3)
+        9.965784284662087
+    """
+    if rate >= 1:
+        return math.inf
+    if rate <= 0:
+        return 1.0
+    return max(math.log(tol / start) / math.log(rate), 0.0)
+
+
+def heavy_ball_steps(
+    matrix: Tensor,  # shape: (n, n)
+    lr: float,
+    momentum: float,
+    *,
+    tol: float,
+    max_steps: int,
+    first_guess: "Tensor | None" = None,
+    formulation: Formulation = "left",
+) -> "int | None":
+    """Steps a plain heavy-ball loop with a fixed pair takes to a relative residual of ``tol``.
+
+    The reference the tuner is measured against: with Polyak's pair from the exact SVD it is
+    the best any fixed pair does. ``None`` if ``max_steps`` are not enough.
+
+    Example:
+        >>> m = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))
+        >>> lr, momentum = polyak_parameters(torch.tensor(3.0), torch.tensor(1.0), 2)
+        >>> heavy_ball_steps(m, lr.item(), momentum.item(), tol=1e-10, max_steps=1000)
+        39
+    """
+    n = matrix.shape[-1]
+    approx = torch.zeros_like(matrix) if first_guess is None else first_guess.clone()
+    velocity = torch.zeros_like(matrix)
+    for step in range(max_steps + 1):
+        loss, gradient = loss_and_gradient(approx, matrix, formulation)
+        if math.sqrt(n * loss.item()) <= tol:
+            return step
+        velocity = gradient if step == 0 else momentum * velocity + gradient
+        approx = approx - lr * velocity
+    return None
