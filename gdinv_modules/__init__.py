@@ -14,6 +14,7 @@ from gdinv_modules.errors import (
     MatrixShapeError,
     NonFiniteMatrixError,
     OutputExistsError,
+    SingularMatrixWarning,
 )
 from gdinv_modules.inverse_module import InverseModule
 from gdinv_modules.invert import InverseResult, invert
@@ -46,4 +47,5 @@ __all__ = [
     "DivergenceError",
     "ConvergenceError",
     "ConvergenceWarning",
+    "SingularMatrixWarning",
 ]

@@ -12,6 +12,9 @@ r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral es
   the residual die out, and the pair is retuned (Polyak's, or
   :func:`~gdinv_modules.theory.tuned_parameters` when one of the two is fixed) at steps 0, 4, 8,
   ... with gaps growing like t/8: a handful of host syncs per run, none per step.
+- A ridge :math:`\lambda` adds :math:`\lambda k^2` to every :math:`a_i^2`; a rank-deficient M
+  is measured on the part of the residual that can still shrink (the caller passes the loss
+  above the floor).
 - A batch gets one momentum, the largest of the matrices' (a larger momentum keeps a pair
   stable), and one learning rate per matrix: SGD's ``lr`` is the largest and each matrix's
   gradient is scaled by its share, its momentum buffer rescaled when that share changes.
@@ -23,7 +26,7 @@ import torch
 from torch import Tensor
 
 from gdinv_modules.errors import DivergenceError
-from gdinv_modules.functional import Formulation
+from gdinv_modules.functional import Formulation, estimate_size
 from gdinv_modules.theory import MAX_MOMENTUM, power_sigma_max, stable_lr_bound, tuned_parameters
 
 __all__ = ["HeavyBallTuner"]
@@ -40,6 +43,7 @@ class HeavyBallTuner:
         formulation: the estimate's formulation.
         lr: a fixed learning rate, or ``None`` to choose it.
         momentum: a fixed momentum, or ``None`` to choose it.
+        ridge: the Tikhonov weight of the loss.
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
@@ -55,11 +59,13 @@ class HeavyBallTuner:
         *,
         lr: Optional[float] = None,
         momentum: Optional[float] = None,
+        ridge: float = 0.0,
     ) -> None:
-        self.n = matrix.shape[-1]
+        self.n = estimate_size(matrix.shape, formulation)
         self.fixed_lr = lr
         self.fixed_momentum = momentum
-        estimate = power_sigma_max(matrix, formulation).double()
+        self.ridge_term = ridge * self.n * self.n
+        estimate = (power_sigma_max(matrix, formulation).double().square() + self.ridge_term).sqrt()
         if lr is not None:
             bound = stable_lr_bound(estimate.max(), torch.tensor(MAX_MOMENTUM), self.n).item()
             if lr >= bound:
@@ -83,15 +89,15 @@ class HeavyBallTuner:
     def retune(
         self,
         step: int,
-        loss: Tensor,  # shape: (...)
-        gradient: Tensor,  # shape: (..., n, n), unscaled
+        excess_loss: Tensor,  # shape: (...), the loss above its floor, without the ridge term
+        data_gradient: Tensor,  # shape: (..., n, m), the gradient of that loss
         optimizer: torch.optim.Optimizer,
     ) -> None:
         """Update the estimates from this step's loss and gradient and set SGD's pair (one sync)."""
         n = self.n
-        loss = loss.double()
-        quotient = gradient.double().square().sum(dim=(-2, -1)) * (n * n) / (4 * loss)
-        quotient = torch.where(loss > 0, quotient, self.sigma_max.square())
+        loss = excess_loss.double()
+        quotient = data_gradient.double().square().sum(dim=(-2, -1)) * (n * n) / (4 * loss)
+        quotient = torch.where(loss > 0, quotient + self.ridge_term, self.sigma_max.square())
         floor = (self.sigma_max / MAX_CONDITION).square()
         quotient = torch.maximum(torch.minimum(quotient, self.sigma_max.square()), floor)
         self.sigma_min_sq = (

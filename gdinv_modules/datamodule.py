@@ -10,6 +10,7 @@ from gdinv_modules.errors import InvalidOptionError
 from gdinv_modules.matrices import (
     diagonal_matrix,
     hilbert_matrix,
+    low_rank_matrix,
     random_matrix,
     random_orthogonal,
     spd_matrix,
@@ -19,8 +20,11 @@ from gdinv_modules.validation import check_choice, check_finite, check_matrix, c
 
 __all__ = ["MatrixDataModule", "make_matrix", "MatrixKind", "MATRIX_KINDS", "DTYPES", "step_ticks"]
 
-MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd"]
-MATRIX_KINDS: Tuple[str, ...] = ("random", "diagonal", "file", "hilbert", "orthogonal", "spd")
+MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"]
+MATRIX_KINDS: Tuple[str, ...] = (
+    "random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"
+)
+RANDOM_KINDS = ("random", "orthogonal", "spd", "low_rank")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_BATCHES_PER_EPOCH = 10
 
@@ -44,8 +48,10 @@ def make_matrix(
     values: Optional[Sequence[float]] = None,
     path: Optional[str] = None,
     condition: float = 100.0,
+    rank: Optional[int] = None,
+    rows: Optional[int] = None,
     dtype: torch.dtype = torch.float32,
-) -> Tensor:  # shape: (*batch_shape, n, n)
+) -> Tensor:  # shape: (*batch_shape, n, n), or (*batch_shape, rows, n) for low_rank
     """The matrix of a kind, as :class:`MatrixDataModule` describes them.
 
     Example:
@@ -65,6 +71,12 @@ def make_matrix(
         return hilbert_matrix(n, dtype=dtype)
     if kind == "orthogonal":
         return random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    if kind == "low_rank":
+        if rank is None:
+            raise InvalidOptionError("kind='low_rank' needs a rank")
+        return low_rank_matrix(
+            n, rank, rows=rows, seed=seed, batch_shape=batch_shape, dtype=dtype
+        )
     return spd_matrix(n, condition=condition, seed=seed, batch_shape=batch_shape, dtype=dtype)
 
 
@@ -75,14 +87,17 @@ class MatrixDataModule(pl.LightningDataModule):
         kind: ``"random"`` (``torch.rand`` after seeding: the post's M1 for n = 4),
             ``"diagonal"`` (``diag(values)``, default ``1..n``: the post's M2 for n = 4),
             ``"file"`` (``.npy``, ``.pt`` or ``.csv`` at ``path``, never unpickled),
-            ``"hilbert"``, ``"orthogonal"`` (Haar-random) or ``"spd"`` (symmetric positive
-            definite with condition number ``condition``).
+            ``"hilbert"``, ``"orthogonal"`` (Haar-random), ``"spd"`` (symmetric positive
+            definite with condition number ``condition``) or ``"low_rank"`` (Gaussian of rank
+            ``rank``, ``rows x n``: singular or rectangular, for pseudo-inverses).
         n: the order of the matrix (all kinds but ``"file"``, and ``"diagonal"`` with values).
         seed: the seed of the random kinds.
         batch_shape: leading dimensions, a batch of independent matrices (random kinds only).
         values: the diagonal of ``"diagonal"``.
         path: the file of ``"file"``.
         condition: the condition number of ``"spd"``.
+        rank: the rank of ``"low_rank"``.
+        rows: the number of rows of ``"low_rank"`` (default ``n``).
         dtype: ``"float32"`` or ``"float64"``.
         batches_per_epoch: training steps in an epoch (each takes ``LitInverse.steps_per_batch``
             optimizer steps).
@@ -104,6 +119,8 @@ class MatrixDataModule(pl.LightningDataModule):
         values: Optional[List[float]] = None,
         path: Optional[str] = None,
         condition: float = 100.0,
+        rank: Optional[int] = None,
+        rows: Optional[int] = None,
         dtype: Literal["float32", "float64"] = "float32",
         batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH,
     ) -> None:
@@ -113,17 +130,19 @@ class MatrixDataModule(pl.LightningDataModule):
         check_choice(dtype, tuple(DTYPES), name="dtype")
         check_positive_int(n, name="n")
         check_positive_int(batches_per_epoch, name="batches_per_epoch")
-        if tuple(batch_shape) and kind not in ("random", "orthogonal", "spd"):
+        if tuple(batch_shape) and kind not in RANDOM_KINDS:
             raise InvalidOptionError(f"batch_shape is for the random kinds, not kind={kind!r}")
         if kind != "file" and path is not None:
             raise InvalidOptionError(f"path is for kind='file', not kind={kind!r}")
         if kind != "diagonal" and values is not None:
             raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
+        if kind != "low_rank" and (rank is not None or rows is not None):
+            raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
         self.batches_per_epoch = batches_per_epoch
         self.matrix: Tensor = check_finite(check_matrix(make_matrix(
             kind, n=n, seed=seed, batch_shape=batch_shape, values=values, path=path,
-            condition=condition, dtype=DTYPES[dtype],
-        )))
+            condition=condition, rank=rank, rows=rows, dtype=DTYPES[dtype],
+        ), square=False))
 
     def train_dataloader(self) -> Iterable[int]:
         return step_ticks(self.batches_per_epoch)

@@ -15,6 +15,7 @@ __all__ = [
     "DivergenceError",
     "ConvergenceError",
     "ConvergenceWarning",
+    "SingularMatrixWarning",
 ]
 
 
@@ -56,3 +57,8 @@ class ConvergenceError(RuntimeError):
 
 class ConvergenceWarning(RuntimeWarning):
     """The run ended before every matrix reached the tolerance; the result is still returned."""
+
+
+class SingularMatrixWarning(ConvergenceWarning):
+    """M is rank-deficient (or rectangular without full rank): the loss has a floor above 0 and
+    X tends to a pseudo-inverse."""

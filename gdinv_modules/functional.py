@@ -1,25 +1,29 @@
 r"""The math of inversion by gradient descent, as pure functions on tensors.
 
-For an approximate inverse :math:`X` of :math:`M` (both ``(..., n, n)``) the estimate of the
-identity is one of three formulations:
+For an approximate inverse :math:`X` (``(..., n, m)``) of :math:`M` (``(..., m, n)``; square
+in the post) the estimate of the identity is one of three formulations:
 
 .. math::
     E_\text{left} = X M, \qquad E_\text{right} = M X, \qquad
     E_\text{symmetric} = \tfrac12 (X M + M X),
 
-and the loss of each matrix is the mean squared error to the identity over its :math:`n^2`
-entries, :math:`L(X) = \lVert E - I \rVert_F^2 / n^2`. A batch is a set of independent problems:
+and the loss of each matrix is the mean squared error to the identity over the :math:`k^2`
+entries of the estimate (:math:`k = n` for ``left``, :math:`m` for ``right``),
+:math:`L(X) = \lVert E - I \rVert_F^2 / k^2`, plus :math:`\lambda \lVert X \rVert_F^2` with a
+ridge (Tikhonov) term. A batch is a set of independent problems:
 its objective is the *sum* of the per-matrix losses, so every matrix follows the trajectory it
 would follow alone. The gradient has a closed form (two matrix products, four for symmetric):
 
 .. math::
-    \nabla L_\text{left} = \tfrac{2}{n^2} (XM - I) M^\top, \quad
-    \nabla L_\text{right} = \tfrac{2}{n^2} M^\top (MX - I), \quad
-    \nabla L_\text{symmetric} = \tfrac{1}{n^2} \big(R M^\top + M^\top R\big),\ R = E - I.
+    \nabla L_\text{left} = \tfrac{2}{k^2} (XM - I) M^\top, \quad
+    \nabla L_\text{right} = \tfrac{2}{k^2} M^\top (MX - I), \quad
+    \nabla L_\text{symmetric} = \tfrac{1}{k^2} \big(R M^\top + M^\top R\big),\ R = E - I,
+
+plus :math:`2 \lambda X` with a ridge.
 """
 
 import math
-from typing import Literal, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -33,17 +37,39 @@ __all__ = [
     "identity_sse",
     "relative_residual",
     "loss_and_gradient",
+    "estimate_size",
+    "approx_shape",
 ]
 
 Formulation = Literal["left", "right", "symmetric"]
 FORMULATIONS: Tuple[str, ...] = ("left", "right", "symmetric")
 
 
+def estimate_size(matrix_shape: Sequence[int], formulation: Formulation = "left") -> int:
+    """``k``, the order of the estimate: M's columns for ``left``, its rows for ``right``.
+
+    Example:
+        >>> estimate_size((5, 3), "left"), estimate_size((5, 3), "right")
+        (3, 5)
+    """
+    return matrix_shape[-2] if formulation == "right" else matrix_shape[-1]
+
+
+def approx_shape(matrix_shape: Sequence[int]) -> Tuple[int, ...]:
+    """The shape of X for an M of shape ``(..., m, n)``: ``(..., n, m)``.
+
+    Example:
+        >>> approx_shape((2, 5, 3))
+        (2, 3, 5)
+    """
+    return (*matrix_shape[:-2], matrix_shape[-1], matrix_shape[-2])
+
+
 def identity_estimate(
-    approx: Tensor,  # shape: (..., n, n)
-    matrix: Tensor,  # shape: (..., n, n)
+    approx: Tensor,  # shape: (..., n, m)
+    matrix: Tensor,  # shape: (..., m, n)
     formulation: Formulation = "left",
-) -> Tensor:  # shape: (..., n, n)
+) -> Tensor:  # shape: (..., k, k)
     """The estimate of the identity that ``approx`` gives for ``matrix``; differentiable in both.
 
     Example:
@@ -101,28 +127,36 @@ def identity_mse(
     return sse / count
 
 
-def relative_residual(estimate: Tensor) -> Tensor:  # shape: (..., n, n) -> (...)
-    r"""Relative residual :math:`\lVert E - I \rVert_F / \sqrt{n}`, one value per matrix.
+def relative_residual(
+    estimate: Tensor,  # shape: (..., k, k)
+    target: Optional[Tensor] = None,  # shape: (..., k, k)
+) -> Tensor:  # shape: (...)
+    r"""Relative residual :math:`\lVert E - T \rVert_F / \sqrt{k}`, one value per matrix.
 
-    It is the root mean square of the error's singular values: 1 for ``E = 0``, 0 at the inverse.
+    ``T`` is the identity by default: the residual is then the root mean square of the error's
+    singular values, 1 for ``E = 0`` and 0 at the inverse. For a rank-deficient M pass the
+    projector that the estimate tends to (see :func:`gdinv_modules.rank.estimate_target`).
 
     Example:
         >>> relative_residual(torch.zeros(3, 3))
         tensor(1.)
     """
-    n = estimate.shape[-1]
-    return torch.linalg.matrix_norm(identity_error(estimate)) / math.sqrt(n)
+    k = estimate.shape[-1]
+    error = identity_error(estimate) if target is None else estimate - target
+    return torch.linalg.matrix_norm(error) / math.sqrt(k)
 
 
 def loss_and_gradient(
-    approx: Tensor,  # shape: (..., n, n)
-    matrix: Tensor,  # shape: (..., n, n)
+    approx: Tensor,  # shape: (..., n, m)
+    matrix: Tensor,  # shape: (..., m, n)
     formulation: Formulation = "left",
-) -> Tuple[Tensor, Tensor]:  # shapes: (...), (..., n, n)
+    ridge: float = 0.0,
+) -> Tuple[Tensor, Tensor]:  # shapes: (...), (..., n, m)
     """The per-matrix loss at ``approx`` and the closed-form gradient of the summed loss.
 
-    Equal to what autograd gives for ``identity_mse(estimate, reduction="none").sum()``, at the
-    cost of the two matrix products the math needs (four for ``"symmetric"``).
+    Equal to what autograd gives for ``identity_mse(estimate, reduction="none").sum()`` (plus
+    ``ridge * ||X||^2`` per matrix), at the cost of the two matrix products the math needs
+    (four for ``"symmetric"``).
 
     Example:
         >>> m = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
@@ -133,9 +167,9 @@ def loss_and_gradient(
         tensor([[-1.,  0.],
                 [ 0., -2.]])
     """
-    n = matrix.shape[-1]
-    scale = 2.0 / (n * n)
     error = identity_error(identity_estimate(approx, matrix, formulation))
+    k = error.shape[-1]
+    scale = 2.0 / (k * k)
     loss = error.square().mean(dim=(-2, -1))
     matrix_t = matrix.mT
     if formulation == "left":
@@ -145,4 +179,7 @@ def loss_and_gradient(
     else:
         half = error * (scale / 2)
         gradient = half @ matrix_t + matrix_t @ half
+    if ridge:
+        loss = loss + ridge * approx.square().sum(dim=(-2, -1))
+        gradient = gradient + (2 * ridge) * approx
     return loss, gradient

@@ -1,6 +1,6 @@
 """``InverseModule``: the approximate inverse of a matrix as a trainable ``nn.Module``."""
 
-from typing import Literal, Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -9,6 +9,8 @@ from gdinv_modules.errors import InvalidOptionError, MatrixDtypeError, MatrixSha
 from gdinv_modules.functional import (
     FORMULATIONS,
     Formulation,
+    approx_shape,
+    estimate_size,
     identity_estimate,
     identity_mse,
     relative_residual,
@@ -55,14 +57,17 @@ class InverseModule(nn.Module):
 
     ``forward`` returns the estimate of the identity, :math:`XM` (``"left"``, the post's
     formulation a), :math:`MX` (``"right"``, b) or :math:`(XM + MX)/2` (``"symmetric"``, c).
+    M may be rectangular, ``(..., m, n)``, with ``"left"`` (X is then a left inverse, for full
+    column rank) or ``"right"`` (a right inverse, for full row rank); X has shape ``(..., n, m)``.
     Train it towards the identity with any optimizer (``LitInverse`` does it under a Trainer),
     or put it inside a model that produces :math:`M` and train the two together.
 
     Args:
-        matrix: M, shape ``(..., n, n)``; leading dimensions are a batch of independent
-            matrices, each with its own inverse. Stored as the buffer ``matrix``; its floating
-            dtype and device are kept.
-        size: ``n``, to build the module without a matrix (M is then passed at call time).
+        matrix: M, shape ``(..., n, n)`` (or ``(..., m, n)``); leading dimensions are a batch of
+            independent matrices, each with its own inverse. Stored as the buffer ``matrix``;
+            its floating dtype and device are kept.
+        size: ``n``, or M's shape ``(m, n)``, to build the module without a matrix (M is then
+            passed at call time).
         batch_shape: the leading dimensions of the parameter when built from ``size``.
         dtype: the parameter's dtype when built from ``size`` (default float32).
         device: the parameter's device when built from ``size``.
@@ -73,8 +78,8 @@ class InverseModule(nn.Module):
             off in a hot loop once the inputs are trusted). A stored matrix is always checked.
 
     Attributes:
-        approx: ``nn.Parameter`` of shape ``(..., n, n)``, the approximate inverse :math:`X`.
-        matrix: buffer of shape ``(..., n, n)``, or ``None`` when built from ``size``.
+        approx: ``nn.Parameter`` of shape ``(..., n, m)``, the approximate inverse :math:`X`.
+        matrix: buffer of shape ``(..., m, n)``, or ``None`` when built from ``size``.
 
     Example:
         >>> m = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
@@ -94,7 +99,7 @@ class InverseModule(nn.Module):
         self,
         matrix: Optional[Tensor] = None,
         *,
-        size: Optional[int] = None,
+        size: Optional[Union[int, Tuple[int, int]]] = None,
         batch_shape: Sequence[int] = (),
         dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
@@ -112,28 +117,41 @@ class InverseModule(nn.Module):
                 raise InvalidOptionError(
                     "give either matrix, or size with batch_shape, dtype and device, not both"
                 )
-            validation.check_finite(check_matrix(matrix))
-            shape, dtype, device = tuple(matrix.shape), matrix.dtype, matrix.device
+            validation.check_finite(check_matrix(matrix, square=self._needs_square))
+            shape, dtype, device = approx_shape(matrix.shape), matrix.dtype, matrix.device
             self.register_buffer("matrix", matrix.detach().clone())
         else:
             if size is None:
                 raise InvalidOptionError("give the matrix, or its size n to pass M at call time")
-            check_positive_int(size, name="size")
+            rows, cols = (size, size) if isinstance(size, int) else tuple(size)
+            check_positive_int(rows, name="size")
+            check_positive_int(cols, name="size")
+            if self._needs_square and rows != cols:
+                raise MatrixShapeError(f"formulation 'symmetric' needs a square M, got size {size}")
             for dim in batch_shape:
                 check_positive_int(dim, name="batch_shape entries")
             dtype = torch.float32 if dtype is None else dtype
             if not dtype.is_floating_point:
                 raise MatrixDtypeError(f"dtype must be a real floating dtype, got {dtype}")
-            shape = (*batch_shape, size, size)
+            shape = approx_shape((*batch_shape, rows, cols))
             self.register_buffer("matrix", None)
         self.approx = nn.Parameter(
             initial_approx(shape, init=init, seed=seed, dtype=dtype, device=device)
         )
 
     @property
+    def _needs_square(self) -> bool:
+        return self.formulation == "symmetric"
+
+    @property
+    def matrix_shape(self) -> Tuple[int, int]:
+        """``(m, n)``, the shape of one M."""
+        return self.approx.shape[-1], self.approx.shape[-2]
+
+    @property
     def size(self) -> int:
-        """``n``, the order of the matrices."""
-        return self.approx.shape[-1]
+        """``k``, the order of the estimate (``n`` for a square M)."""
+        return estimate_size(self.matrix_shape, self.formulation)
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -141,11 +159,11 @@ class InverseModule(nn.Module):
         return self.approx.shape[:-2]
 
     @property
-    def inverse(self) -> Tensor:  # shape: (..., n, n)
+    def inverse(self) -> Tensor:  # shape: (..., n, m)
         """The current approximate inverse, detached from the graph."""
         return self.approx.detach()
 
-    def resolve_matrix(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
+    def resolve_matrix(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., m, n)
         """The matrix to use: the one passed (checked against the parameter), else the buffer."""
         if matrix is None:
             if self.matrix is None:
@@ -153,12 +171,12 @@ class InverseModule(nn.Module):
                     "this InverseModule was built from a size: pass the matrix at call time"
                 )
             return self.matrix
-        check_matrix(matrix)
-        if matrix.shape[-1] != self.size:
+        check_matrix(matrix, square=self._needs_square)
+        if tuple(matrix.shape[-2:]) != self.matrix_shape:
             raise MatrixShapeError(
                 f"matrix of shape {tuple(matrix.shape)} does not fit the approximate inverse of "
                 f"shape {tuple(self.approx.shape)}: the last two dimensions must be "
-                f"({self.size}, {self.size})"
+                f"{self.matrix_shape}"
             )
         try:
             torch.broadcast_shapes(matrix.shape[:-2], self.batch_shape)
@@ -177,7 +195,7 @@ class InverseModule(nn.Module):
             validation.check_finite(matrix)
         return matrix
 
-    def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
+    def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The estimate of the identity; gradients flow into ``approx`` and a passed ``matrix``."""
         return identity_estimate(self.approx, self.resolve_matrix(matrix), self.formulation)
 
@@ -186,13 +204,16 @@ class InverseModule(nn.Module):
         return identity_mse(self(matrix), reduction="none")
 
     @torch.no_grad()
-    def residual(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (...)
-        r"""The relative residual :math:`\lVert E - I \rVert_F / \sqrt{n}`, one per matrix."""
-        return relative_residual(self(matrix))
+    def residual(
+        self, matrix: Optional[Tensor] = None, target: Optional[Tensor] = None
+    ) -> Tensor:  # shape: (...)
+        r"""The relative residual :math:`\lVert E - T \rVert_F / \sqrt{k}`, one per matrix
+        (``T`` the identity unless given)."""
+        return relative_residual(self(matrix), target)
 
     def extra_repr(self) -> str:
         return (
-            f"size={self.size}, batch_shape={tuple(self.batch_shape)}, "
+            f"matrix_shape={self.matrix_shape}, batch_shape={tuple(self.batch_shape)}, "
             f"formulation={self.formulation!r}, dtype={self.approx.dtype}"
         )
 

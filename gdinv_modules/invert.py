@@ -54,10 +54,16 @@ def invert(
     init: Init = "zeros",
     seed: int = 314,
     steps_per_batch: int = 100,
+    ridge: float = 0.0,
+    check_rank: bool = True,
     check: bool = False,
     **trainer_options: Any,
 ) -> InverseResult:
     r"""Invert ``matrix`` (shape ``(..., n, n)``) by heavy-ball gradient descent to ``tol``.
+
+    A rank-deficient or rectangular ``(..., m, n)`` M gets its Moore-Penrose pseudo-inverse
+    (from the default ``init="zeros"``) and a :class:`SingularMatrixWarning` where it lacks
+    full rank; ``ridge`` adds Tikhonov regularisation (see :class:`LitInverse`).
 
     Runs :class:`LitInverse` under a quiet ``Trainer`` (no progress bar, logger or checkpoint
     unless ``trainer_options`` ask for them), on the GPU where there is one. ``tol`` bounds
@@ -73,12 +79,12 @@ def invert(
         >>> torch.allclose(result.inverse, torch.linalg.inv(m), atol=1e-9)
         True
     """
-    check_finite(check_matrix(matrix))
+    check_finite(check_matrix(matrix, square=formulation == "symmetric"))
     check_positive_int(max_steps, name="max_steps")
     tol = default_tol(matrix.dtype) if tol is None else tol
     model = LitInverse(
         matrix, lr=lr, momentum=momentum, formulation=formulation, init=init, seed=seed,
-        steps_per_batch=steps_per_batch, tol=tol,
+        steps_per_batch=steps_per_batch, tol=tol, ridge=ridge, check_rank=check_rank,
     )
     options = dict(
         max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,

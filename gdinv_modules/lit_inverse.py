@@ -1,5 +1,6 @@
 """``LitInverse``: trains an :class:`InverseModule` under a Lightning ``Trainer``."""
 
+import warnings
 from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 import pytorch_lightning as pl
@@ -9,17 +10,25 @@ from torch import Tensor
 from gdinv_modules.auto_tuner import HeavyBallTuner
 from gdinv_modules.convergence import ConvergenceMonitor, default_tol
 from gdinv_modules.datamodule import step_ticks
-from gdinv_modules.errors import InvalidOptionError
+from gdinv_modules.errors import InvalidOptionError, SingularMatrixWarning
 from gdinv_modules.functional import (
     Formulation,
+    identity_estimate,
     identity_mse,
     loss_and_gradient,
     relative_residual,
 )
 from gdinv_modules.inverse_module import Init, InverseModule
 from gdinv_modules.metric import IdentityMSE
+from gdinv_modules.rank import estimate_target, loss_floor
 from gdinv_modules.report import ConvergenceReport
-from gdinv_modules.validation import check_momentum, check_positive_float, check_positive_int
+from gdinv_modules.theory import ridge_error_bound
+from gdinv_modules.validation import (
+    check_momentum,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
 
 __all__ = ["LitInverse"]
 
@@ -59,6 +68,14 @@ class LitInverse(pl.LightningModule):
         tol: stop once every matrix's relative residual is at most ``tol``; ``None`` runs to
             ``max_steps`` (as the post does). Reports call a matrix converged at ``tol``, or
             without one at the dtype's default (1e-5 for float32, 1e-10 for float64).
+        ridge: the Tikhonov weight :math:`\lambda \ge 0`: the loss gains
+            :math:`\lambda \lVert X\rVert_F^2`, and the residual checked against ``tol`` becomes
+            the bound :math:`\lVert\nabla f\rVert / (2\lambda\lVert X\rVert)` on the relative
+            distance to the regularised minimiser.
+        check_rank: take one SVD of M at the start to find its rank. A rank-deficient M gets a
+            :class:`SingularMatrixWarning` with the rank and the loss floor
+            :math:`(k - r)/k^2`, and its residual is measured against the projector the
+            estimate tends to (X tends to the pseudo-inverse from ``init="zeros"``).
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
@@ -81,6 +98,8 @@ class LitInverse(pl.LightningModule):
         seed: int = 314,
         steps_per_batch: int = 100,
         tol: Optional[float] = None,
+        ridge: float = 0.0,
+        check_rank: bool = True,
     ) -> None:
         super().__init__()
         if lr != "auto":
@@ -89,6 +108,7 @@ class LitInverse(pl.LightningModule):
             check_momentum(momentum)
         if tol is not None:
             check_positive_float(tol, name="tol")
+        check_non_negative_float(ridge, name="ridge")
         check_positive_int(steps_per_batch, name="steps_per_batch")
         self.save_hyperparameters(ignore=["matrix"])
         self.automatic_optimization = False
@@ -100,6 +120,8 @@ class LitInverse(pl.LightningModule):
         self.first_loss: Optional[Tensor] = None  # shape: (...), L(X_0) per matrix
         self.last_loss: Optional[Tensor] = None  # shape: (...), L of the current X
         self.last_residual: Optional[Tensor] = None  # shape: (...)
+        self.rank: Optional[Tensor] = None  # shape: (...), from check_rank
+        self.target: Optional[Tensor] = None  # shape: (..., k, k); None: the identity
         if matrix is not None:
             self._build(matrix)
 
@@ -153,9 +175,49 @@ class LitInverse(pl.LightningModule):
         module = self._module()
         lr, momentum = self.effective_parameters()
         tol = self.hparams.tol or default_tol(module.approx.dtype)
+        with torch.no_grad():
+            residual = self.convergence_residual()
         return ConvergenceReport.from_run(
-            self.losses, module.matrix, module.formulation, lr, momentum, tol, module.residual()
+            self.losses, module.matrix, module.formulation, lr, momentum, tol, residual,
+            rank=self.rank, ridge=self.hparams.ridge,
         )
+
+    def convergence_residual(self, estimate: Optional[Tensor] = None) -> Tensor:  # shape: (...)
+        r"""What ``tol`` bounds, per matrix: :math:`\lVert E - T\rVert_F/\sqrt k` (``T`` the
+        identity, or the projector for a rank-deficient M), or with a ridge the bound on the
+        relative distance to its minimiser."""
+        module = self._module()
+        ridge = self.hparams.ridge
+        if ridge:
+            _, gradient = loss_and_gradient(module.approx, module.matrix, module.formulation, ridge)
+            return ridge_error_bound(module.approx, gradient, ridge)
+        return relative_residual(module() if estimate is None else estimate, self.target)
+
+    def _check_rank(self) -> None:
+        module = self._module()
+        self.rank, self.target = estimate_target(module.matrix, module.formulation)
+        if self.target is not None:
+            k = module.size
+            deficient = (self.rank < k).nonzero().tolist()
+            first = tuple(deficient[0]) if deficient and deficient[0] else ()
+            rank = int(self.rank[first]) if first else int(self.rank.min())
+            warnings.warn(
+                f"M is rank-deficient: {len(deficient) or 1} matrix(es), e.g. rank {rank} of "
+                f"{k}{f' at batch index {first}' if first else ''}; the loss cannot go below "
+                f"(k - rank) / k^2 = {loss_floor(torch.tensor(rank), k).item():.4g}, and X tends "
+                "to the pseudo-inverse from init='zeros' (to another generalised inverse from a "
+                "random start)",
+                SingularMatrixWarning,
+                stacklevel=2,
+            )
+
+    def _spectral_sample(self, approx: Tensor, matrix: Tensor) -> Tuple[Tensor, Tensor]:
+        """The loss above its floor and its gradient, for the tuner (at retune steps only)."""
+        formulation = self._module().formulation
+        _, data_gradient = loss_and_gradient(approx, matrix, formulation)
+        estimate = identity_estimate(approx, matrix, formulation)
+        excess = (relative_residual(estimate, self.target).square() / estimate.shape[-1])
+        return excess, data_gradient
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
@@ -189,11 +251,15 @@ class LitInverse(pl.LightningModule):
         return [ConvergenceMonitor(self.hparams.tol)]
 
     def on_train_start(self) -> None:
+        if self.hparams.check_rank and self.rank is None:
+            self._check_rank()
         if self.auto and self.tuner is None:
             module = self._module()
             fixed = {key: None if self.hparams[key] == "auto" else self.hparams[key]
                      for key in ("lr", "momentum")}
-            self.tuner = HeavyBallTuner(module.matrix, module.formulation, **fixed)
+            self.tuner = HeavyBallTuner(
+                module.matrix, module.formulation, ridge=self.hparams.ridge, **fixed
+            )
             if self._tuner_state is not None:
                 self.tuner.load_state_dict(self._tuner_state)
 
@@ -203,23 +269,26 @@ class LitInverse(pl.LightningModule):
         if self.trainer.max_steps >= 0:
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
         optimizer = self.optimizers()
-        tuner, first_step = self.tuner, self.trainer.global_step
+        tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
         approx, matrix = module.approx, module.matrix
         losses = approx.new_empty((steps, *module.batch_shape))
         with torch.no_grad():
             for step in range(steps):
-                loss, gradient = loss_and_gradient(approx, matrix, module.formulation)
+                loss, gradient = loss_and_gradient(approx, matrix, module.formulation, ridge)
                 losses[step] = loss
                 if tuner is not None:
                     if tuner.due(first_step + step):
-                        tuner.retune(first_step + step, loss, gradient, optimizer.optimizer)
+                        sample = self._spectral_sample(approx, matrix)
+                        tuner.retune(first_step + step, *sample, optimizer.optimizer)
                     gradient = tuner.scale(gradient)
                 approx.grad = gradient
                 optimizer.step()
             estimate = module(matrix)
             self.metric(estimate)
             self.last_loss = identity_mse(estimate, reduction="none")
-            self.last_residual = relative_residual(estimate)
+            if ridge:
+                self.last_loss = self.last_loss + ridge * approx.square().sum(dim=(-2, -1))
+            self.last_residual = self.convergence_residual(estimate)
         if self.first_loss is None:
             self.first_loss = losses[0]
         elif self.first_loss.device != losses.device:  # restored from a checkpoint

@@ -19,6 +19,7 @@ __all__ = [
     "hilbert_matrix",
     "random_orthogonal",
     "spd_matrix",
+    "low_rank_matrix",
 ]
 
 
@@ -116,3 +117,31 @@ def spd_matrix(
     eigenvalues = torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
     spd = (q * eigenvalues) @ q.mT
     return ((spd + spd.mT) / 2).to(dtype)
+
+
+def low_rank_matrix(
+    n: int,
+    rank: int,
+    *,
+    rows: Optional[int] = None,
+    seed: int = 314,
+    batch_shape: Sequence[int] = (),
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:  # shape: (*batch_shape, rows or n, n)
+    """A Gaussian matrix of exactly ``rank`` (the product of ``rows x rank`` and ``rank x n``
+    Gaussian factors): singular, or rectangular, for pseudo-inverse experiments.
+
+    Example:
+        >>> torch.linalg.matrix_rank(low_rank_matrix(5, 2, dtype=torch.float64)).item()
+        2
+    """
+    rows = n if rows is None else rows
+    for value, name in ((n, "n"), (rank, "rank"), (rows, "rows")):
+        check_positive_int(value, name=name)
+    if rank > min(rows, n):
+        raise InvalidOptionError(f"rank must be at most min(rows, n) = {min(rows, n)}, got {rank}")
+    generator = torch.Generator().manual_seed(seed)
+    batch = _check_batch_shape(batch_shape)
+    left = torch.randn((*batch, rows, rank), generator=generator, dtype=torch.float64)
+    right = torch.randn((*batch, rank, n), generator=generator, dtype=torch.float64)
+    return (left @ right / math.sqrt(rank)).to(dtype)

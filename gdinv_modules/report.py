@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from gdinv_modules.functional import Formulation
+from gdinv_modules.functional import Formulation, estimate_size
+from gdinv_modules.rank import loss_floor
 from gdinv_modules.theory import heavy_ball_rate, operator_singular_values, polyak_parameters
 
 __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
@@ -75,7 +76,11 @@ class ConvergenceReport:
     """How a run converged, per matrix (lists follow the batch, flattened).
 
     ``predicted_rate`` is the heavy-ball rate of the final (lr, momentum) over the exact
-    singular values; ``polyak_rate`` the best any fixed pair could do, ``(kappa-1)/(kappa+1)``.
+    singular values (the nonzero ones of a rank-deficient M; with a ridge each
+    :math:`\sigma^2` gains :math:`\lambda k^2`); ``polyak_rate`` the best any fixed pair could
+    do, ``(kappa-1)/(kappa+1)``. For a rank-deficient M, rates and steps are those of the loss
+    above its floor ``loss_floor``. With a ridge the history holds no distance to the minimiser,
+    so ``steps_to_tol`` and ``measured_rate`` are left out (``None``).
     """
 
     tol: float
@@ -90,6 +95,9 @@ class ConvergenceReport:
     momentum: List[float]
     sigma_max: List[Optional[float]]
     sigma_min: List[Optional[float]]
+    rank: List[Optional[int]]
+    loss_floor: List[float]
+    ridge: float = 0.0
 
     @classmethod
     def from_run(
@@ -101,36 +109,54 @@ class ConvergenceReport:
         momentum: Tensor,  # shape: (...) or ()
         tol: float,
         final_residual: Tensor,  # shape: (...)
+        *,
+        rank: Optional[Tensor] = None,  # shape: (...)
+        ridge: float = 0.0,
     ) -> "ConvergenceReport":
-        n = matrix.shape[-1]
+        k = estimate_size(matrix.shape, formulation)
         batch = matrix.shape[:-2]
-        residuals = residual_history(losses, n)
+        count = math.prod(batch)
+        floor = torch.zeros(batch, dtype=torch.float64) if rank is None else loss_floor(rank, k)
+        floor = floor.cpu()
+        residuals = residual_history((losses.double().cpu() - floor).clamp_min(0), k)
         first = first_step_below(residuals, tol).reshape(-1)
         final = final_residual.double().reshape(-1).cpu()
         lr = torch.as_tensor(lr, dtype=torch.float64).expand(batch).reshape(-1).cpu()
         momentum = torch.as_tensor(momentum, dtype=torch.float64).expand(batch).reshape(-1).cpu()
         nan = torch.full_like(final, math.nan)
-        sigma_max = sigma_min = predicted = polyak = nan
-        if formulation != "symmetric" or n <= SYMMETRIC_THEORY_MAX_N:
-            singular = operator_singular_values(matrix, formulation).reshape(final.shape[0], -1)
-            singular = singular.cpu()
+        sigma_max = sigma_min = predicted = polyak = rate = nan
+        if not ridge:
+            rate = measured_rate(residuals, tol).reshape(-1)
+        if formulation != "symmetric" or k <= SYMMETRIC_THEORY_MAX_N:
+            singular = operator_singular_values(matrix, formulation).reshape(count, -1).cpu()
+            if rank is not None:  # drop the zero singular values: those directions never move
+                kept = rank.reshape(count, 1).cpu().clamp_min(1)
+                index = torch.arange(singular.shape[-1])[None, :]
+                smallest = singular.gather(1, kept - 1)
+                singular = torch.where(index < kept, singular, smallest)
+            singular = (singular.square() + ridge * k * k).sqrt()
             sigma_max, sigma_min = singular[:, 0], singular[:, -1]
-            predicted = heavy_ball_rate(singular, lr, momentum, n)
-            polyak_lr, polyak_momentum = polyak_parameters(sigma_max, sigma_min, n)
-            polyak = heavy_ball_rate(singular, polyak_lr, polyak_momentum, n)
+            predicted = heavy_ball_rate(singular, lr, momentum, k)
+            polyak_lr, polyak_momentum = polyak_parameters(sigma_max, sigma_min, k)
+            polyak = heavy_ball_rate(singular, polyak_lr, polyak_momentum, k)
         return cls(
             tol=tol,
             steps=int(losses.shape[0]),
             converged=(final <= tol).tolist(),
-            steps_to_tol=[int(step) if step >= 0 else None for step in first.tolist()],
+            steps_to_tol=[
+                int(step) if step >= 0 and not ridge else None for step in first.tolist()
+            ],
             final_residual=final.tolist(),
-            measured_rate=_optional(measured_rate(residuals.cpu(), tol).reshape(-1)),
+            measured_rate=_optional(rate),
             predicted_rate=_optional(predicted),
             polyak_rate=_optional(polyak),
             lr=lr.tolist(),
             momentum=momentum.tolist(),
             sigma_max=_optional(sigma_max),
             sigma_min=_optional(sigma_min),
+            rank=[None] * count if rank is None else rank.reshape(-1).tolist(),
+            loss_floor=floor.reshape(-1).tolist(),
+            ridge=ridge,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -143,7 +169,15 @@ class ConvergenceReport:
         predicted, polyak = self.predicted_rate[worst], self.polyak_rate[worst]
         converged = sum(self.converged)
         reached = [step for step in self.steps_to_tol if step is not None]
-        return [
+        deficient = [
+            (index, rank) for index, (rank, floor) in enumerate(zip(self.rank, self.loss_floor))
+            if floor > 0
+        ]
+        singular = [
+            f"  singular M             {len(deficient)} matrix(es), e.g. rank {deficient[0][1]}"
+            f", loss floor {self.loss_floor[deficient[0][0]]:.4g}"
+        ] if deficient else []
+        return singular + [
             f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
             + (f", the last at step {max(reached)}" if reached else ""),
             f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "

@@ -21,7 +21,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.functional import Formulation, loss_and_gradient
+from gdinv_modules.functional import Formulation, approx_shape, loss_and_gradient
 
 __all__ = [
     "normal_operator",
@@ -34,6 +34,7 @@ __all__ = [
     "steps_to_tolerance",
     "heavy_ball_steps",
     "MAX_MOMENTUM",
+    "ridge_error_bound",
 ]
 
 MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
@@ -41,7 +42,7 @@ MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
 
 def normal_operator(
     v: Tensor, matrix: Tensor, formulation: Formulation = "left"
-) -> Tensor:  # shapes: (..., n, n), (..., n, n) -> (..., n, n)
+) -> Tensor:  # shapes: (..., n, m), (..., m, n) -> (..., n, m)
     r""":math:`\mathcal{A}^* \mathcal{A}(V)`, whose eigenvalues are the :math:`a_i^2`.
 
     Example:
@@ -102,7 +103,8 @@ def power_sigma_max(
     """
     work = matrix.double() if matrix.dtype != torch.float64 else matrix
     generator = torch.Generator().manual_seed(seed)
-    v = torch.rand(work.shape, generator=generator, dtype=torch.float64).to(work.device) + 0.5
+    shape = approx_shape(work.shape)
+    v = torch.rand(shape, generator=generator, dtype=torch.float64).to(work.device) + 0.5
     v = v / torch.linalg.matrix_norm(v)[..., None, None]
     estimate = torch.zeros(work.shape[:-2], dtype=torch.float64, device=work.device)
     for iteration in range(iterations):
@@ -216,7 +218,7 @@ def steps_to_tolerance(rate: float, tol: float, start: float = 1.0) -> float:
 
 
 def heavy_ball_steps(
-    matrix: Tensor,  # shape: (n, n)
+    matrix: Tensor,  # shape: (n, n), or (m, n) for "left"
     lr: float,
     momentum: float,
     *,
@@ -237,8 +239,8 @@ def heavy_ball_steps(
         39
     """
     n = matrix.shape[-1]
-    approx = torch.zeros_like(matrix) if first_guess is None else first_guess.clone()
-    velocity = torch.zeros_like(matrix)
+    approx = torch.zeros_like(matrix.mT) if first_guess is None else first_guess.clone()
+    velocity = torch.zeros_like(approx)
     for step in range(max_steps + 1):
         loss, gradient = loss_and_gradient(approx, matrix, formulation)
         if math.sqrt(n * loss.item()) <= tol:
@@ -246,3 +248,20 @@ def heavy_ball_steps(
         velocity = gradient if step == 0 else momentum * velocity + gradient
         approx = approx - lr * velocity
     return None
+
+
+def ridge_error_bound(
+    approx: Tensor, gradient: Tensor, ridge: float
+) -> Tensor:  # shapes: (..., n, m), (..., n, m) -> (...)
+    r"""A bound on the relative distance to the ridge minimiser, :math:`\lVert X - X^*\rVert_F /
+    \lVert X\rVert_F \le \lVert \nabla f\rVert_F / (2 \lambda \lVert X\rVert_F)`.
+
+    The ridge term makes the loss :math:`2\lambda`-strongly convex, so the gradient bounds the
+    distance to the minimiser without knowing it.
+
+    Example:
+        >>> ridge_error_bound(torch.ones(2, 2), torch.full((2, 2), 0.25), 0.5).item()
+        0.25
+    """
+    norm = torch.linalg.matrix_norm(approx).clamp_min(torch.finfo(approx.dtype).tiny)
+    return torch.linalg.matrix_norm(gradient) / (2 * ridge * norm)

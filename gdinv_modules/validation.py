@@ -20,14 +20,16 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_positive_float",
+    "check_non_negative_float",
     "check_momentum",
 ]
 
 T = TypeVar("T")
 
 
-def check_matrix(matrix: object, *, name: str = "matrix") -> Tensor:
-    """Check that ``matrix`` is a real floating tensor of shape ``(..., n, n)`` with ``n >= 1``.
+def check_matrix(matrix: object, *, name: str = "matrix", square: bool = True) -> Tensor:
+    """Check that ``matrix`` is a real floating tensor of shape ``(..., n, n)`` with ``n >= 1``
+    (``(..., m, n)`` with ``square=False``).
 
     No host synchronisation: finiteness is checked separately by :func:`check_finite`.
 
@@ -46,7 +48,7 @@ def check_matrix(matrix: object, *, name: str = "matrix") -> Tensor:
             f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(matrix.shape)}"
         )
     rows, cols = matrix.shape[-2:]
-    if rows != cols:
+    if square and rows != cols:
         raise MatrixShapeError(f"{name} must be square (..., n, n), got shape {tuple(matrix.shape)}")
     if matrix.numel() == 0:
         raise MatrixShapeError(f"{name} must not be empty, got shape {tuple(matrix.shape)}")
@@ -91,4 +93,13 @@ def check_momentum(value: object, *, name: str = "momentum") -> float:
     """Raise :class:`InvalidOptionError` unless ``0 <= value < 1`` (heavy ball is stable only there)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise InvalidOptionError(f"{name} must be a number with 0 <= {name} < 1, got {value!r}")
+    return float(value)
+
+
+def check_non_negative_float(value: object, *, name: str) -> float:
+    """Raise :class:`InvalidOptionError` unless ``value`` is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise InvalidOptionError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)

@@ -118,7 +118,6 @@ def test_composition_trains_end_to_end_and_gradients_reach_both():
 @pytest.mark.parametrize(
     "bad, error, words",
     [
-        (torch.rand(3, 4), MatrixShapeError, "square"),
         (torch.rand(4), MatrixShapeError, "at least 2 dimensions"),
         (torch.rand(0, 0), MatrixShapeError, "empty"),
         (torch.ones(3, 3, dtype=torch.int64), MatrixDtypeError, "floating"),
@@ -142,7 +141,7 @@ def test_bad_matrices_get_a_clear_error(bad, error, words):
         (torch.rand(3, 4, 4), "do not broadcast"),
         (torch.rand(2, 4, 4, dtype=torch.float64), "dtype"),
         (torch.full((2, 4, 4), float("nan")), "NaN"),
-        (torch.rand(2, 4, 3), "square"),
+        (torch.rand(2, 4, 3), r"must be \(4, 4\)"),
     ],
 )
 def test_call_time_matrix_that_does_not_fit_is_refused(call_time, words):
@@ -161,6 +160,27 @@ def test_call_time_matrix_that_does_not_fit_is_refused(call_time, words):
 def test_bad_options_are_named(kwargs, words):
     with pytest.raises(InvalidOptionError, match=words):
         InverseModule(torch.eye(2), **kwargs)
+
+
+def test_symmetric_formulation_refuses_a_rectangular_matrix():
+    with pytest.raises(MatrixShapeError, match="square"):
+        InverseModule(torch.rand(3, 4), formulation="symmetric")
+    with pytest.raises(MatrixShapeError, match="square"):
+        InverseModule(size=(3, 4), formulation="symmetric")
+    module = InverseModule(size=3, formulation="symmetric")
+    with pytest.raises(MatrixShapeError, match="square"):
+        module(torch.rand(3, 4))
+
+
+def test_rectangular_matrix_gives_an_n_by_m_inverse():
+    tall = random_matrix(5, seed=1)[:, :3]  # 5 x 3
+    left = InverseModule(tall)
+    assert left.approx.shape == (3, 5) and left().shape == (3, 3) and left.size == 3
+    right = InverseModule(tall.T.contiguous(), formulation="right")
+    assert right.approx.shape == (5, 3) and right().shape == (3, 3)
+    from_size = InverseModule(size=(5, 3), formulation="right", batch_shape=(2,))
+    assert from_size.approx.shape == (2, 3, 5) and from_size.size == 5
+    assert from_size(torch.rand(2, 5, 3)).shape == (2, 5, 5)
 
 
 def test_size_and_matrix_are_exclusive_and_size_must_be_positive():
