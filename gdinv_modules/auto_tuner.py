@@ -66,6 +66,8 @@ class HeavyBallTuner:
         self.fixed_momentum = momentum
         self.ridge_term = ridge * self.n * self.n
         estimate = (power_sigma_max(matrix, formulation).double().square() + self.ridge_term).sqrt()
+        # M = 0 has a zero gradient everywhere: any finite pair will do.
+        estimate = torch.where(estimate > 0, estimate, torch.ones_like(estimate))
         if lr is not None:
             bound = stable_lr_bound(estimate.max(), torch.tensor(MAX_MOMENTUM), self.n).item()
             if lr >= bound:

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from gdinv_modules.checkpointing import ResumableCheckpoint
 from gdinv_modules.datamodule import MatrixDataModule
 from gdinv_modules.errors import GDInvError
 from gdinv_modules.lit_inverse import LitInverse
@@ -18,10 +19,13 @@ __all__ = ["InverseCLI", "main"]
 
 
 class InverseCLI(LightningCLI):
-    """``LightningCLI`` with the run's outputs as a callback that every run gets."""
+    """``LightningCLI`` with callbacks that every run gets: the run's outputs (``outputs:``) and
+    resumable checkpoints (``checkpoint:``, ``last.ckpt`` every 1000 steps), so that
+    ``--ckpt_path last`` continues a run that was killed."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunOutputs, "outputs")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
 
 
 def main(args: Optional[List[str]] = None) -> None:

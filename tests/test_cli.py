@@ -115,6 +115,13 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path, capsys):
     [
         (["--model.lr", "-0.5"], "lr must be a finite number > 0"),
         (["--model.momentum", "1.5"], "momentum"),
+        (["--model.momentum", "1.0"], "0 <= momentum < 1"),
+        (["--model.momentum", "-0.1"], "0 <= momentum < 1"),
+        (["--model.ridge", "-1"], "ridge must be a finite number >= 0"),
+        (["--model.steps_per_batch", "0"], "steps_per_batch"),
+        (["--data.batches_per_epoch", "0"], "batches_per_epoch"),
+        (["--data.kind", "spd", "--data.condition", "0.5"], "condition"),
+        (["--data.kind", "low_rank"], "needs a rank"),
         (["--data.n", "0"], "n must be an integer >= 1"),
         (["--model.tol", "0"], "tol must be a finite number > 0"),
         (["--model.lr", "1000", "--trainer.max_steps", "3000"], "diverged"),
