@@ -38,6 +38,7 @@ __all__ = [
     "relative_residual",
     "loss_and_gradient",
     "estimate_size",
+    "inverse_loss",
     "approx_shape",
 ]
 
@@ -146,6 +147,24 @@ def relative_residual(
     return torch.linalg.matrix_norm(error) / math.sqrt(k)
 
 
+def inverse_loss(
+    error: Tensor,  # shape: (..., k, k), E - I
+    approx: Tensor,  # shape: (..., n, m)
+    ridge: float = 0.0,
+) -> Tensor:  # shape: (...)
+    r"""The training objective per matrix, :math:`\lVert E - I\rVert_F^2/k^2 + \lambda
+    \lVert X\rVert_F^2`, from the error ``E - I``.
+
+    Example:
+        >>> inverse_loss(identity_error(torch.zeros(2, 2)), torch.ones(2, 2), ridge=0.25)
+        tensor(1.5000)
+    """
+    loss = error.square().mean(dim=(-2, -1))
+    if ridge:
+        loss = loss + ridge * approx.square().sum(dim=(-2, -1))
+    return loss
+
+
 def loss_and_gradient(
     approx: Tensor,  # shape: (..., n, m)
     matrix: Tensor,  # shape: (..., m, n)
@@ -170,7 +189,7 @@ def loss_and_gradient(
     error = identity_error(identity_estimate(approx, matrix, formulation))
     k = error.shape[-1]
     scale = 2.0 / (k * k)
-    loss = error.square().mean(dim=(-2, -1))
+    loss = inverse_loss(error, approx, ridge)
     matrix_t = matrix.mT
     if formulation == "left":
         gradient = (error * scale) @ matrix_t
@@ -180,6 +199,5 @@ def loss_and_gradient(
         half = error * (scale / 2)
         gradient = half @ matrix_t + matrix_t @ half
     if ridge:
-        loss = loss + ridge * approx.square().sum(dim=(-2, -1))
         gradient = gradient + (2 * ridge) * approx
     return loss, gradient

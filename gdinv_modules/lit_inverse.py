@@ -13,8 +13,9 @@ from gdinv_modules.datamodule import step_ticks
 from gdinv_modules.errors import InvalidOptionError, SingularMatrixWarning
 from gdinv_modules.functional import (
     Formulation,
+    identity_error,
     identity_estimate,
-    identity_mse,
+    inverse_loss,
     loss_and_gradient,
     relative_residual,
 )
@@ -57,8 +58,8 @@ class LitInverse(pl.LightningModule):
     close to Polyak's optimal rate, never past the stability bound.
 
     Args:
-        matrix: M, shape ``(..., n, n)``. Leave it out to take M from the ``datamodule``'s
-            ``matrix`` (:class:`MatrixDataModule`) or from a checkpoint.
+        matrix: M, shape ``(..., n, n)`` or ``(..., m, n)``. Leave it out to take M from the
+            ``datamodule``'s ``matrix`` (:class:`MatrixDataModule`) or from a checkpoint.
         lr: the learning rate :math:`\eta > 0`, or ``"auto"``.
         momentum: the heavy-ball momentum :math:`0 \le \beta < 1`, or ``"auto"``.
         formulation: ``"left"`` (:math:`XM`), ``"right"`` (:math:`MX`) or ``"symmetric"``.
@@ -103,9 +104,9 @@ class LitInverse(pl.LightningModule):
     ) -> None:
         super().__init__()
         if lr != "auto":
-            check_positive_float(lr, name="lr")
+            check_positive_float(lr, name="lr (a number, or 'auto')")
         if momentum != "auto":
-            check_momentum(momentum)
+            check_momentum(momentum, name="momentum (a number, or 'auto')")
         if tol is not None:
             check_positive_float(tol, name="tol")
         check_non_negative_float(ridge, name="ridge")
@@ -142,7 +143,7 @@ class LitInverse(pl.LightningModule):
         return self.inverse_module
 
     @property
-    def inverse(self) -> Tensor:  # shape: (..., n, n)
+    def inverse(self) -> Tensor:  # shape: (..., n, m)
         """The current approximate inverse, detached."""
         return self._module().inverse
 
@@ -198,15 +199,16 @@ class LitInverse(pl.LightningModule):
         self.rank, self.target = estimate_target(module.matrix, module.formulation)
         if self.target is not None:
             k = module.size
-            deficient = (self.rank < k).nonzero().tolist()
-            first = tuple(deficient[0]) if deficient and deficient[0] else ()
-            rank = int(self.rank[first]) if first else int(self.rank.min())
+            deficient = self.rank < k
+            index = tuple(deficient.nonzero()[0].tolist())  # the first deficient matrix
+            rank = int(self.rank[index])
+            where = f" at batch index {index}" if index else ""
             warnings.warn(
-                f"M is rank-deficient: {len(deficient) or 1} matrix(es), e.g. rank {rank} of "
-                f"{k}{f' at batch index {first}' if first else ''}; the loss cannot go below "
-                f"(k - rank) / k^2 = {loss_floor(torch.tensor(rank), k).item():.4g}, and X tends "
-                "to the pseudo-inverse from init='zeros' (to another generalised inverse from a "
-                "random start)",
+                f"M is rank-deficient: {int(deficient.sum())} matrix(es), e.g. rank {rank} of "
+                f"{k}{where}; the loss cannot go below (k - rank) / k^2 = "
+                f"{loss_floor(torch.tensor(rank), k).item():.4g}, and X tends to the "
+                "pseudo-inverse from init='zeros' (to another generalised inverse from a random "
+                "start)",
                 SingularMatrixWarning,
                 stacklevel=2,
             )
@@ -214,12 +216,13 @@ class LitInverse(pl.LightningModule):
     def _spectral_sample(self, approx: Tensor, matrix: Tensor) -> Tuple[Tensor, Tensor]:
         """The loss above its floor and its gradient, for the tuner (at retune steps only)."""
         formulation = self._module().formulation
-        _, data_gradient = loss_and_gradient(approx, matrix, formulation)
-        estimate = identity_estimate(approx, matrix, formulation)
-        excess = (relative_residual(estimate, self.target).square() / estimate.shape[-1])
-        return excess, data_gradient
+        data_loss, data_gradient = loss_and_gradient(approx, matrix, formulation)
+        if self.target is not None:
+            estimate = identity_estimate(approx, matrix, formulation)
+            data_loss = (estimate - self.target).square().mean(dim=(-2, -1))
+        return data_loss, data_gradient
 
-    def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., n, n)
+    def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
         return self._module()(matrix)
 
@@ -285,9 +288,7 @@ class LitInverse(pl.LightningModule):
                 optimizer.step()
             estimate = module(matrix)
             self.metric(estimate)
-            self.last_loss = identity_mse(estimate, reduction="none")
-            if ridge:
-                self.last_loss = self.last_loss + ridge * approx.square().sum(dim=(-2, -1))
+            self.last_loss = inverse_loss(identity_error(estimate), approx, ridge)
             self.last_residual = self.convergence_residual(estimate)
         if self.first_loss is None:
             self.first_loss = losses[0]

@@ -92,7 +92,9 @@ def check_positive_float(value: object, *, name: str) -> float:
 def check_momentum(value: object, *, name: str = "momentum") -> float:
     """Raise :class:`InvalidOptionError` unless ``0 <= value < 1`` (heavy ball is stable only there)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise InvalidOptionError(f"{name} must be a number with 0 <= {name} < 1, got {value!r}")
+        raise InvalidOptionError(
+            f"{name} must be a number with 0 <= momentum < 1, got {value!r}"
+        )
     return float(value)
 
 

@@ -113,7 +113,7 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, words",
     [
-        (["--model.lr", "-0.5"], "lr must be a finite number > 0"),
+        (["--model.lr", "-0.5"], "lr (a number, or 'auto') must be a finite number > 0"),
         (["--model.momentum", "1.5"], "momentum"),
         (["--model.momentum", "1.0"], "0 <= momentum < 1"),
         (["--model.momentum", "-0.1"], "0 <= momentum < 1"),
