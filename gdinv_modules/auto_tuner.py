@@ -92,13 +92,13 @@ class HeavyBallTuner:
         self,
         step: int,
         excess_loss: Tensor,  # shape: (...), the loss above its floor, without the ridge term
-        data_gradient: Tensor,  # shape: (..., n, m), the gradient of that loss
+        gradient_sq_norm: Tensor,  # shape: (...), the squared norm of that loss's gradient
         optimizer: torch.optim.Optimizer,
     ) -> None:
         """Update the estimates from this step's loss and gradient and set SGD's pair (one sync)."""
         n = self.n
         loss = excess_loss.double()
-        quotient = data_gradient.double().square().sum(dim=(-2, -1)) * (n * n) / (4 * loss)
+        quotient = gradient_sq_norm.double() * (n * n) / (4 * loss)
         quotient = torch.where(loss > 0, quotient + self.ridge_term, self.sigma_max.square())
         floor = (self.sigma_max / MAX_CONDITION).square()
         quotient = torch.maximum(torch.minimum(quotient, self.sigma_max.square()), floor)

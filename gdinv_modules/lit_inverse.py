@@ -14,7 +14,6 @@ from gdinv_modules.errors import InvalidOptionError, SingularMatrixWarning
 from gdinv_modules.functional import (
     Formulation,
     identity_error,
-    identity_estimate,
     inverse_loss,
     loss_and_gradient,
     relative_residual,
@@ -23,8 +22,10 @@ from gdinv_modules.inverse_module import Init, InverseModule
 from gdinv_modules.metric import IdentityMSE
 from gdinv_modules.rank import estimate_target, loss_floor
 from gdinv_modules.report import ConvergenceReport
+from gdinv_modules.sharding import SHARD_MODES, Sharding, ShardMode
 from gdinv_modules.theory import ridge_error_bound
 from gdinv_modules.validation import (
+    check_choice,
     check_momentum,
     check_non_negative_float,
     check_positive_float,
@@ -77,6 +78,12 @@ class LitInverse(pl.LightningModule):
             :class:`SingularMatrixWarning` with the rank and the loss floor
             :math:`(k - r)/k^2`, and its residual is measured against the projector the
             estimate tends to (X tends to the pseudo-inverse from ``init="zeros"``).
+        shard: how a distributed run (``Trainer(strategy="ddp", devices=k)``) splits the work:
+            ``"batch"`` (each rank a slice of the batch; the columns where the batch has fewer
+            matrices than ranks), ``"columns"`` (each rank a slice of the estimate's columns,
+            gradients all-reduced every step), ``"auto"`` (as ``"batch"``) or ``"none"``
+            (every rank does it all).
+            Every split gives the single-process result, to rounding.
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
@@ -101,6 +108,7 @@ class LitInverse(pl.LightningModule):
         tol: Optional[float] = None,
         ridge: float = 0.0,
         check_rank: bool = True,
+        shard: ShardMode = "auto",
     ) -> None:
         super().__init__()
         if lr != "auto":
@@ -110,11 +118,12 @@ class LitInverse(pl.LightningModule):
         if tol is not None:
             check_positive_float(tol, name="tol")
         check_non_negative_float(ridge, name="ridge")
+        check_choice(shard, SHARD_MODES, name="shard")
         check_positive_int(steps_per_batch, name="steps_per_batch")
         self.save_hyperparameters(ignore=["matrix"])
         self.automatic_optimization = False
         self.inverse_module: Optional[InverseModule] = None
-        self.metric = IdentityMSE()
+        self.metric = IdentityMSE(dist_sync_on_step=True)
         self.tuner: Optional[HeavyBallTuner] = None
         self._tuner_state: Optional[Dict[str, Any]] = None
         self._loss_chunks: List[Tensor] = []
@@ -123,6 +132,7 @@ class LitInverse(pl.LightningModule):
         self.last_residual: Optional[Tensor] = None  # shape: (...)
         self.rank: Optional[Tensor] = None  # shape: (...), from check_rank
         self.target: Optional[Tensor] = None  # shape: (..., k, k); None: the identity
+        self.sharding = Sharding("none", 1, 0, 0, 0, 0)
         if matrix is not None:
             self._build(matrix)
 
@@ -213,14 +223,6 @@ class LitInverse(pl.LightningModule):
                 stacklevel=2,
             )
 
-    def _spectral_sample(self, approx: Tensor, matrix: Tensor) -> Tuple[Tensor, Tensor]:
-        """The loss above its floor and its gradient, for the tuner (at retune steps only)."""
-        formulation = self._module().formulation
-        data_loss, data_gradient = loss_and_gradient(approx, matrix, formulation)
-        if self.target is not None:
-            estimate = identity_estimate(approx, matrix, formulation)
-            data_loss = (estimate - self.target).square().mean(dim=(-2, -1))
-        return data_loss, data_gradient
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
@@ -254,6 +256,12 @@ class LitInverse(pl.LightningModule):
         return [ConvergenceMonitor(self.hparams.tol)]
 
     def on_train_start(self) -> None:
+        module = self._module()
+        self.sharding = Sharding.plan(
+            self.hparams.shard, batch_count=module.batch_shape.numel(), k=module.size,
+            formulation=module.formulation, world=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+        )
         if self.hparams.check_rank and self.rank is None:
             self._check_rank()
         if self.auto and self.tuner is None:
@@ -273,21 +281,24 @@ class LitInverse(pl.LightningModule):
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
         optimizer = self.optimizers()
         tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
+        shard, formulation = self.sharding, module.formulation
         approx, matrix = module.approx, module.matrix
-        losses = approx.new_empty((steps, *module.batch_shape))
+        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
+        losses = approx.new_empty((steps, *local_shape))
         with torch.no_grad():
             for step in range(steps):
-                loss, gradient = loss_and_gradient(approx, matrix, module.formulation, ridge)
+                loss, gradient = shard.loss_and_gradient(approx, matrix, formulation, ridge)
                 losses[step] = loss
                 if tuner is not None:
                     if tuner.due(first_step + step):
-                        sample = self._spectral_sample(approx, matrix)
+                        sample = shard.data_sample(approx, matrix, formulation, self.target)
                         tuner.retune(first_step + step, *sample, optimizer.optimizer)
                     gradient = tuner.scale(gradient)
                 approx.grad = gradient
                 optimizer.step()
+            losses = self._collect(losses, optimizer.optimizer)
             estimate = module(matrix)
-            self.metric(estimate)
+            self.metric(self._local_part(estimate))
             self.last_loss = inverse_loss(identity_error(estimate), approx, ridge)
             self.last_residual = self.convergence_residual(estimate)
         if self.first_loss is None:
@@ -301,6 +312,30 @@ class LitInverse(pl.LightningModule):
             group = optimizer.optimizer.param_groups[0]
             self.log_dict({"lr": group["lr"], "momentum": group["momentum"]}, on_step=True,
                           on_epoch=False)
+
+    def _collect(self, losses: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
+        """End of a training step under a split: every rank gets the whole X, momentum buffer
+        and losses (shape ``(steps, ...)``)."""
+        shard = self.sharding
+        if shard.mode == "columns":
+            return shard.sum(losses)
+        if shard.mode == "batch":
+            approx = self._module().approx
+            approx.copy_(shard.gather_batch(approx))
+            buffer = optimizer.state.get(approx, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.copy_(shard.gather_batch(buffer))
+            return shard.gather(losses.mT).mT.reshape(len(losses), *approx.shape[:-2])
+        return losses
+
+    def _local_part(self, estimate: Tensor) -> Tensor:
+        """This rank's share of the estimate for the metric, whose states are summed over the
+        ranks: its slice of the batch; under a column split every rank holds the same whole
+        estimate and passes it all, which leaves the mean unchanged."""
+        shard = self.sharding
+        if shard.mode == "batch":
+            return estimate.reshape(-1, *estimate.shape[-2:])[shard.start:shard.stop]
+        return estimate
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["loss_history"] = self.losses.detach().cpu()

@@ -1,0 +1,180 @@
+r"""Splitting one inversion across the ranks of a distributed run (Lightning's DDP).
+
+Two splits, both exact:
+
+- ``"batch"``: a batch of independent matrices is cut into one contiguous slice per rank;
+  each rank steps its own slice, and at the end of every ``training_step`` the ranks gather
+  X, the momentum buffer and the losses, so every rank holds the whole state (checkpoints
+  and reports need nothing else).
+- ``"columns"``: the loss is a sum over the estimate's columns (``left``: :math:`X M_{:,j}`
+  against :math:`e_j`; ``right``: rows, :math:`M_{i,:} X` against :math:`e_i^\top`), so each
+  rank takes a slice of them and the partial gradients are summed with one all-reduce per
+  step: the same step as the full-batch run, to rounding.
+
+With one process, or for the ``symmetric`` formulation, nothing is split (``"none"``).
+"""
+
+from dataclasses import dataclass
+from typing import List, Literal, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from gdinv_modules.functional import Formulation, identity_estimate, loss_and_gradient
+
+__all__ = ["Sharding", "ShardMode", "SHARD_MODES"]
+
+ShardMode = Literal["auto", "batch", "columns", "none"]
+SHARD_MODES = ("auto", "batch", "columns", "none")
+
+
+@dataclass
+class Sharding:
+    """One rank's part of the work.
+
+    Example:
+        >>> Sharding.plan("auto", batch_count=3, k=4, formulation="left", world=2, rank=1)
+        Sharding(mode='batch', world=2, rank=1, size=3, start=2, stop=3)
+    """
+
+    mode: str
+    world: int
+    rank: int
+    size: int  # matrices (batch) or columns (columns) to split
+    start: int  # this rank's first
+    stop: int
+
+    @property
+    def chunk(self) -> int:
+        """The largest slice over the ranks (slices are padded to it when gathered)."""
+        return max(high - low for low, high in map(self.bounds, range(self.world)))
+
+    def bounds(self, rank: int) -> Tuple[int, int]:
+        """The slice ``[start, stop)`` of a rank."""
+        edges = [round(self.size * index / self.world) for index in range(self.world + 1)]
+        return edges[rank], edges[rank + 1]
+
+    @classmethod
+    def plan(
+        cls, mode: str, *, batch_count: int, k: int, formulation: Formulation, world: int, rank: int
+    ) -> "Sharding":
+        """Choose the split: ``"auto"`` (and ``"batch"``) split the batch if every rank gets a
+        matrix, else the columns; ``symmetric`` and single-process runs are not split."""
+        if world == 1 or formulation == "symmetric" or mode == "none":
+            return cls("none", world, rank, 0, 0, 0)
+        if mode in ("auto", "batch"):
+            mode = "batch" if batch_count >= world else "columns"
+        plan = cls(mode, world, rank, batch_count if mode == "batch" else k, 0, 0)
+        plan.start, plan.stop = plan.bounds(rank)
+        return plan
+
+    def loss_and_gradient(
+        self, approx: Tensor, matrix: Tensor, formulation: Formulation, ridge: float = 0.0
+    ) -> Tuple[Tensor, Tensor]:
+        """This rank's part of the per-matrix loss, and the gradient of the whole loss.
+
+        ``"batch"``: the losses of this rank's matrices, and a gradient that is zero outside
+        them. ``"columns"``: the partial losses of this rank's columns (summed over the ranks at
+        the end of the step's batch) and the full gradient (summed now).
+        """
+        if self.mode == "none":
+            return loss_and_gradient(approx, matrix, formulation, ridge)
+        if self.mode == "batch":
+            flat_approx = approx.reshape(-1, *approx.shape[-2:])
+            flat_matrix = matrix.reshape(-1, *matrix.shape[-2:])
+            loss, local = loss_and_gradient(
+                flat_approx[self.start:self.stop], flat_matrix[self.start:self.stop],
+                formulation, ridge,
+            )
+            gradient = torch.zeros_like(flat_approx)
+            gradient[self.start:self.stop] = local
+            return loss, gradient.reshape(approx.shape)
+        loss, gradient = self._column_part(approx, matrix, formulation, ridge)
+        dist.all_reduce(gradient)
+        return loss, gradient
+
+    def _column_part(
+        self, approx: Tensor, matrix: Tensor, formulation: Formulation, ridge: float
+    ) -> Tuple[Tensor, Tensor]:
+        columns = slice(self.start, self.stop)
+        if formulation == "left":
+            part = matrix[..., :, columns]
+            k = matrix.shape[-1]
+            error = approx @ part
+        else:
+            part = matrix[..., columns, :]
+            k = matrix.shape[-2]
+            error = part @ approx
+        eye = torch.eye(k, dtype=approx.dtype, device=approx.device)
+        error = error - (eye[:, columns] if formulation == "left" else eye[columns, :])
+        scale = 2.0 / (k * k)
+        loss = error.square().sum(dim=(-2, -1)) / (k * k)
+        if formulation == "left":
+            gradient = (error * scale) @ part.mT
+        else:
+            gradient = part.mT @ (error * scale)
+        if ridge:  # counted once over the ranks
+            loss = loss + ridge * approx.square().sum(dim=(-2, -1)) / self.world
+            gradient = gradient + (2 * ridge / self.world) * approx
+        return loss, gradient
+
+    def data_sample(
+        self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """For the tuner, per matrix over all ranks: the loss above its floor (no ridge) and the
+        squared norm of its gradient."""
+        if self.mode == "columns":
+            loss, gradient = self._column_part(approx, matrix, formulation, 0.0)
+            if target is not None:
+                loss = self._column_excess(approx, matrix, formulation, target)
+            loss, gradient = self.sum(loss), self.sum(gradient)
+            return loss, gradient.square().sum(dim=(-2, -1))
+        if self.mode == "batch":
+            flat = lambda t: t.reshape(-1, *t.shape[-2:])[self.start:self.stop]  # noqa: E731
+            loss, gradient = loss_and_gradient(flat(approx), flat(matrix), formulation)
+            if target is not None:
+                estimate = identity_estimate(flat(approx), flat(matrix), formulation)
+                loss = (estimate - flat(target)).square().mean(dim=(-2, -1))
+            norms = gradient.square().sum(dim=(-2, -1))
+            batch = approx.shape[:-2]
+            return self.gather(loss).reshape(batch), self.gather(norms).reshape(batch)
+        loss, gradient = loss_and_gradient(approx, matrix, formulation)
+        if target is not None:
+            estimate = identity_estimate(approx, matrix, formulation)
+            loss = (estimate - target).square().mean(dim=(-2, -1))
+        return loss, gradient.square().sum(dim=(-2, -1))
+
+    def _column_excess(
+        self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
+    ) -> Tensor:
+        columns = slice(self.start, self.stop)
+        estimate = identity_estimate(approx, matrix, formulation)
+        part = (estimate - target)[..., :, columns] if formulation == "left" else (
+            estimate - target)[..., columns, :]
+        k = estimate.shape[-1]
+        return part.square().sum(dim=(-2, -1)) / (k * k)
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """Sum over the ranks (a no-op without a split)."""
+        if self.mode != "none":
+            dist.all_reduce(tensor)
+        return tensor
+
+    def gather(self, local: Tensor) -> Tensor:  # shape: (stop - start, ...) -> (count, ...)
+        """Concatenate every rank's slice along dimension 0 (a no-op without a split)."""
+        if self.mode == "none":
+            return local
+        padded = local.new_zeros((self.chunk, *local.shape[1:]))
+        padded[: len(local)] = local
+        parts: List[Tensor] = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        bounds = [self.bounds(rank) for rank in range(self.world)]
+        return torch.cat([part[: high - low] for part, (low, high) in zip(parts, bounds)])
+
+    def gather_batch(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b), whole batch
+        """Replace every rank's stale copy of the other slices by their owners' values."""
+        if self.mode != "batch":
+            return tensor
+        flat = tensor.reshape(-1, *tensor.shape[-2:])
+        return self.gather(flat[self.start:self.stop]).reshape(tensor.shape)

@@ -1,0 +1,48 @@
+"""Run LitInverse under Lightning's DDP on the CPU (gloo) and save what rank 0 ends with.
+
+    python tests/ddp_worker.py OUTPUT.pt SHARD [DEVICES]
+
+Used by test_distributed.py; Lightning's launcher starts the other processes by running this
+same script again.
+"""
+
+import sys
+import warnings
+
+import pytorch_lightning as pl
+import torch
+
+from gdinv_modules import LitInverse
+from gdinv_modules.matrices import random_matrix, spd_matrix
+
+
+def problems():
+    batch = torch.stack([spd_matrix(6, condition=c, seed=i, dtype=torch.float64)
+                         for i, c in enumerate((2.0, 10.0, 50.0, 5.0, 20.0))])
+    return {"batch": batch, "one": random_matrix(9, seed=3, dtype=torch.float64)}
+
+
+def main() -> None:
+    output, shard = sys.argv[1], sys.argv[2]
+    devices = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    warnings.filterwarnings("ignore")
+    results = {}
+    for name, matrix in problems().items():
+        model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", shard=shard,
+                           steps_per_batch=50)
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+            max_steps=400, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model)
+        results[name] = {
+            "inverse": model.inverse.clone(), "losses": model.losses.clone(),
+            "loss": trainer.callback_metrics["loss"].clone(), "mode": model.sharding.mode,
+        }
+    if trainer.global_rank == 0:
+        torch.save(results, output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Issue 5, CPU part: Lightning's DDP with 2 processes (gloo) gives the single-process result."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def run_worker(tmp_path: Path, shard: str, devices: int) -> dict:
+    output = tmp_path / f"{shard}-{devices}.pt"
+    done = subprocess.run([sys.executable, str(WORKER), str(output), shard, str(devices)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(output, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict:
+    return run_worker(tmp_path_factory.mktemp("single"), "auto", 1)
+
+
+@pytest.mark.parametrize("shard", ["batch", "columns"])
+def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
+    distributed = run_worker(tmp_path, shard, 2)
+    for name in ("batch", "one"):
+        got, want = distributed[name], single[name]
+        expected_mode = "batch" if shard == "batch" and name == "batch" else "columns"
+        assert got["mode"] == expected_mode and want["mode"] == "none"
+        # Summing partial gradients over ranks changes only the order of additions.
+        scale = want["inverse"].abs().max().item()
+        torch.testing.assert_close(got["inverse"], want["inverse"], atol=1e-10 * scale, rtol=0)
+        torch.testing.assert_close(got["losses"], want["losses"], atol=1e-14, rtol=1e-9)
+        # The metric's states are summed over the ranks: the logged loss is the whole batch's
+        # (near convergence a sum of squared rounding errors, hence the looser tolerance).
+        torch.testing.assert_close(got["loss"], want["loss"], atol=0, rtol=1e-6)
+    if shard == "batch":
+        assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])
