@@ -1,5 +1,6 @@
 """``ResumableCheckpoint``: checkpoints that ``--ckpt_path last`` finds after a crash."""
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Set
 
@@ -42,3 +43,12 @@ class ResumableCheckpoint(ModelCheckpoint):
             run_root = Path(trainer.log_dir).parent
             found |= {str(path) for path in run_root.glob("version_*/checkpoints/last*.ckpt")}
         return found
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any, **kwargs: Any
+    ) -> None:
+        # Lightning warns that under manual optimization the checkpoint holds the state after
+        # the optimizer steps: with LitInverse that is exactly the state of global_step.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)

@@ -73,25 +73,26 @@ class RunOutputs(pl.Callback):
         self.summary: Dict[str, Any] = {}
 
     def directory(self, trainer: pl.Trainer) -> Path:
-        """The directory the outputs go to."""
+        """The directory the outputs go to. Under DDP ``trainer.log_dir`` is a broadcast, so
+        every rank must call this."""
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            existing = [name for name in OUTPUT_FILES if (self.directory(trainer) / name).exists()]
-            if existing:
-                raise OutputExistsError(
-                    f"{self.directory(trainer)} holds an earlier run's outputs ({', '.join(existing)})"
-                    "; choose another directory or logger version"
-                )
+        directory = self.directory(trainer)
+        existing = [name for name in OUTPUT_FILES if (directory / name).exists()]
+        if existing:  # every rank sees the same files, so every rank stops
+            raise OutputExistsError(
+                f"{directory} holds an earlier run's outputs ({', '.join(existing)}); choose "
+                "another directory or logger version"
+            )
         self._start = time.perf_counter()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        directory = self.directory(trainer)
         if not trainer.is_global_zero:
             return
         wall_time = time.perf_counter() - (self._start or time.perf_counter())
         self.summary = run_summary(pl_module, trainer.global_step, wall_time)
-        directory = self.directory(trainer)
         inverse = pl_module.inverse
         save_matrix(inverse, directory / "inverse.pt")
         save_matrix(inverse, directory / "inverse.npy")

@@ -39,3 +39,24 @@ def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
         torch.testing.assert_close(got["loss"], want["loss"], atol=0, rtol=1e-6)
     if shard == "batch":
         assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_ddp_config_runs_and_matches_one_process(tmp_path):
+    def train(*extra: str) -> Path:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "fit", "--config",
+             str(ROOT / "configs" / "ddp_cpu.yaml"), "--trainer.enable_progress_bar", "false",
+             "--trainer.logger.init_args.save_dir", str(tmp_path), *extra],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "converged (tol 1e-10)  8 of 8" in done.stdout
+        return sorted((tmp_path / "ddp_cpu").glob("version_*"))[-1]
+
+    two = train()
+    one = train("--trainer.devices", "1", "--trainer.strategy", "auto")
+    assert torch.equal(torch.load(two / "inverse.pt"), torch.load(one / "inverse.pt"))
+    assert (two / "losses.csv").read_bytes() == (one / "losses.csv").read_bytes()
