@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 from gdinv_modules import DivergenceError, LitInverse, default_tol, invert
-from gdinv_modules.functional import identity_mse, relative_residual
+from gdinv_modules.functional import relative_residual
 from gdinv_modules.matrices import diagonal_matrix, random_matrix, spd_matrix
 from gdinv_modules.theory import heavy_ball_steps, polyak_parameters
 
@@ -79,7 +79,9 @@ def lit_default_trainer(matrix: torch.Tensor, steps: int) -> torch.Tensor:
 def newton_schulz(matrix: torch.Tensor, tol: float, max_steps: int = 200) -> Optional[int]:
     """X <- X (2I - M X) from X0 = M^T / (||M||_1 ||M||_inf): two products a step."""
     identity = torch.eye(len(matrix), dtype=matrix.dtype)
-    approx = matrix.T / (torch.linalg.matrix_norm(matrix, 1) * torch.linalg.matrix_norm(matrix, math.inf))
+    approx = matrix.T / (
+        torch.linalg.matrix_norm(matrix, 1) * torch.linalg.matrix_norm(matrix, math.inf)
+    )
     for step in range(max_steps + 1):
         if relative_residual(approx @ matrix).item() <= tol:
             return step
@@ -105,12 +107,20 @@ def timed(function: Callable, *args, repeats: int = 1):
 def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int) -> Dict:
     n = matrix.shape[-1]
     tol = default_tol(matrix.dtype)
-    row: Dict = {"matrix": name, "n": n, "dtype": str(matrix.dtype).replace("torch.", ""),
-                 "tol": tol, "condition": torch.linalg.cond(matrix.double()).item()}
+    row: Dict = {
+        "matrix": name,
+        "n": n,
+        "dtype": str(matrix.dtype).replace("torch.", ""),
+        "tol": tol,
+        "condition": torch.linalg.cond(matrix.double()).item(),
+    }
     inv_time, _ = timed(torch.linalg.inv, matrix, repeats=20)
     row["inv_s"] = inv_time
-    for label, loop in (("post", post_loop), ("bare_sgd", bare_sgd_loop),
-                        ("lit_post", lit_default_trainer)):
+    for label, loop in (
+        ("post", post_loop),
+        ("bare_sgd", bare_sgd_loop),
+        ("lit_post", lit_default_trainer),
+    ):
         seconds, losses = timed(loop, matrix, budget)
         row[f"{label}_us_per_step"] = 1e6 * seconds / len(losses)
         row[f"{label}_steps_to_tol"] = first_below(losses, n, tol)
@@ -125,7 +135,8 @@ def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int)
     s = torch.linalg.svdvals(matrix.double())
     lr, momentum = polyak_parameters(s[0], s[-1], n)
     row["polyak_steps_to_tol"] = heavy_ball_steps(
-        matrix.double(), lr.item(), momentum.item(), tol=tol, max_steps=auto_budget)
+        matrix.double(), lr.item(), momentum.item(), tol=tol, max_steps=auto_budget
+    )
     if row["auto_steps_to_tol"] and row["polyak_steps_to_tol"]:
         row["auto_over_polyak_steps"] = row["auto_steps_to_tol"] / row["polyak_steps_to_tol"]
     seconds, steps = timed(newton_schulz, matrix, tol)
@@ -140,8 +151,12 @@ def m1_float64_speedup() -> Dict:
     invert(m1, tol=1e-6)  # warm-up: imports, first Trainer
     post_seconds, _ = timed(post_loop, m1, 10_000)
     auto_seconds, result = timed(lambda: invert(m1, tol=1e-6), repeats=3)
-    return {"post_10000_steps_s": post_seconds, "auto_to_1e-6_s": auto_seconds,
-            "auto_steps": int(result.steps), "speedup": post_seconds / auto_seconds}
+    return {
+        "post_10000_steps_s": post_seconds,
+        "auto_to_1e-6_s": auto_seconds,
+        "auto_steps": int(result.steps),
+        "speedup": post_seconds / auto_seconds,
+    }
 
 
 def main() -> None:
@@ -175,9 +190,14 @@ def main() -> None:
             rows.append(bench_matrix(name, make(dtype), budget, auto_budget))
             print_row(rows[-1])
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "lightning": pl.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+        },
         "rows": rows,
         "m1_float64_to_1e-6": m1_float64_speedup(),
     }

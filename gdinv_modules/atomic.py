@@ -30,7 +30,9 @@ def atomic_path(path: Union[str, Path], *, overwrite: bool = False) -> Iterator[
     if not overwrite and path.exists():
         raise OutputExistsError(f"{path} exists already and is not overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent
+    )
     os.close(handle)
     tmp = Path(tmp_name)
     try:

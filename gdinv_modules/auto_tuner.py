@@ -106,7 +106,11 @@ class HeavyBallTuner:
             quotient if self.sigma_min_sq is None else torch.minimum(self.sigma_min_sq, quotient)
         )
         lr, momentum = tuned_parameters(
-            self.sigma_max, self.sigma_min_sq.sqrt(), n, lr=self.fixed_lr, momentum=self.fixed_momentum
+            self.sigma_max,
+            self.sigma_min_sq.sqrt(),
+            n,
+            lr=self.fixed_lr,
+            momentum=self.fixed_momentum,
         )
         shared_lr, shared_momentum = (value.item() for value in (lr.max(), momentum.max()))
         param = optimizer.param_groups[0]["params"][0]
@@ -126,9 +130,17 @@ class HeavyBallTuner:
         return gradient if self.gradient_scale is None else gradient * self.gradient_scale
 
     def state_dict(self) -> Dict[str, Any]:
-        return {key: getattr(self, key) for key in (
-            "sigma_max", "sigma_min_sq", "lr", "momentum", "gradient_scale", "next_step"
-        )}
+        return {
+            key: getattr(self, key)
+            for key in (
+                "sigma_max",
+                "sigma_min_sq",
+                "lr",
+                "momentum",
+                "gradient_scale",
+                "next_step",
+            )
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         device = self.sigma_max.device

@@ -44,12 +44,16 @@ class ConvergenceMonitor(pl.Callback):
         self.tol = tol
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
-        worst_loss, worst_residual, first_loss = torch.stack([
-            pl_module.last_loss.max(), pl_module.last_residual.max(), pl_module.first_loss.max()
-        ]).tolist()
+        worst_loss, worst_residual, first_loss = torch.stack(
+            [pl_module.last_loss.max(), pl_module.last_residual.max(), pl_module.first_loss.max()]
+        ).tolist()
         if not math.isfinite(worst_loss) or worst_loss > GROWTH_LIMIT * max(first_loss, 1e-30):
             raise DivergenceError(divergence_message(pl_module, worst_loss, first_loss))
         if self.tol is not None and worst_residual <= self.tol:

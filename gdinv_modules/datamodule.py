@@ -22,7 +22,13 @@ __all__ = ["MatrixDataModule", "make_matrix", "MatrixKind", "MATRIX_KINDS", "DTY
 
 MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"]
 MATRIX_KINDS: Tuple[str, ...] = (
-    "random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"
+    "random",
+    "diagonal",
+    "file",
+    "hilbert",
+    "orthogonal",
+    "spd",
+    "low_rank",
 )
 RANDOM_KINDS = ("random", "orthogonal", "spd", "low_rank")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -74,9 +80,7 @@ def make_matrix(
     if kind == "low_rank":
         if rank is None:
             raise InvalidOptionError("kind='low_rank' needs a rank")
-        return low_rank_matrix(
-            n, rank, rows=rows, seed=seed, batch_shape=batch_shape, dtype=dtype
-        )
+        return low_rank_matrix(n, rank, rows=rows, seed=seed, batch_shape=batch_shape, dtype=dtype)
     return spd_matrix(n, condition=condition, seed=seed, batch_shape=batch_shape, dtype=dtype)
 
 
@@ -139,10 +143,23 @@ class MatrixDataModule(pl.LightningDataModule):
         if kind != "low_rank" and (rank is not None or rows is not None):
             raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
         self.batches_per_epoch = batches_per_epoch
-        self.matrix: Tensor = check_finite(check_matrix(make_matrix(
-            kind, n=n, seed=seed, batch_shape=batch_shape, values=values, path=path,
-            condition=condition, rank=rank, rows=rows, dtype=DTYPES[dtype],
-        ), square=False))
+        self.matrix: Tensor = check_finite(
+            check_matrix(
+                make_matrix(
+                    kind,
+                    n=n,
+                    seed=seed,
+                    batch_shape=batch_shape,
+                    values=values,
+                    path=path,
+                    condition=condition,
+                    rank=rank,
+                    rows=rows,
+                    dtype=DTYPES[dtype],
+                ),
+                square=False,
+            )
+        )
 
     def train_dataloader(self) -> Iterable[int]:
         return step_ticks(self.batches_per_epoch)

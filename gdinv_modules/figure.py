@@ -19,8 +19,13 @@ __all__ = ["main"]
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gdinv_modules.figure", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="log directories of finished runs")
-    parser.add_argument("--output", "-o", type=Path, default=Path("figure.png"),
-                        help="the PNG to write (never overwritten; default figure.png)")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("figure.png"),
+        help="the PNG to write (never overwritten; default figure.png)",
+    )
     parser.add_argument("--labels", nargs="+", help="one legend entry per run")
     parser.add_argument("--title", default=POST_TITLE, help="the figure's title")
     args = parser.parse_args(argv)
@@ -30,7 +35,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
     try:
-        curves = {label: read_losses_csv(run / "losses.csv") for label, run in zip(labels, args.runs)}
+        curves = {
+            label: read_losses_csv(run / "losses.csv") for label, run in zip(labels, args.runs)
+        }
         plot_losses(curves, args.output, title=args.title)
     except GDInvError as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -216,4 +216,3 @@ class InverseModule(nn.Module):
             f"matrix_shape={self.matrix_shape}, batch_shape={tuple(self.batch_shape)}, "
             f"formulation={self.formulation!r}, dtype={self.approx.dtype}"
         )
-

@@ -83,12 +83,26 @@ def invert(
     check_positive_int(max_steps, name="max_steps")
     tol = default_tol(matrix.dtype) if tol is None else tol
     model = LitInverse(
-        matrix, lr=lr, momentum=momentum, formulation=formulation, init=init, seed=seed,
-        steps_per_batch=steps_per_batch, tol=tol, ridge=ridge, check_rank=check_rank,
+        matrix,
+        lr=lr,
+        momentum=momentum,
+        formulation=formulation,
+        init=init,
+        seed=seed,
+        steps_per_batch=steps_per_batch,
+        tol=tol,
+        ridge=ridge,
+        check_rank=check_rank,
     )
     options = dict(
-        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="auto", devices=1, log_every_n_steps=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+        log_every_n_steps=1,
     )
     options.update(trainer_options)
     with _quiet_lightning():

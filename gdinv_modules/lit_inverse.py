@@ -178,8 +178,10 @@ class LitInverse(pl.LightningModule):
             return self.tuner.lr, self.tuner.momentum
         batch_shape = self._module().batch_shape
         lr, momentum = self.hparams.lr, self.hparams.momentum
-        return (torch.full(batch_shape, float(lr), dtype=torch.float64),
-                torch.full(batch_shape, float(momentum), dtype=torch.float64))
+        return (
+            torch.full(batch_shape, float(lr), dtype=torch.float64),
+            torch.full(batch_shape, float(momentum), dtype=torch.float64),
+        )
 
     def report(self) -> ConvergenceReport:
         """The convergence report of the run so far (host syncs: call it at the end)."""
@@ -189,8 +191,15 @@ class LitInverse(pl.LightningModule):
         with torch.no_grad():
             residual = self.convergence_residual()
         return ConvergenceReport.from_run(
-            self.losses, module.matrix, module.formulation, lr, momentum, tol, residual,
-            rank=self.rank, ridge=self.hparams.ridge,
+            self.losses,
+            module.matrix,
+            module.formulation,
+            lr,
+            momentum,
+            tol,
+            residual,
+            rank=self.rank,
+            ridge=self.hparams.ridge,
         )
 
     def convergence_residual(self, estimate: Optional[Tensor] = None) -> Tensor:  # shape: (...)
@@ -222,7 +231,6 @@ class LitInverse(pl.LightningModule):
                 SingularMatrixWarning,
                 stacklevel=2,
             )
-
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
@@ -258,16 +266,21 @@ class LitInverse(pl.LightningModule):
     def on_train_start(self) -> None:
         module = self._module()
         self.sharding = Sharding.plan(
-            self.hparams.shard, batch_count=module.batch_shape.numel(), k=module.size,
-            formulation=module.formulation, world=self.trainer.world_size,
+            self.hparams.shard,
+            batch_count=module.batch_shape.numel(),
+            k=module.size,
+            formulation=module.formulation,
+            world=self.trainer.world_size,
             rank=self.trainer.global_rank,
         )
         if self.hparams.check_rank and self.rank is None:
             self._check_rank()
         if self.auto and self.tuner is None:
             module = self._module()
-            fixed = {key: None if self.hparams[key] == "auto" else self.hparams[key]
-                     for key in ("lr", "momentum")}
+            fixed = {
+                key: None if self.hparams[key] == "auto" else self.hparams[key]
+                for key in ("lr", "momentum")
+            }
             self.tuner = HeavyBallTuner(
                 module.matrix, module.formulation, ridge=self.hparams.ridge, **fixed
             )
@@ -280,26 +293,13 @@ class LitInverse(pl.LightningModule):
         if self.trainer.max_steps >= 0:
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
         optimizer = self.optimizers()
-        tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
-        shard, formulation = self.sharding, module.formulation
-        approx, matrix = module.approx, module.matrix
-        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
-        losses = approx.new_empty((steps, *local_shape))
         with torch.no_grad():
-            for step in range(steps):
-                loss, gradient = shard.loss_and_gradient(approx, matrix, formulation, ridge)
-                losses[step] = loss
-                if tuner is not None:
-                    if tuner.due(first_step + step):
-                        sample = shard.data_sample(approx, matrix, formulation, self.target)
-                        tuner.retune(first_step + step, *sample, optimizer.optimizer)
-                    gradient = tuner.scale(gradient)
-                approx.grad = gradient
-                optimizer.step()
-            losses = self._collect(losses, optimizer.optimizer)
-            estimate = module(matrix)
+            losses = self._collect(self.run_steps(steps, optimizer), optimizer.optimizer)
+            estimate = module()
             self.metric(self._local_part(estimate))
-            self.last_loss = inverse_loss(identity_error(estimate), approx, ridge)
+            self.last_loss = inverse_loss(
+                identity_error(estimate), module.approx, self.hparams.ridge
+            )
             self.last_residual = self.convergence_residual(estimate)
         if self.first_loss is None:
             self.first_loss = losses[0]
@@ -308,10 +308,36 @@ class LitInverse(pl.LightningModule):
         self._loss_chunks.append(losses)
         self.log("loss", self.metric, on_step=True, on_epoch=False, prog_bar=True)
         self.log("residual", self.last_residual.max(), on_step=True, on_epoch=False, prog_bar=True)
-        if tuner is not None:
+        if self.tuner is not None:
             group = optimizer.optimizer.param_groups[0]
-            self.log_dict({"lr": group["lr"], "momentum": group["momentum"]}, on_step=True,
-                          on_epoch=False)
+            self.log_dict(
+                {"lr": group["lr"], "momentum": group["momentum"]}, on_step=True, on_epoch=False
+            )
+
+    @torch.no_grad()
+    def run_steps(self, steps: int, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Take ``steps`` optimizer steps; return this rank's losses, shape ``(steps, ...)``.
+
+        The hot loop: the closed-form gradient and ``optimizer.step()``, no host sync (but at
+        the tuner's retune steps, when lr or momentum is "auto").
+        """
+        module = self._module()
+        tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
+        shard, formulation = self.sharding, module.formulation
+        approx, matrix = module.approx, module.matrix
+        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
+        losses = approx.new_empty((steps, *local_shape))
+        for step in range(steps):
+            loss, gradient = shard.loss_and_gradient(approx, matrix, formulation, ridge)
+            losses[step] = loss
+            if tuner is not None:
+                if tuner.due(first_step + step):
+                    sample = shard.data_sample(approx, matrix, formulation, self.target)
+                    tuner.retune(first_step + step, *sample, _raw(optimizer))
+                gradient = tuner.scale(gradient)
+            approx.grad = gradient
+            optimizer.step()
+        return losses
 
     def _collect(self, losses: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
         """End of a training step under a split: every rank gets the whole X, momentum buffer
@@ -334,7 +360,7 @@ class LitInverse(pl.LightningModule):
         estimate and passes it all, which leaves the mean unchanged."""
         shard = self.sharding
         if shard.mode == "batch":
-            return estimate.reshape(-1, *estimate.shape[-2:])[shard.start:shard.stop]
+            return estimate.reshape(-1, *estimate.shape[-2:])[shard.start : shard.stop]
         return estimate
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
@@ -350,3 +376,8 @@ class LitInverse(pl.LightningModule):
             self._loss_chunks = [history]
             self.first_loss = history[0]
         self._tuner_state = checkpoint.get("auto_tuner")
+
+
+def _raw(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside Lightning's ``LightningOptimizer`` wrapper (or itself)."""
+    return getattr(optimizer, "optimizer", optimizer)

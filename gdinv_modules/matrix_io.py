@@ -26,7 +26,10 @@ DEFAULT_MAX_BYTES = 1 << 31  # 2 GiB
 
 
 def load_matrix(
-    path: Union[str, Path], *, dtype: torch.dtype = torch.float32, max_bytes: int = DEFAULT_MAX_BYTES
+    path: Union[str, Path],
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Tensor:
     """Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
 
@@ -65,8 +68,14 @@ def load_matrix(
             array = _read_csv(path)
     except MatrixFileError:
         raise
-    except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as error:
         raise MatrixFileError(f"{path}: cannot read a matrix: {error}") from error
     return _to_float_tensor(array, path, dtype)
 
@@ -98,14 +107,19 @@ def _read_npy(path: Path, max_bytes: int) -> np.ndarray:
     with open(path, "rb") as handle:
         try:
             version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(handle)
         except ValueError as error:
             raise MatrixFileError(f"{path}: not a valid .npy file: {error}") from error
         header_end = handle.tell()
     if dtype.hasobject:
-        raise MatrixFileError(f"{path}: holds Python objects (dtype {dtype}); refused, never unpickled")
+        raise MatrixFileError(
+            f"{path}: holds Python objects (dtype {dtype}); refused, never unpickled"
+        )
     announced = math.prod(shape) * dtype.itemsize
     if announced > max_bytes:
         raise MatrixFileError(
@@ -143,7 +157,9 @@ def _read_csv(path: Path) -> np.ndarray:
                 values = [float(cell) for cell in row]
             except ValueError:
                 bad = next(c for c in row if not _is_number(c))
-                raise MatrixFileError(f"{path}, line {line_number}: {bad!r} is not a number") from None
+                raise MatrixFileError(
+                    f"{path}, line {line_number}: {bad!r} is not a number"
+                ) from None
             if rows and len(values) != len(rows[0]):
                 raise MatrixFileError(
                     f"{path}, line {line_number}: {len(values)} values, but the rows above have "

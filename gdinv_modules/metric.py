@@ -40,7 +40,11 @@ class IdentityMSE(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("sum_squared_error", default=torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state(
+            "sum_squared_error",
+            default=torch.tensor(0.0, dtype=torch.float32),
+            dist_reduce_fx="sum",
+        )
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, estimate: Tensor) -> None:  # shape: (..., n, n)

@@ -73,7 +73,7 @@ def measured_rate(residuals: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (
 
 @dataclass
 class ConvergenceReport:
-    """How a run converged, per matrix (lists follow the batch, flattened).
+    r"""How a run converged, per matrix (lists follow the batch, flattened).
 
     ``predicted_rate`` is the heavy-ball rate of the final (lr, momentum) over the exact
     singular values (the nonzero ones of a rank-deficient M; with a ridge each
@@ -170,13 +170,18 @@ class ConvergenceReport:
         converged = sum(self.converged)
         reached = [step for step in self.steps_to_tol if step is not None]
         deficient = [
-            (index, rank) for index, (rank, floor) in enumerate(zip(self.rank, self.loss_floor))
+            (index, rank)
+            for index, (rank, floor) in enumerate(zip(self.rank, self.loss_floor))
             if floor > 0
         ]
-        singular = [
-            f"  singular M             {len(deficient)} matrix(es), e.g. rank {deficient[0][1]}"
-            f", loss floor {self.loss_floor[deficient[0][0]]:.4g}"
-        ] if deficient else []
+        singular = (
+            [
+                f"  singular M             {len(deficient)} matrix(es), e.g. rank {deficient[0][1]}"
+                f", loss floor {self.loss_floor[deficient[0][0]]:.4g}"
+            ]
+            if deficient
+            else []
+        )
         return singular + [
             f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
             + (f", the last at step {max(reached)}" if reached else ""),

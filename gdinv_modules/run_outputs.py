@@ -98,8 +98,11 @@ class RunOutputs(pl.Callback):
         save_matrix(inverse, directory / "inverse.npy")
         write_losses_csv(pl_module.losses, directory / "losses.csv")
         if self.plot:
-            plot_losses({"loss": pl_module.losses.reshape(len(pl_module.losses), -1).mean(dim=1)},
-                        directory / "loss_curve.png", title="Loss to the identity per step")
+            plot_losses(
+                {"loss": pl_module.losses.reshape(len(pl_module.losses), -1).mean(dim=1)},
+                directory / "loss_curve.png",
+                title="Loss to the identity per step",
+            )
         with atomic_path(directory / "summary.json") as tmp:
             tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
         print(format_summary(self.summary, directory))
@@ -112,7 +115,9 @@ def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> 
         estimate = module(module.matrix)
         report = pl_module.report()
         full_rank = all(floor == 0 for floor in report.loss_floor)
-        reference = "inv" if full_rank and module.matrix_shape[0] == module.matrix_shape[1] else "pinv"
+        reference = (
+            "inv" if full_rank and module.matrix_shape[0] == module.matrix_shape[1] else "pinv"
+        )
         exact = getattr(torch.linalg, reference)(module.matrix.double())
         return {
             "steps": steps,
@@ -135,13 +140,15 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     """The summary as a few printed lines."""
     report = ConvergenceReport(**summary["convergence"])
     rows, cols = summary["matrix_shape"]
-    return "\n".join([
-        f"Inverse of a {rows} x {cols} matrix ({summary['dtype']}, "
-        f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
-        f"in {summary['wall_time_s']:.2f} s",
-        f"  final loss             {summary['final_loss']:.4e}",
-        f"  residual ||XM-I||/√n   {summary['residual']:.4e}",
-        f"  {'max |X - ' + summary['reference'] + '(M)|':<23}{summary['max_abs_error']:.4e}",
-        *report.summary_lines(),
-        f"  outputs in             {directory}",
-    ])
+    return "\n".join(
+        [
+            f"Inverse of a {rows} x {cols} matrix ({summary['dtype']}, "
+            f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
+            f"in {summary['wall_time_s']:.2f} s",
+            f"  final loss             {summary['final_loss']:.4e}",
+            f"  residual ||XM-I||/√n   {summary['residual']:.4e}",
+            f"  {'max |X - ' + summary['reference'] + '(M)|':<23}{summary['max_abs_error']:.4e}",
+            *report.summary_lines(),
+            f"  outputs in             {directory}",
+        ]
+    )

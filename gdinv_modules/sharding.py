@@ -84,11 +84,13 @@ class Sharding:
             flat_approx = approx.reshape(-1, *approx.shape[-2:])
             flat_matrix = matrix.reshape(-1, *matrix.shape[-2:])
             loss, local = loss_and_gradient(
-                flat_approx[self.start:self.stop], flat_matrix[self.start:self.stop],
-                formulation, ridge,
+                flat_approx[self.start : self.stop],
+                flat_matrix[self.start : self.stop],
+                formulation,
+                ridge,
             )
             gradient = torch.zeros_like(flat_approx)
-            gradient[self.start:self.stop] = local
+            gradient[self.start : self.stop] = local
             return loss, gradient.reshape(approx.shape)
         loss, gradient = self._column_part(approx, matrix, formulation, ridge)
         dist.all_reduce(gradient)
@@ -131,7 +133,7 @@ class Sharding:
             loss, gradient = self.sum(loss), self.sum(gradient)
             return loss, gradient.square().sum(dim=(-2, -1))
         if self.mode == "batch":
-            flat = lambda t: t.reshape(-1, *t.shape[-2:])[self.start:self.stop]  # noqa: E731
+            flat = lambda t: t.reshape(-1, *t.shape[-2:])[self.start : self.stop]  # noqa: E731
             loss, gradient = loss_and_gradient(flat(approx), flat(matrix), formulation)
             if target is not None:
                 estimate = identity_estimate(flat(approx), flat(matrix), formulation)
@@ -150,8 +152,11 @@ class Sharding:
     ) -> Tensor:
         columns = slice(self.start, self.stop)
         estimate = identity_estimate(approx, matrix, formulation)
-        part = (estimate - target)[..., :, columns] if formulation == "left" else (
-            estimate - target)[..., columns, :]
+        part = (
+            (estimate - target)[..., :, columns]
+            if formulation == "left"
+            else (estimate - target)[..., columns, :]
+        )
         k = estimate.shape[-1]
         return part.square().sum(dim=(-2, -1)) / (k * k)
 
@@ -177,4 +182,4 @@ class Sharding:
         if self.mode != "batch":
             return tensor
         flat = tensor.reshape(-1, *tensor.shape[-2:])
-        return self.gather(flat[self.start:self.stop]).reshape(tensor.shape)
+        return self.gather(flat[self.start : self.stop]).reshape(tensor.shape)

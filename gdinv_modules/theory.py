@@ -77,7 +77,10 @@ def operator_singular_values(
     eye = torch.eye(n, dtype=work.dtype, device=work.device)
     # vec(XM) = (M^T kron I) vec(X) and vec(MX) = (I kron M) vec(X), vec stacking columns.
     operators = torch.stack(
-        [(torch.kron(m.mT.contiguous(), eye) + torch.kron(eye, m)) / 2 for m in work.reshape(-1, n, n)]
+        [
+            (torch.kron(m.mT.contiguous(), eye) + torch.kron(eye, m)) / 2
+            for m in work.reshape(-1, n, n)
+        ]
     )
     return torch.linalg.svdvals(operators).reshape(*work.shape[:-2], n * n)
 
@@ -132,7 +135,8 @@ def stable_lr_bound(
 def polyak_parameters(
     sigma_max: Tensor, sigma_min: Tensor, n: int
 ) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...) -> (...), (...)
-    r"""The best fixed pair :math:`(\eta^*, \beta^*)` for singular values in ``[sigma_min, sigma_max]``.
+    r"""The best fixed pair :math:`(\eta^*, \beta^*)` for singular values in
+    ``[sigma_min, sigma_max]``.
 
     Example:
         >>> from gdinv_modules.matrices import random_matrix

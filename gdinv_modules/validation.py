@@ -49,7 +49,9 @@ def check_matrix(matrix: object, *, name: str = "matrix", square: bool = True) -
         )
     rows, cols = matrix.shape[-2:]
     if square and rows != cols:
-        raise MatrixShapeError(f"{name} must be square (..., n, n), got shape {tuple(matrix.shape)}")
+        raise MatrixShapeError(
+            f"{name} must be square (..., n, n), got shape {tuple(matrix.shape)}"
+        )
     if matrix.numel() == 0:
         raise MatrixShapeError(f"{name} must not be empty, got shape {tuple(matrix.shape)}")
     return matrix
@@ -82,26 +84,28 @@ def check_positive_int(value: object, *, name: str) -> int:
 
 def check_positive_float(value: object, *, name: str) -> float:
     """Raise :class:`InvalidOptionError` unless ``value`` is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
     ):
         raise InvalidOptionError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_momentum(value: object, *, name: str = "momentum") -> float:
-    """Raise :class:`InvalidOptionError` unless ``0 <= value < 1`` (heavy ball is stable only there)."""
+    """Raise :class:`InvalidOptionError` unless ``0 <= value < 1`` (heavy ball needs it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise InvalidOptionError(
-            f"{name} must be a number with 0 <= momentum < 1, got {value!r}"
-        )
+        raise InvalidOptionError(f"{name} must be a number with 0 <= momentum < 1, got {value!r}")
     return float(value)
 
 
 def check_non_negative_float(value: object, *, name: str) -> float:
     """Raise :class:`InvalidOptionError` unless ``value`` is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value >= 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value >= 0)
     ):
         raise InvalidOptionError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)

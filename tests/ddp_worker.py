@@ -17,8 +17,12 @@ from gdinv_modules.matrices import random_matrix, spd_matrix
 
 
 def problems():
-    batch = torch.stack([spd_matrix(6, condition=c, seed=i, dtype=torch.float64)
-                         for i, c in enumerate((2.0, 10.0, 50.0, 5.0, 20.0))])
+    batch = torch.stack(
+        [
+            spd_matrix(6, condition=c, seed=i, dtype=torch.float64)
+            for i, c in enumerate((2.0, 10.0, 50.0, 5.0, 20.0))
+        ]
+    )
     return {"batch": batch, "one": random_matrix(9, seed=3, dtype=torch.float64)}
 
 
@@ -28,17 +32,25 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     results = {}
     for name, matrix in problems().items():
-        model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", shard=shard,
-                           steps_per_batch=50)
+        model = LitInverse(
+            matrix, lr="auto", momentum="auto", init="zeros", shard=shard, steps_per_batch=50
+        )
         trainer = pl.Trainer(
-            accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-            max_steps=400, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            max_steps=400,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
             enable_model_summary=False,
         )
         trainer.fit(model)
         results[name] = {
-            "inverse": model.inverse.clone(), "losses": model.losses.clone(),
-            "loss": trainer.callback_metrics["loss"].clone(), "mode": model.sharding.mode,
+            "inverse": model.inverse.clone(),
+            "losses": model.losses.clone(),
+            "loss": trainer.callback_metrics["loss"].clone(),
+            "mode": model.sharding.mode,
         }
     if trainer.global_rank == 0:
         torch.save(results, output)

@@ -1,7 +1,5 @@
 """Issue 3: automatic lr and momentum, stopping at a tolerance, divergence, the report, invert."""
 
-import math
-
 import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -88,12 +86,14 @@ def test_auto_converges_whatever_the_scale(make, scale):
         hilbert_matrix(8),
         random_matrix(256, dtype=F64),
         random_matrix(512, dtype=torch.float32),
-        torch.stack([
-            1e3 * spd_matrix(8, condition=50.0, dtype=F64),
-            1e-3 * random_orthogonal(8, dtype=F64),
-            hilbert_matrix(8),
-            random_matrix(8, dtype=F64),
-        ]),
+        torch.stack(
+            [
+                1e3 * spd_matrix(8, condition=50.0, dtype=F64),
+                1e-3 * random_orthogonal(8, dtype=F64),
+                hilbert_matrix(8),
+                random_matrix(8, dtype=F64),
+            ]
+        ),
     ],
     ids=["hilbert8", "random256", "random512-float32", "mixed-batch"],
 )
@@ -110,11 +110,13 @@ def test_auto_never_diverges(matrix):
 
 
 def test_mixed_batch_converges_per_matrix():
-    batch = torch.stack([
-        1e3 * spd_matrix(8, condition=50.0, dtype=F64),
-        1e-3 * random_orthogonal(8, dtype=F64),
-        diagonal_matrix(n=8, dtype=F64),
-    ])
+    batch = torch.stack(
+        [
+            1e3 * spd_matrix(8, condition=50.0, dtype=F64),
+            1e-3 * random_orthogonal(8, dtype=F64),
+            diagonal_matrix(n=8, dtype=F64),
+        ]
+    )
     result = invert(batch, tol=1e-10)
     assert result.converged.all() and result.steps.shape == (3,)
     for index in range(3):
@@ -178,7 +180,9 @@ def test_report_rates_match_the_theory(m1):
     quiet_trainer(max_steps=1500).fit(model)
     report = model.report()
     s = torch.linalg.svdvals(matrix)
-    predicted = heavy_ball_rate(s, torch.tensor(0.9, dtype=F64), torch.tensor(0.9, dtype=F64), 4).item()
+    predicted = heavy_ball_rate(
+        s, torch.tensor(0.9, dtype=F64), torch.tensor(0.9, dtype=F64), 4
+    ).item()
     assert report.predicted_rate[0] == pytest.approx(predicted, rel=1e-12)
     assert report.measured_rate[0] == pytest.approx(predicted, rel=2e-3)
     kappa = (s[0] / s[-1]).item()
@@ -207,7 +211,9 @@ def test_auto_trajectory_does_not_depend_on_steps_per_batch(steps_per_batch):
 
 
 def test_auto_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
-    matrix = torch.stack([random_matrix(5, seed=1, dtype=F64), 10 * diagonal_matrix(n=5, dtype=F64)])
+    matrix = torch.stack(
+        [random_matrix(5, seed=1, dtype=F64), 10 * diagonal_matrix(n=5, dtype=F64)]
+    )
     options = dict(lr="auto", momentum="auto", steps_per_batch=50)
     whole = LitInverse(matrix, **options)
     quiet_trainer(max_steps=600).fit(whole)

@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fit(config: str, save_dir: Path, *extra: str) -> Path:
-    main(["fit", "--config", str(ROOT / "configs" / config),
-          "--trainer.logger.init_args.save_dir", str(save_dir), *extra])
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / config),
+            "--trainer.logger.init_args.save_dir",
+            str(save_dir),
+            *extra,
+        ]
+    )
     runs = sorted(save_dir.glob("*/version_*"))
     return runs[-1]
 
@@ -139,11 +147,22 @@ def test_bad_values_are_refused_before_training_with_one_line(tmp_path, capsys, 
 
 def test_train_py_runs_as_a_script(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", "--config",
-         str(ROOT / "configs" / "seed_diagonal.yaml"), "--trainer.max_steps", "200",
-         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar",
-         "false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "seed_diagonal.yaml"),
+            "--trainer.max_steps",
+            "200",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "after 200 steps" in result.stdout

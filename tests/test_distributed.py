@@ -12,8 +12,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def run_worker(tmp_path: Path, shard: str, devices: int) -> dict:
     output = tmp_path / f"{shard}-{devices}.pt"
-    done = subprocess.run([sys.executable, str(WORKER), str(output), shard, str(devices)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(output), shard, str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(output, weights_only=False)
 
@@ -47,10 +52,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_ddp_config_runs_and_matches_one_process(tmp_path):
     def train(*extra: str) -> Path:
         done = subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), "fit", "--config",
-             str(ROOT / "configs" / "ddp_cpu.yaml"), "--trainer.enable_progress_bar", "false",
-             "--trainer.logger.init_args.save_dir", str(tmp_path), *extra],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "ddp_cpu.yaml"),
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "converged (tol 1e-10)  8 of 8" in done.stdout

@@ -21,21 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_command(save_dir: Path, *extra: str) -> list:
     return [
-        sys.executable, str(ROOT / "train.py"), "fit",
-        "--config", str(ROOT / "configs" / "seed_random.yaml"),
-        "--data.dtype", "float64",
-        "--trainer.max_steps", "20000",
-        "--checkpoint.every_n_train_steps", "1000",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(save_dir),
+        sys.executable,
+        str(ROOT / "train.py"),
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "seed_random.yaml"),
+        "--data.dtype",
+        "float64",
+        "--trainer.max_steps",
+        "20000",
+        "--checkpoint.every_n_train_steps",
+        "1000",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
         *extra,
     ]
 
 
 def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
     run_dir = tmp_path / "seed_random"
-    killed = subprocess.Popen(train_command(tmp_path), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        train_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first_checkpoint = run_dir / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not first_checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
@@ -44,8 +53,9 @@ def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
     assert killed.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (run_dir / "version_0" / "summary.json").exists()
 
-    resumed = subprocess.run(train_command(tmp_path, "--ckpt_path", "last"), capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        train_command(tmp_path, "--ckpt_path", "last"), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     whole = subprocess.run(train_command(tmp_path), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
@@ -53,8 +63,10 @@ def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
     resumed_dir, whole_dir = run_dir / "version_1", run_dir / "version_2"
     checkpoint = torch.load(first_checkpoint, weights_only=False)
     assert 0 < checkpoint["global_step"] < 20000, "the kill did not come halfway"
-    assert torch.equal(load_matrix(resumed_dir / "inverse.pt", dtype=torch.float64),
-                       load_matrix(whole_dir / "inverse.pt", dtype=torch.float64))
+    assert torch.equal(
+        load_matrix(resumed_dir / "inverse.pt", dtype=torch.float64),
+        load_matrix(whole_dir / "inverse.pt", dtype=torch.float64),
+    )
     assert (resumed_dir / "losses.csv").read_bytes() == (whole_dir / "losses.csv").read_bytes()
     assert len(read_losses_csv(resumed_dir / "losses.csv")) == 20000
 

@@ -3,7 +3,6 @@
 import csv
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
@@ -23,9 +22,7 @@ def polyak(matrix: torch.Tensor) -> dict:
     return dict(lr=2 * n * n / (s_max + s_min) ** 2, momentum=((kappa - 1) / (kappa + 1)) ** 2)
 
 
-@pytest.mark.parametrize(
-    "name, below_1e8, below_1e12", [("m1", 499, 785), ("m2", 166, 253)]
-)
+@pytest.mark.parametrize("name, below_1e8, below_1e12", [("m1", 499, 785), ("m2", 166, 253)])
 def test_reproduces_the_posts_runs(name, below_1e8, below_1e12, request):
     matrix = request.getfixturevalue(name)
     model = LitInverse(matrix)

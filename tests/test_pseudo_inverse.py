@@ -78,14 +78,18 @@ def test_symmetric_formulation_refuses_rectangular_matrices():
 
 
 def test_batch_mixing_singular_and_regular_matrices():
-    batch = torch.stack([low_rank_matrix(5, 2, dtype=F64), spd_matrix(5, condition=10.0, dtype=F64)])
+    batch = torch.stack(
+        [low_rank_matrix(5, 2, dtype=F64), spd_matrix(5, condition=10.0, dtype=F64)]
+    )
     with pytest.warns(SingularMatrixWarning, match=r"batch index \(0,\)"):
         result = invert(batch, tol=1e-10)
     assert result.converged.all()
     assert result.report.rank == [2, 5]
     for index in range(2):
         pinv = torch.linalg.pinv(batch[index])
-        torch.testing.assert_close(result.inverse[index], pinv, atol=1e-8 * pinv.abs().max().item(), rtol=0)
+        torch.testing.assert_close(
+            result.inverse[index], pinv, atol=1e-8 * pinv.abs().max().item(), rtol=0
+        )
 
 
 @pytest.mark.parametrize("formulation", ["left", "right"])
@@ -96,9 +100,13 @@ def test_ridge_reaches_its_closed_form_minimiser(formulation, ridge):
     matrix = low_rank_matrix(5, 5, rows=6, dtype=F64)  # 6 x 5, ill-conditioned enough
     k = 5 if formulation == "left" else 6
     if formulation == "left":
-        exact = matrix.T @ torch.linalg.inv(matrix @ matrix.T + ridge * k * k * torch.eye(6, dtype=F64))
+        exact = matrix.T @ torch.linalg.inv(
+            matrix @ matrix.T + ridge * k * k * torch.eye(6, dtype=F64)
+        )
     else:
-        exact = torch.linalg.inv(matrix.T @ matrix + ridge * k * k * torch.eye(5, dtype=F64)) @ matrix.T
+        exact = (
+            torch.linalg.inv(matrix.T @ matrix + ridge * k * k * torch.eye(5, dtype=F64)) @ matrix.T
+        )
     result = invert(matrix, tol=1e-11, ridge=ridge, formulation=formulation, check_rank=False)
     assert bool(result.converged)
     scale = exact.abs().max().item()

@@ -21,6 +21,9 @@ def test_readme_example_runs(index):
 def test_the_readme_shows_the_set_up_commands_that_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    test_command = 'python -m pip install torch==2.13.0 && python -m pip install -e ".[test]" && python -m pytest'
+    test_command = (
+        'python -m pip install torch==2.13.0 && python -m pip install -e ".[test]" '
+        "&& python -m pytest"
+    )
     assert test_command in text and test_command in ci
     assert "python train.py fit --config configs/seed_random.yaml" in text
