@@ -1,0 +1,153 @@
+"""GPU benchmark: the cost of one gradient-descent step against the matrix products it needs.
+
+    python benchmarks/bench_gpu.py [--device cuda] [--quick] [--output bench_gpu.json]
+
+For each size and dtype, side by side in one process:
+
+- ``floor``: two matrix products of that size (``X @ M``, then ``R @ M^T``), the least a step
+  can cost;
+- ``graph``: the same closed-form heavy-ball step captured in a CUDA graph and replayed (the
+  least Python can add; CUDA only);
+- ``lit``: ``LitInverse`` under a Trainer, per optimizer step, from the difference of two runs
+  of different lengths (so the Trainer's start cancels);
+- ``inv``: ``torch.linalg.inv`` on the same data;
+- for a well-conditioned n = 1024 matrix, ``invert(..., tol=1e-5)`` against ``inv``.
+
+Ratios are printed and written as JSON. With ``--device cpu --quick`` it runs anywhere (a smoke
+test of the script itself; CPU figures are not the point).
+"""
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from typing import Callable, Dict, List
+
+import pytorch_lightning as pl
+import torch
+
+from gdinv_modules import LitInverse, invert
+from gdinv_modules.functional import loss_and_gradient
+from gdinv_modules.matrices import spd_matrix
+from gdinv_modules.theory import polyak_parameters
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_call(function: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Seconds per call, after warm-up, with the device drained before and after."""
+    for _ in range(3):
+        function()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        function()
+    synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+def graph_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, calls: int) -> float:
+    """The closed-form heavy-ball step, captured once in a CUDA graph, then replayed."""
+    approx = torch.zeros_like(matrix.mT)
+    velocity = torch.zeros_like(approx)
+
+    def step() -> None:
+        _, gradient = loss_and_gradient(approx, matrix, "left")
+        velocity.mul_(momentum).add_(gradient)
+        approx.sub_(velocity, alpha=lr)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return time_per_call(graph.replay, matrix.device, calls)
+
+
+def lit_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, short: int, long: int):
+    """LitInverse's time per optimizer step: (t(long) - t(short)) / (long - short)."""
+    accelerator = "gpu" if matrix.is_cuda else "cpu"
+    times = []
+    for steps in (short, long):
+        model = LitInverse(matrix, lr=lr, momentum=momentum, init="zeros", check_rank=False)
+        trainer = pl.Trainer(
+            max_steps=steps, accelerator=accelerator, devices=1, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )
+        synchronize(matrix.device)
+        start = time.perf_counter()
+        trainer.fit(model)
+        synchronize(matrix.device)
+        times.append(time.perf_counter() - start)
+    return (times[1] - times[0]) / (long - short)
+
+
+def bench_case(name: str, matrix: torch.Tensor, calls: int, short: int, long: int) -> Dict:
+    device = matrix.device
+    s = torch.linalg.svdvals(matrix.double())
+    lr, momentum = (value.max().item() for value in polyak_parameters(
+        s[..., 0], s[..., -1], matrix.shape[-1]))
+    other = torch.rand_like(matrix)
+    floor = time_per_call(lambda: (other @ matrix) @ matrix.mT, device, calls)
+    row = {
+        "case": name, "shape": list(matrix.shape), "dtype": str(matrix.dtype).replace("torch.", ""),
+        "floor_us": 1e6 * floor,
+        "lit_us": 1e6 * lit_step_seconds(matrix, lr, momentum, short, long),
+        "inv_us": 1e6 * time_per_call(lambda: torch.linalg.inv(matrix), device, 10),
+    }
+    row["lit_over_floor"] = row["lit_us"] / row["floor_us"]
+    if device.type == "cuda":
+        row["graph_us"] = 1e6 * graph_step_seconds(matrix, lr, momentum, calls)
+        row["lit_over_graph"] = row["lit_us"] / row["graph_us"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    sizes = [4, 64] if args.quick else [4, 64, 256, 1024, 4096]
+    batch = (16, 8) if args.quick else (4096, 64)
+    calls, short, long = (20, 100, 300) if args.quick else (200, 500, 2500)
+    rows: List[Dict] = []
+    for dtype in (torch.float32, torch.float64):
+        for n in sizes:
+            matrix = spd_matrix(n, condition=10.0, dtype=dtype).to(device)
+            rows.append(bench_case(f"n={n}", matrix, calls, short, long))
+        count, n = batch
+        matrix = spd_matrix(n, condition=10.0, batch_shape=(count,), dtype=dtype).to(device)
+        rows.append(bench_case(f"{count} x {n}x{n}", matrix, calls, short, long))
+    n = 64 if args.quick else 1024
+    matrix = spd_matrix(n, condition=10.0).to(device)
+    invert(matrix, tol=1e-5)  # warm-up
+    inv_seconds = time_per_call(lambda: torch.linalg.inv(matrix), device, 10)
+    start = time.perf_counter()
+    result = invert(matrix, tol=1e-5)
+    synchronize(device)
+    auto_seconds = time.perf_counter() - start
+    to_tol = {"n": n, "auto_s": auto_seconds, "auto_steps": int(result.steps),
+              "inv_s": inv_seconds, "auto_over_inv": auto_seconds / inv_seconds}
+    print(json.dumps(to_tol), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = {"device": name, "torch": torch.__version__, "rows": rows, "to_1e-5": to_tol}
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""On a GPU: the post reproduced, invert on CUDA tensors, batches, and no host sync per step.
+Skipped where CUDA is not available (run them with scripts/gpu_check.sh on a GPU machine)."""
+
+import pytest
+import torch
+
+from conftest import first_below, quiet_trainer
+from gdinv_modules import LitInverse, invert
+from gdinv_modules.matrices import random_matrix, spd_matrix
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu_trainer(**options):
+    return quiet_trainer(accelerator="gpu", devices=1, **options)
+
+
+def test_the_posts_run_on_the_gpu(m1):
+    model = LitInverse(m1)
+    gpu_trainer(max_steps=10_000).fit(model)
+    assert abs(first_below(model.losses.cpu(), 1e-12) - 785) <= 2
+    inverse = model.inverse.cpu()
+    torch.testing.assert_close(inverse @ m1, torch.eye(4), atol=1e-4, rtol=0)
+
+
+def test_invert_keeps_a_cuda_matrix_on_the_gpu():
+    matrix = spd_matrix(256, condition=10.0, dtype=torch.float64).cuda()
+    result = invert(matrix)
+    assert result.inverse.is_cuda and bool(result.converged)
+    torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-9, rtol=0)
+
+
+def test_a_batch_on_the_gpu_matches_the_cpu():
+    batch = spd_matrix(32, condition=20.0, batch_shape=(64,), dtype=torch.float64)
+    on_gpu = invert(batch.cuda(), tol=1e-10)
+    on_cpu = invert(batch, tol=1e-10, accelerator="cpu")
+    assert on_gpu.converged.all() and on_cpu.converged.all()
+    torch.testing.assert_close(on_gpu.inverse.cpu(), on_cpu.inverse, atol=1e-9, rtol=0)
+
+
+class NoSyncLitInverse(LitInverse):
+    """Fails on any host synchronisation inside the optimizer steps."""
+
+    def run_steps(self, steps, optimizer):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return super().run_steps(steps, optimizer)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("batch_shape", [(), (16,)])
+def test_no_host_sync_inside_the_optimizer_steps(batch_shape):
+    matrix = spd_matrix(64, condition=10.0, batch_shape=batch_shape)
+    model = NoSyncLitInverse(matrix, lr=0.5, momentum=0.5, check_rank=False)
+    gpu_trainer(max_steps=300).fit(model)
+    assert model.losses.shape[0] == 300
+
+
+def test_auto_on_the_gpu_converges_on_a_large_well_conditioned_matrix():
+    matrix = spd_matrix(1024, condition=10.0).cuda()
+    result = invert(matrix, tol=1e-5)
+    assert bool(result.converged)
+    reference = torch.linalg.inv(matrix.double()).float()
+    assert (result.inverse - reference).abs().max() < 1e-3 * reference.abs().max()
+
+
+def test_random_first_guess_is_the_same_on_every_device(m1):
+    assert torch.equal(LitInverse(m1.cuda()).inverse.cpu(), LitInverse(m1).inverse)
+    assert torch.equal(random_matrix(4).cuda().cpu(), m1)
