@@ -79,8 +79,13 @@ def lit_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, short: in
     for steps in (short, long):
         model = LitInverse(matrix, lr=lr, momentum=momentum, init="zeros", check_rank=False)
         trainer = pl.Trainer(
-            max_steps=steps, accelerator=accelerator, devices=1, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            max_steps=steps,
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
         )
         synchronize(matrix.device)
         start = time.perf_counter()
@@ -93,12 +98,15 @@ def lit_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, short: in
 def bench_case(name: str, matrix: torch.Tensor, calls: int, short: int, long: int) -> Dict:
     device = matrix.device
     s = torch.linalg.svdvals(matrix.double())
-    lr, momentum = (value.max().item() for value in polyak_parameters(
-        s[..., 0], s[..., -1], matrix.shape[-1]))
+    lr, momentum = (
+        value.max().item() for value in polyak_parameters(s[..., 0], s[..., -1], matrix.shape[-1])
+    )
     other = torch.rand_like(matrix)
     floor = time_per_call(lambda: (other @ matrix) @ matrix.mT, device, calls)
     row = {
-        "case": name, "shape": list(matrix.shape), "dtype": str(matrix.dtype).replace("torch.", ""),
+        "case": name,
+        "shape": list(matrix.shape),
+        "dtype": str(matrix.dtype).replace("torch.", ""),
         "floor_us": 1e6 * floor,
         "lit_us": 1e6 * lit_step_seconds(matrix, lr, momentum, short, long),
         "inv_us": 1e6 * time_per_call(lambda: torch.linalg.inv(matrix), device, 10),
@@ -139,8 +147,13 @@ def main() -> None:
     result = invert(matrix, tol=1e-5)
     synchronize(device)
     auto_seconds = time.perf_counter() - start
-    to_tol = {"n": n, "auto_s": auto_seconds, "auto_steps": int(result.steps),
-              "inv_s": inv_seconds, "auto_over_inv": auto_seconds / inv_seconds}
+    to_tol = {
+        "n": n,
+        "auto_s": auto_seconds,
+        "auto_steps": int(result.steps),
+        "inv_s": inv_seconds,
+        "auto_over_inv": auto_seconds / inv_seconds,
+    }
     print(json.dumps(to_tol), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {"device": name, "torch": torch.__version__, "rows": rows, "to_1e-5": to_tol}
