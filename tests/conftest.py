@@ -1,7 +1,10 @@
 """Shared fixtures: the post's matrices and a quiet Trainer."""
 
 import logging
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -49,3 +52,26 @@ def first_below(losses: torch.Tensor, threshold: float) -> int:
     below = (losses < threshold).nonzero()
     assert len(below), f"the loss never fell below {threshold}"
     return int(below[0])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_py_command(config: str, save_dir: Path, *extra: str) -> list:
+    """``python train.py fit --config configs/CONFIG`` writing under ``save_dir``, quietly."""
+    return [
+        sys.executable, str(ROOT / "train.py"), "fit",
+        "--config", str(ROOT / "configs" / config),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+def run_train_py(config: str, save_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run train.py in a fresh process; fail the test with its stderr if it fails."""
+    done = subprocess.run(
+        train_py_command(config, save_dir, *extra), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -1,14 +1,12 @@
 """train.py: the seed configs reproduce the post, outputs are written, bad configs are refused."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import first_below
+from conftest import first_below, run_train_py
 from gdinv_modules.cli import main
 from gdinv_modules.figure import main as figure_main
 from gdinv_modules.matrices import diagonal_matrix, random_matrix
@@ -146,23 +144,5 @@ def test_bad_values_are_refused_before_training_with_one_line(tmp_path, capsys, 
 
 
 def test_train_py_runs_as_a_script(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "seed_diagonal.yaml"),
-            "--trainer.max_steps",
-            "200",
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
     assert "after 200 steps" in result.stdout

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_train_py
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
@@ -46,29 +48,9 @@ def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
         assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def test_the_ddp_config_runs_and_matches_one_process(tmp_path):
     def train(*extra: str) -> Path:
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "train.py"),
-                "fit",
-                "--config",
-                str(ROOT / "configs" / "ddp_cpu.yaml"),
-                "--trainer.enable_progress_bar",
-                "false",
-                "--trainer.logger.init_args.save_dir",
-                str(tmp_path),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = run_train_py("ddp_cpu.yaml", tmp_path, *extra)
         assert "converged (tol 1e-10)  8 of 8" in done.stdout
         return sorted((tmp_path / "ddp_cpu").glob("version_*"))[-1]
 

@@ -3,7 +3,6 @@ overwritten; the same config and seed give the same losses."""
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,30 +13,21 @@ from gdinv_modules import LitInverse, OutputExistsError
 from gdinv_modules.atomic import atomic_path
 from gdinv_modules.matrix_io import load_matrix
 from gdinv_modules.run_outputs import RunOutputs, read_losses_csv
-from conftest import quiet_trainer
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import quiet_trainer, train_py_command
 
 
 def train_command(save_dir: Path, *extra: str) -> list:
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "seed_random.yaml"),
+    return train_py_command(
+        "seed_random.yaml",
+        save_dir,
         "--data.dtype",
         "float64",
         "--trainer.max_steps",
         "20000",
         "--checkpoint.every_n_train_steps",
         "1000",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.logger.init_args.save_dir",
-        str(save_dir),
         *extra,
-    ]
+    )
 
 
 def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
