@@ -131,21 +131,21 @@ class Sharding:
             if target is not None:
                 loss = self._column_excess(approx, matrix, formulation, target)
             loss, gradient = self.sum(loss), self.sum(gradient)
-            return loss, gradient.square().sum(dim=(-2, -1))
+            return loss, _squared_norm(gradient)
         if self.mode == "batch":
             flat = lambda t: t.reshape(-1, *t.shape[-2:])[self.start : self.stop]  # noqa: E731
             loss, gradient = loss_and_gradient(flat(approx), flat(matrix), formulation)
             if target is not None:
                 estimate = identity_estimate(flat(approx), flat(matrix), formulation)
                 loss = (estimate - flat(target)).square().mean(dim=(-2, -1))
-            norms = gradient.square().sum(dim=(-2, -1))
+            norms = _squared_norm(gradient)
             batch = approx.shape[:-2]
             return self.gather(loss).reshape(batch), self.gather(norms).reshape(batch)
         loss, gradient = loss_and_gradient(approx, matrix, formulation)
         if target is not None:
             estimate = identity_estimate(approx, matrix, formulation)
             loss = (estimate - target).square().mean(dim=(-2, -1))
-        return loss, gradient.square().sum(dim=(-2, -1))
+        return loss, _squared_norm(gradient)
 
     def _column_excess(
         self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
@@ -183,3 +183,9 @@ class Sharding:
             return tensor
         flat = tensor.reshape(-1, *tensor.shape[-2:])
         return self.gather(flat[self.start : self.stop]).reshape(tensor.shape)
+
+
+def _squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
+    """Squared Frobenius norms, summed in float64 (the tuner's Rayleigh quotients need them
+    accurate to well below float32's resolution)."""
+    return gradient.double().square().sum(dim=(-2, -1))
