@@ -2,6 +2,8 @@
 
 import csv
 
+import pytorch_lightning as pl
+
 import pytest
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -198,3 +200,22 @@ def test_resuming_from_a_checkpoint_continues_the_same_trajectory(m1, tmp_path):
     quiet_trainer(max_steps=600).fit(resumed, ckpt_path=checkpoint.last_model_path)
     assert torch.equal(resumed.inverse, uninterrupted.inverse)
     assert torch.equal(resumed.losses, uninterrupted.losses)
+
+
+class _RecordPrecision(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.seen = torch.backends.cuda.matmul.fp32_precision
+
+
+@pytest.mark.parametrize("tf32, expected", [(False, "ieee"), (True, "tf32")])
+def test_tf32_only_when_asked_and_the_global_setting_is_restored(m1, tf32, expected):
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if not tf32 else "ieee"  # the opposite of what is asked
+    try:
+        record = _RecordPrecision()
+        quiet_trainer(max_steps=10, callbacks=[record]).fit(LitInverse(m1, tf32=tf32))
+        assert record.seen == expected
+        assert matmul.fp32_precision == ("tf32" if not tf32 else "ieee")
+    finally:
+        matmul.fp32_precision = before
