@@ -1,6 +1,7 @@
 """gdinv_modules: matrix inverses by gradient descent, as PyTorch and Lightning modules."""
 
 from gdinv_modules.auto_tuner import HeavyBallTuner
+from gdinv_modules.checkpointing import ResumableCheckpoint
 from gdinv_modules.convergence import ConvergenceMonitor, default_tol
 from gdinv_modules.datamodule import MatrixDataModule, make_matrix
 from gdinv_modules.errors import (
@@ -22,6 +23,7 @@ from gdinv_modules.lit_inverse import LitInverse
 from gdinv_modules.matrix_io import load_matrix, save_matrix
 from gdinv_modules.metric import IdentityMSE
 from gdinv_modules.report import ConvergenceReport
+from gdinv_modules.run_outputs import RunOutputs
 
 __all__ = [
     "invert",
@@ -34,6 +36,8 @@ __all__ = [
     "ConvergenceMonitor",
     "ConvergenceReport",
     "HeavyBallTuner",
+    "ResumableCheckpoint",
+    "RunOutputs",
     "default_tol",
     "load_matrix",
     "save_matrix",

@@ -1,7 +1,7 @@
 """``ConvergenceMonitor``: stop at the tolerance, refuse divergence, once per training step."""
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -9,6 +9,9 @@ from torch import Tensor
 
 from gdinv_modules.errors import DivergenceError
 from gdinv_modules.theory import power_sigma_max, stable_lr_bound
+
+if TYPE_CHECKING:  # LitInverse imports this module, so only for the annotations
+    from gdinv_modules.lit_inverse import LitInverse
 
 __all__ = ["ConvergenceMonitor", "default_tol", "GROWTH_LIMIT"]
 
@@ -46,7 +49,7 @@ class ConvergenceMonitor(pl.Callback):
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        pl_module: "LitInverse",
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -60,7 +63,7 @@ class ConvergenceMonitor(pl.Callback):
             trainer.should_stop = True
 
 
-def divergence_message(pl_module: pl.LightningModule, loss: float, first_loss: float) -> str:
+def divergence_message(pl_module: "LitInverse", loss: float, first_loss: float) -> str:
     module = pl_module.inverse_module
     group = pl_module.optimizers().optimizer.param_groups[0]
     lr, momentum = group["lr"], group["momentum"]

@@ -4,7 +4,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +16,9 @@ from gdinv_modules.functional import identity_mse, relative_residual
 from gdinv_modules.matrix_io import save_matrix
 from gdinv_modules.plotting import plot_losses
 from gdinv_modules.report import ConvergenceReport
+
+if TYPE_CHECKING:  # the callback reads LitInverse's state
+    from gdinv_modules.lit_inverse import LitInverse
 
 __all__ = ["RunOutputs", "OUTPUT_FILES", "read_losses_csv", "write_losses_csv"]
 
@@ -77,7 +80,7 @@ class RunOutputs(pl.Callback):
         every rank must call this."""
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: "LitInverse") -> None:
         directory = self.directory(trainer)
         existing = [name for name in OUTPUT_FILES if (directory / name).exists()]
         if existing:  # every rank sees the same files, so every rank stops
@@ -87,7 +90,7 @@ class RunOutputs(pl.Callback):
             )
         self._start = time.perf_counter()
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: "LitInverse") -> None:
         directory = self.directory(trainer)
         if not trainer.is_global_zero:
             return
@@ -108,7 +111,7 @@ class RunOutputs(pl.Callback):
         print(format_summary(self.summary, directory))
 
 
-def run_summary(pl_module: pl.LightningModule, steps: int, wall_time: float) -> Dict[str, Any]:
+def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[str, Any]:
     """The numbers that tell how a run went (host syncs here, once, at the end)."""
     module = pl_module.inverse_module
     with torch.no_grad():
