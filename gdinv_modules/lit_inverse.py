@@ -244,8 +244,6 @@ class LitInverse(pl.LightningModule):
         return self._module()(matrix)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self._fit_context.enter_context(cuda_matmul_precision(tf32=self.hparams.tf32))
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         matrix = getattr(datamodule, "matrix", None)
         if matrix is None:
@@ -259,6 +257,8 @@ class LitInverse(pl.LightningModule):
             raise InvalidOptionError(
                 "LitInverse holds a matrix already and the datamodule serves another: give one"
             )
+        if stage == "fit":  # last, so that an error above leaves the global setting alone
+            self._fit_context.enter_context(cuda_matmul_precision(tf32=self.hparams.tf32))
 
     def teardown(self, stage: str) -> None:
         self._fit_context.close()
