@@ -1,10 +1,11 @@
 """``ConvergenceMonitor``: stop at the tolerance, refuse divergence, once per training step."""
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from gdinv_modules.errors import DivergenceError
@@ -49,25 +50,28 @@ class ConvergenceMonitor(pl.Callback):
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
-        pl_module: "LitInverse",
+        pl_module: pl.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
     ) -> None:
+        model = cast("LitInverse", pl_module)
+        if model.last_loss is None or model.last_residual is None or model.first_loss is None:
+            return
         worst_loss, worst_residual, first_loss = torch.stack(
-            [pl_module.last_loss.max(), pl_module.last_residual.max(), pl_module.first_loss.max()]
+            [model.last_loss.max(), model.last_residual.max(), model.first_loss.max()]
         ).tolist()
         if not math.isfinite(worst_loss) or worst_loss > GROWTH_LIMIT * max(first_loss, 1e-30):
-            raise DivergenceError(divergence_message(pl_module, worst_loss, first_loss))
+            raise DivergenceError(divergence_message(model, worst_loss, first_loss))
         if self.tol is not None and worst_residual <= self.tol:
             trainer.should_stop = True
 
 
 def divergence_message(pl_module: "LitInverse", loss: float, first_loss: float) -> str:
-    module = pl_module.inverse_module
-    group = pl_module.optimizers().optimizer.param_groups[0]
+    module = pl_module.module
+    group = cast(LightningOptimizer, pl_module.optimizers()).optimizer.param_groups[0]
     lr, momentum = group["lr"], group["momentum"]
-    sigma_max: Tensor = power_sigma_max(module.matrix, module.formulation)
+    sigma_max: Tensor = power_sigma_max(pl_module.matrix, module.formulation)
     bound = stable_lr_bound(sigma_max.double().max(), torch.tensor(momentum), module.size)
     return (
         f"the run diverged at step {pl_module.trainer.global_step}: loss {loss:.3e} "

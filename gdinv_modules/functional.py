@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 Formulation = Literal["left", "right", "symmetric"]
-FORMULATIONS: Tuple[str, ...] = ("left", "right", "symmetric")
+FORMULATIONS: Tuple[Formulation, ...] = ("left", "right", "symmetric")
 
 
 def estimate_size(matrix_shape: Sequence[int], formulation: Formulation = "left") -> int:

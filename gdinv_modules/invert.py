@@ -4,7 +4,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Dict, Iterator, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -94,7 +94,7 @@ def invert(
         ridge=ridge,
         check_rank=check_rank,
     )
-    options = dict(
+    options: Dict[str, Any] = dict(
         max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,

@@ -2,10 +2,11 @@
 
 import warnings
 from contextlib import ExitStack, contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Tuple, Union, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from gdinv_modules.auto_tuner import HeavyBallTuner
@@ -151,7 +152,9 @@ class LitInverse(pl.LightningModule):
             seed=self.hparams.seed,
         )
 
-    def _module(self) -> InverseModule:
+    @property
+    def module(self) -> InverseModule:
+        """The trained :class:`InverseModule` (an error if there is no matrix yet)."""
         if self.inverse_module is None:
             raise InvalidOptionError(
                 "LitInverse has no matrix: pass one, fit with a MatrixDataModule, "
@@ -160,15 +163,20 @@ class LitInverse(pl.LightningModule):
         return self.inverse_module
 
     @property
+    def matrix(self) -> Tensor:  # shape: (..., m, n)
+        """M, the matrix being inverted."""
+        return self.module.resolve_matrix()
+
+    @property
     def inverse(self) -> Tensor:  # shape: (..., n, m)
         """The current approximate inverse, detached."""
-        return self._module().inverse
+        return self.module.inverse
 
     @property
     def losses(self) -> Tensor:  # shape: (steps, ...)
         """The loss of every optimizer step so far, one column per matrix of the batch."""
         if not self._loss_chunks:
-            return torch.empty((0, *self._module().batch_shape), dtype=self.inverse.dtype)
+            return torch.empty((0, *self.module.batch_shape), dtype=self.inverse.dtype)
         if len(self._loss_chunks) > 1:
             device = self._loss_chunks[-1].device
             self._loss_chunks = [torch.cat([c.to(device) for c in self._loss_chunks])]
@@ -181,9 +189,10 @@ class LitInverse(pl.LightningModule):
 
     def effective_parameters(self) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...)
         """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair)."""
-        if self.tuner is not None and self.tuner.lr is not None:
-            return self.tuner.lr, self.tuner.momentum
-        batch_shape = self._module().batch_shape
+        tuner = self.tuner
+        if tuner is not None and tuner.lr is not None and tuner.momentum is not None:
+            return tuner.lr, tuner.momentum
+        batch_shape = self.module.batch_shape
         lr, momentum = self.hparams.lr, self.hparams.momentum
         return (
             torch.full(batch_shape, float(lr), dtype=torch.float64),
@@ -192,14 +201,14 @@ class LitInverse(pl.LightningModule):
 
     def report(self) -> ConvergenceReport:
         """The convergence report of the run so far (host syncs: call it at the end)."""
-        module = self._module()
+        module = self.module
         lr, momentum = self.effective_parameters()
         tol = self.hparams.tol or default_tol(module.approx.dtype)
         with torch.no_grad():
             residual = self.convergence_residual()
         return ConvergenceReport.from_run(
             self.losses,
-            module.matrix,
+            self.matrix,
             module.formulation,
             lr,
             momentum,
@@ -213,16 +222,16 @@ class LitInverse(pl.LightningModule):
         r"""What ``tol`` bounds, per matrix: :math:`\lVert E - T\rVert_F/\sqrt k` (``T`` the
         identity, or the projector for a rank-deficient M), or with a ridge the bound on the
         relative distance to its minimiser."""
-        module = self._module()
+        module = self.module
         ridge = self.hparams.ridge
         if ridge:
-            _, gradient = loss_and_gradient(module.approx, module.matrix, module.formulation, ridge)
+            _, gradient = loss_and_gradient(module.approx, self.matrix, module.formulation, ridge)
             return ridge_error_bound(module.approx, gradient, ridge)
         return relative_residual(module() if estimate is None else estimate, self.target)
 
     def _check_rank(self) -> None:
-        module = self._module()
-        self.rank, self.target = estimate_target(module.matrix, module.formulation)
+        module = self.module
+        self.rank, self.target = estimate_target(self.matrix, module.formulation)
         if self.target is not None:
             k = module.size
             deficient = self.rank < k
@@ -241,18 +250,17 @@ class LitInverse(pl.LightningModule):
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The estimate of the identity (see :meth:`InverseModule.forward`)."""
-        return self._module()(matrix)
+        return self.module(matrix)
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = getattr(self._trainer, "datamodule", None)
         matrix = getattr(datamodule, "matrix", None)
         if matrix is None:
-            self._module()
+            self.module  # noqa: B018  (raises, naming where to give M, if there is none)
         elif self.inverse_module is None:
             self._build(matrix)
         elif not (
-            matrix.shape == self.inverse_module.matrix.shape
-            and torch.equal(matrix.to(self.inverse_module.matrix), self.inverse_module.matrix)
+            matrix.shape == self.matrix.shape and torch.equal(matrix.to(self.matrix), self.matrix)
         ):
             raise InvalidOptionError(
                 "LitInverse holds a matrix already and the datamodule serves another: give one"
@@ -270,13 +278,13 @@ class LitInverse(pl.LightningModule):
         # With "auto" the tuner sets both values before the first step.
         lr = 1.0 if self.hparams.lr == "auto" else self.hparams.lr
         momentum = 0.0 if self.hparams.momentum == "auto" else self.hparams.momentum
-        return torch.optim.SGD(self._module().parameters(), lr=lr, momentum=momentum)
+        return torch.optim.SGD(self.module.parameters(), lr=lr, momentum=momentum)
 
     def configure_callbacks(self) -> List[pl.Callback]:
         return [ConvergenceMonitor(self.hparams.tol)]
 
     def on_train_start(self) -> None:
-        module = self._module()
+        module = self.module
         self.sharding = Sharding.plan(
             self.hparams.shard,
             batch_count=module.batch_shape.numel(),
@@ -288,23 +296,23 @@ class LitInverse(pl.LightningModule):
         if self.hparams.check_rank and self.rank is None:
             self._check_rank()
         if self.auto and self.tuner is None:
-            module = self._module()
+            module = self.module
             fixed = {
                 key: None if self.hparams[key] == "auto" else self.hparams[key]
                 for key in ("lr", "momentum")
             }
             self.tuner = HeavyBallTuner(
-                module.matrix, module.formulation, ridge=self.hparams.ridge, **fixed
+                self.matrix, module.formulation, ridge=self.hparams.ridge, **fixed
             )
             if self._tuner_state is not None:
                 self.tuner.load_state_dict(self._tuner_state)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        module = self._module()
+        module = self.module
         steps = self.hparams.steps_per_batch
         if self.trainer.max_steps >= 0:
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
-        optimizer = self.optimizers()
+        optimizer = cast(LightningOptimizer, self.optimizers())
         with torch.no_grad():
             losses = self._collect(self.run_steps(steps, optimizer), optimizer.optimizer)
             estimate = module()
@@ -327,16 +335,18 @@ class LitInverse(pl.LightningModule):
             )
 
     @torch.no_grad()
-    def run_steps(self, steps: int, optimizer: torch.optim.Optimizer) -> Tensor:
+    def run_steps(
+        self, steps: int, optimizer: Union[LightningOptimizer, torch.optim.Optimizer]
+    ) -> Tensor:
         """Take ``steps`` optimizer steps; return this rank's losses, shape ``(steps, ...)``.
 
         The hot loop: the closed-form gradient and ``optimizer.step()``, no host sync (but at
         the tuner's retune steps, when lr or momentum is "auto").
         """
-        module = self._module()
+        module = self.module
         tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
         shard, formulation = self.sharding, module.formulation
-        approx, matrix = module.approx, module.matrix
+        approx, matrix = module.approx, self.matrix
         local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
         losses = approx.new_empty((steps, *local_shape))
         for step in range(steps):
@@ -358,7 +368,7 @@ class LitInverse(pl.LightningModule):
         if shard.mode == "columns":
             return shard.sum(losses)
         if shard.mode == "batch":
-            approx = self._module().approx
+            approx = self.module.approx
             approx.copy_(shard.gather_batch(approx))
             buffer = optimizer.state.get(approx, {}).get("momentum_buffer")
             if buffer is not None:

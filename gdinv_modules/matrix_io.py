@@ -59,6 +59,7 @@ def load_matrix(
         raise MatrixFileError(f"{path}: the file is empty")
     if size > max_bytes:
         raise MatrixFileError(f"{path}: {size} bytes on disk, more than max_bytes={max_bytes}")
+    array: Union[Tensor, np.ndarray]
     try:
         if suffix == ".npy":
             array = _read_npy(path, max_bytes)

@@ -4,7 +4,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast
 
 import pytorch_lightning as pl
 import torch
@@ -80,7 +80,7 @@ class RunOutputs(pl.Callback):
         every rank must call this."""
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: "LitInverse") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         directory = self.directory(trainer)
         existing = [name for name in OUTPUT_FILES if (directory / name).exists()]
         if existing:  # every rank sees the same files, so every rank stops
@@ -90,19 +90,20 @@ class RunOutputs(pl.Callback):
             )
         self._start = time.perf_counter()
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: "LitInverse") -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         directory = self.directory(trainer)
         if not trainer.is_global_zero:
             return
+        model = cast("LitInverse", pl_module)
         wall_time = time.perf_counter() - (self._start or time.perf_counter())
-        self.summary = run_summary(pl_module, trainer.global_step, wall_time)
-        inverse = pl_module.inverse
-        save_matrix(inverse, directory / "inverse.pt")
-        save_matrix(inverse, directory / "inverse.npy")
-        write_losses_csv(pl_module.losses, directory / "losses.csv")
+        self.summary = run_summary(model, trainer.global_step, wall_time)
+        save_matrix(model.inverse, directory / "inverse.pt")
+        save_matrix(model.inverse, directory / "inverse.npy")
+        losses = model.losses
+        write_losses_csv(losses, directory / "losses.csv")
         if self.plot:
             plot_losses(
-                {"loss": pl_module.losses.reshape(len(pl_module.losses), -1).mean(dim=1)},
+                {"loss": losses.reshape(len(losses), -1).mean(dim=1)},
                 directory / "loss_curve.png",
                 title="Loss to the identity per step",
             )
@@ -113,15 +114,15 @@ class RunOutputs(pl.Callback):
 
 def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[str, Any]:
     """The numbers that tell how a run went (host syncs here, once, at the end)."""
-    module = pl_module.inverse_module
+    module = pl_module.module
     with torch.no_grad():
-        estimate = module(module.matrix)
+        estimate = module()
         report = pl_module.report()
         full_rank = all(floor == 0 for floor in report.loss_floor)
         reference = (
             "inv" if full_rank and module.matrix_shape[0] == module.matrix_shape[1] else "pinv"
         )
-        exact = getattr(torch.linalg, reference)(module.matrix.double())
+        exact = getattr(torch.linalg, reference)(pl_module.matrix.double())
         return {
             "steps": steps,
             "final_loss": float(identity_mse(estimate)),

@@ -174,6 +174,7 @@ def tuned_parameters(
     if lr is None and momentum is None:
         return polyak_parameters(sigma_max, sigma_min, n)
     if lr is None:
+        assert momentum is not None
         beta = torch.full_like(sigma_max, float(momentum))
         return (1 + beta.sqrt()).square() * n * n / (2 * sigma_max.square()), beta
     if momentum is None:
@@ -181,6 +182,7 @@ def tuned_parameters(
         rate_max = (lr * 2 * sigma_max.square() / (n * n)).sqrt()
         beta = torch.maximum((1 - rate_min).square(), (rate_max - 1).square())
         return torch.full_like(sigma_max, float(lr)), beta.clamp(0.0, MAX_MOMENTUM)
+    assert momentum is not None
     return torch.full_like(sigma_max, float(lr)), torch.full_like(sigma_max, float(momentum))
 
 
