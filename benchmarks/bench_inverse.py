@@ -125,6 +125,8 @@ def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int)
         row[f"{label}_us_per_step"] = 1e6 * seconds / len(losses)
         row[f"{label}_steps_to_tol"] = first_below(losses, n, tol)
         row[f"{label}_diverged"] = not bool(torch.isfinite(losses).all()) or len(losses) < budget
+        steps = row[f"{label}_steps_to_tol"]
+        row[f"{label}_s_to_tol"] = None if steps is None else steps * seconds / len(losses)
     row["lit_post_over_bare_per_step"] = row["lit_post_us_per_step"] / row["bare_sgd_us_per_step"]
     seconds, result = timed(lambda: invert(matrix, tol=tol, max_steps=auto_budget))
     row["auto_converged"] = bool(result.converged)
