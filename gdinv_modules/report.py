@@ -129,7 +129,9 @@ class ConvergenceReport:
             rate = measured_rate(residuals, tol).reshape(-1)
         if formulation != "symmetric" or k <= SYMMETRIC_THEORY_MAX_N:
             singular = operator_singular_values(matrix, formulation).reshape(count, -1).cpu()
-            if rank is not None:  # drop the zero singular values: those directions never move
+            # Drop M's zero singular values: those directions never move. (For "symmetric" the
+            # operator's spectrum is not M's, and only a square M is allowed.)
+            if rank is not None and formulation != "symmetric":
                 kept = rank.reshape(count, 1).cpu().clamp_min(1)
                 index = torch.arange(singular.shape[-1])[None, :]
                 smallest = singular.gather(1, kept - 1)

@@ -258,3 +258,16 @@ def test_invert_keeps_dtype_and_returns_per_matrix_fields():
 def test_invert_refuses_bad_options(kwargs, words):
     with pytest.raises(InvalidOptionError, match=words):
         invert(torch.eye(3), **kwargs)
+
+
+def test_symmetric_formulation_reports_the_operators_spectrum():
+    """For an SPD M the operator X -> (XM + MX)/2 has singular values (l_i + l_j)/2, so its
+    condition number is M's and Polyak's rate is (kappa - 1)/(kappa + 1)."""
+    matrix = spd_matrix(8, condition=50.0, dtype=F64)
+    result = invert(matrix, formulation="symmetric")
+    assert bool(result.converged)
+    assert result.report.polyak_rate[0] == pytest.approx(49 / 51, rel=1e-6)
+    assert result.report.measured_rate[0] == pytest.approx(
+        result.report.predicted_rate[0], rel=0.01
+    )
+    torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-9, rtol=0)
