@@ -34,6 +34,8 @@ def first_step_below(history: Tensor, tol: float) -> Tensor:  # (steps, ...) -> 
         >>> first_step_below(torch.tensor([1.0, 0.1, 0.01]), 0.1).item()
         1
     """
+    if len(history) == 0:
+        return torch.full(history.shape[1:], -1, dtype=torch.int64)
     below = history <= tol
     found = below.any(dim=0)
     first = below.to(torch.int64).argmax(dim=0)
@@ -53,6 +55,8 @@ def measured_rate(residuals: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (
         0.5
     """
     steps = residuals.shape[0]
+    if steps == 0:
+        return torch.full(residuals.shape[1:], math.nan, dtype=torch.float64)
     flat = residuals.double().reshape(steps, -1).clamp_min(1e-300)
     index = torch.arange(steps, dtype=torch.float64)[:, None]
     start = first_step_below(flat / flat[0], 0.1).clamp_min(0)

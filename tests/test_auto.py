@@ -271,3 +271,12 @@ def test_symmetric_formulation_reports_the_operators_spectrum():
         result.report.predicted_rate[0], rel=0.01
     )
     torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-9, rtol=0)
+
+
+def test_a_report_before_any_step_says_nothing_converged_yet(m1):
+    report = LitInverse(m1.double()).report()
+    assert report.steps == 0 and report.converged == [False]
+    assert report.steps_to_tol == [None] and report.measured_rate == [None]
+    assert report.predicted_rate[0] == pytest.approx(
+        heavy_ball_rate(torch.linalg.svdvals(m1.double()), 0.9, 0.9, 4).item()
+    )
