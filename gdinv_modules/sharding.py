@@ -81,17 +81,12 @@ class Sharding:
         if self.mode == "none":
             return loss_and_gradient(approx, matrix, formulation, ridge)
         if self.mode == "batch":
-            flat_approx = approx.reshape(-1, *approx.shape[-2:])
-            flat_matrix = matrix.reshape(-1, *matrix.shape[-2:])
             loss, local = loss_and_gradient(
-                flat_approx[self.start : self.stop],
-                flat_matrix[self.start : self.stop],
-                formulation,
-                ridge,
+                self._local(approx), self._local(matrix), formulation, ridge
             )
-            gradient = torch.zeros_like(flat_approx)
-            gradient[self.start : self.stop] = local
-            return loss, gradient.reshape(approx.shape)
+            gradient = torch.zeros_like(approx)
+            self._local(gradient).copy_(local)
+            return loss, gradient
         loss, gradient = self._column_part(approx, matrix, formulation, ridge)
         dist.all_reduce(gradient)
         return loss, gradient
@@ -132,20 +127,17 @@ class Sharding:
                 loss = self._column_excess(approx, matrix, formulation, target)
             loss, gradient = self.sum(loss), self.sum(gradient)
             return loss, _squared_norm(gradient)
-        if self.mode == "batch":
-            flat = lambda t: t.reshape(-1, *t.shape[-2:])[self.start : self.stop]  # noqa: E731
-            loss, gradient = loss_and_gradient(flat(approx), flat(matrix), formulation)
-            if target is not None:
-                estimate = identity_estimate(flat(approx), flat(matrix), formulation)
-                loss = (estimate - flat(target)).square().mean(dim=(-2, -1))
-            norms = _squared_norm(gradient)
-            batch = approx.shape[:-2]
-            return self.gather(loss).reshape(batch), self.gather(norms).reshape(batch)
-        loss, gradient = loss_and_gradient(approx, matrix, formulation)
+        batch = self.mode == "batch"
+        local = self._local if batch else (lambda tensor: tensor)
+        loss, gradient = loss_and_gradient(local(approx), local(matrix), formulation)
         if target is not None:
-            estimate = identity_estimate(approx, matrix, formulation)
-            loss = (estimate - target).square().mean(dim=(-2, -1))
-        return loss, _squared_norm(gradient)
+            estimate = identity_estimate(local(approx), local(matrix), formulation)
+            loss = (estimate - local(target)).square().mean(dim=(-2, -1))
+        norms = _squared_norm(gradient)
+        if batch:
+            shape = approx.shape[:-2]
+            return self.gather(loss).reshape(shape), self.gather(norms).reshape(shape)
+        return loss, norms
 
     def _column_excess(
         self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
@@ -181,8 +173,11 @@ class Sharding:
         """Replace every rank's stale copy of the other slices by their owners' values."""
         if self.mode != "batch":
             return tensor
-        flat = tensor.reshape(-1, *tensor.shape[-2:])
-        return self.gather(flat[self.start : self.stop]).reshape(tensor.shape)
+        return self.gather(self._local(tensor)).reshape(tensor.shape)
+
+    def _local(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (stop - start, a, b)
+        """This rank's matrices of a batch, flattened to one batch dimension (a view)."""
+        return tensor.reshape(-1, *tensor.shape[-2:])[self.start : self.stop]
 
 
 def _squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
