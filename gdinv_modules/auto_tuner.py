@@ -39,7 +39,7 @@ class HeavyBallTuner:
     """Chooses and retunes ``torch.optim.SGD``'s lr and momentum for one InverseModule.
 
     Args:
-        matrix: M, shape ``(..., n, n)``.
+        matrix: M, shape ``(..., m, n)``.
         formulation: the estimate's formulation.
         lr: a fixed learning rate, or ``None`` to choose it.
         momentum: a fixed momentum, or ``None`` to choose it.
@@ -112,7 +112,7 @@ class HeavyBallTuner:
             lr=self.fixed_lr,
             momentum=self.fixed_momentum,
         )
-        shared_lr, shared_momentum = (value.item() for value in (lr.max(), momentum.max()))
+        shared_lr, shared_momentum = torch.stack([lr.max(), momentum.max()]).tolist()
         param = optimizer.param_groups[0]["params"][0]
         if lr.ndim > 0:
             scale = (lr / shared_lr).to(param.dtype)[..., None, None]
