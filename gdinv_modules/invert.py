@@ -27,10 +27,13 @@ class InverseResult:
 
     Attributes:
         inverse: the approximate inverse, shape ``(..., n, n)``, on M's device and dtype.
-        residual: the relative residual ``||XM - I||_F / sqrt(n)`` per matrix, shape ``(...)``.
+        residual: per matrix, what ``tol`` bounds (the relative residual ``||XM - I||_F /
+            sqrt(n)``, see :meth:`LitInverse.convergence_residual`), float64 on the CPU,
+            shape ``(...)``.
         converged: whether each matrix reached the tolerance, shape ``(...)``.
         steps: per matrix, the first step at which it reached the tolerance, or the number of
-            steps run where it did not; shape ``(...)``.
+            steps run where it did not (or where a ridge leaves no per-step record of the
+            distance to its minimiser); shape ``(...)``.
         losses: the loss of every step, shape ``(steps, ...)``.
         report: the :class:`ConvergenceReport` (measured and predicted rates).
     """
