@@ -18,7 +18,7 @@ from gdinv_modules.errors import (
     SingularMatrixWarning,
 )
 from gdinv_modules.inverse_module import InverseModule
-from gdinv_modules.invert import InverseResult, invert
+from gdinv_modules.inversion import InverseResult, invert
 from gdinv_modules.lit_inverse import LitInverse
 from gdinv_modules.matrix_io import load_matrix, save_matrix
 from gdinv_modules.metric import IdentityMSE
