@@ -146,3 +146,11 @@ def test_bad_values_are_refused_before_training_with_one_line(tmp_path, capsys, 
 def test_train_py_runs_as_a_script(tmp_path):
     result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
     assert "after 200 steps" in result.stdout
+
+
+@pytest.mark.parametrize("config", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert exited.value.code in (0, None)
+    assert "model:" in capsys.readouterr().out
