@@ -42,7 +42,7 @@ def step_ticks(batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH) -> Iterable[i
     so epoch-end callbacks (``EarlyStopping``, ``ModelCheckpoint``) run every
     ``batches_per_epoch`` batches.
     """
-    return range(check_positive_int(batches_per_epoch, name="batches_per_epoch"))
+    return range(batches_per_epoch)
 
 
 def make_matrix(
@@ -58,13 +58,23 @@ def make_matrix(
     rows: Optional[int] = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:  # shape: (*batch_shape, n, n), or (*batch_shape, rows, n) for low_rank
-    """The matrix of a kind, as :class:`MatrixDataModule` describes them.
+    """The matrix of a kind, as :class:`MatrixDataModule` describes them. An option that the
+    kind does not use is refused, not ignored.
 
     Example:
         >>> make_matrix("hilbert", n=2, dtype=torch.float64)[1, 1].item()
         0.3333333333333333
     """
     check_choice(kind, MATRIX_KINDS, name="kind")
+    check_positive_int(n, name="n")
+    if tuple(batch_shape) and kind not in RANDOM_KINDS:
+        raise InvalidOptionError(f"batch_shape is for the random kinds, not kind={kind!r}")
+    if kind != "file" and path is not None:
+        raise InvalidOptionError(f"path is for kind='file', not kind={kind!r}")
+    if kind != "diagonal" and values is not None:
+        raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
+    if kind != "low_rank" and (rank is not None or rows is not None):
+        raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
     if kind == "random":
         return random_matrix(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
     if kind == "diagonal":
@@ -130,19 +140,8 @@ class MatrixDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_choice(kind, MATRIX_KINDS, name="kind")
         check_choice(dtype, tuple(DTYPES), name="dtype")
-        check_positive_int(n, name="n")
-        check_positive_int(batches_per_epoch, name="batches_per_epoch")
-        if tuple(batch_shape) and kind not in RANDOM_KINDS:
-            raise InvalidOptionError(f"batch_shape is for the random kinds, not kind={kind!r}")
-        if kind != "file" and path is not None:
-            raise InvalidOptionError(f"path is for kind='file', not kind={kind!r}")
-        if kind != "diagonal" and values is not None:
-            raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
-        if kind != "low_rank" and (rank is not None or rows is not None):
-            raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
-        self.batches_per_epoch = batches_per_epoch
+        self.batches_per_epoch = check_positive_int(batches_per_epoch, name="batches_per_epoch")
         self.matrix: Tensor = check_finite(
             check_matrix(
                 make_matrix(

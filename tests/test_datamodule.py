@@ -12,6 +12,7 @@ from gdinv_modules import (
     MatrixFileError,
     NonFiniteMatrixError,
     load_matrix,
+    make_matrix,
     save_matrix,
 )
 
@@ -153,3 +154,11 @@ def test_non_finite_file_is_refused(tmp_path):
 def test_bad_options_are_named(kwargs, words):
     with pytest.raises(InvalidOptionError, match=words):
         MatrixDataModule(**kwargs)
+
+
+def test_make_matrix_refuses_options_its_kind_does_not_use():
+    """The function and the data module share one set of rules."""
+    with pytest.raises(InvalidOptionError, match="batch_shape"):
+        make_matrix("hilbert", n=3, batch_shape=[2])
+    with pytest.raises(InvalidOptionError, match="rank and rows"):
+        make_matrix("spd", n=3, rank=2)
