@@ -139,6 +139,7 @@ class LitInverse(pl.LightningModule):
         self.last_residual: Optional[Tensor] = None  # shape: (...)
         self.rank: Optional[Tensor] = None  # shape: (...), from check_rank
         self.target: Optional[Tensor] = None  # shape: (..., k, k); None: the identity
+        self.singular_values: Optional[Tensor] = None  # shape: (..., min(m, n)), from check_rank
         self.sharding = Sharding("none", 1, 0, 0, 0, 0)
         self._fit_context = ExitStack()
         if matrix is not None:
@@ -216,6 +217,7 @@ class LitInverse(pl.LightningModule):
             residual,
             rank=self.rank,
             ridge=self.hparams.ridge,
+            singular_values=self.singular_values,
         )
 
     def convergence_residual(self, estimate: Optional[Tensor] = None) -> Tensor:  # shape: (...)
@@ -231,7 +233,9 @@ class LitInverse(pl.LightningModule):
 
     def _check_rank(self) -> None:
         module = self.module
-        self.rank, self.target = estimate_target(self.matrix, module.formulation)
+        svd = torch.linalg.svd(self.matrix.double(), full_matrices=False)
+        self.singular_values = svd[1]  # the report reuses them
+        self.rank, self.target = estimate_target(self.matrix, module.formulation, svd=svd)
         if self.target is not None:
             k = module.size
             deficient = self.rank < k

@@ -34,12 +34,16 @@ def numerical_rank(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (...)
 
 
 def estimate_target(
-    matrix: Tensor, formulation: Formulation = "left"
+    matrix: Tensor,
+    formulation: Formulation = "left",
+    *,
+    svd: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:  # shapes: (..., m, n) -> (...), (..., k, k) or None
     """The rank of each matrix, and the projector the estimate tends to (``None`` where every
     matrix of the batch has full rank k, so the target is the identity).
 
-    One SVD, in float64, at the start of a run.
+    One SVD, in float64, at the start of a run; pass ``svd`` (``torch.linalg.svd(M.double(),
+    full_matrices=False)``) to reuse one already taken.
 
     Example:
         >>> rank, target = estimate_target(torch.tensor([[1.0, 1.0], [1.0, 1.0]]))
@@ -48,7 +52,7 @@ def estimate_target(
                 [0.5000, 0.5000]]))
     """
     k = estimate_size(matrix.shape, formulation)
-    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False) if svd is None else svd
     eps = torch.finfo(matrix.dtype).eps
     tolerance = s[..., :1] * max(matrix.shape[-2:]) * eps
     keep = s > tolerance

@@ -116,6 +116,7 @@ class ConvergenceReport:
         *,
         rank: Optional[Tensor] = None,  # shape: (...)
         ridge: float = 0.0,
+        singular_values: Optional[Tensor] = None,  # shape: (..., min(m, n)), M's, if known
     ) -> "ConvergenceReport":
         k = estimate_size(matrix.shape, formulation)
         batch = matrix.shape[:-2]
@@ -132,7 +133,9 @@ class ConvergenceReport:
         if not ridge:
             rate = measured_rate(residuals, tol).reshape(-1)
         if formulation != "symmetric" or k <= SYMMETRIC_THEORY_MAX_N:
-            singular = operator_singular_values(matrix, formulation).reshape(count, -1).cpu()
+            if singular_values is None or formulation == "symmetric":
+                singular_values = operator_singular_values(matrix, formulation)
+            singular = singular_values.double().reshape(count, -1).cpu()
             # Drop M's zero singular values: those directions never move. (For "symmetric" the
             # operator's spectrum is not M's, and only a square M is allowed.)
             if rank is not None and formulation != "symmetric":
