@@ -12,6 +12,7 @@ from gdinv_modules.functional import (
     identity_sse,
     loss_and_gradient,
     relative_residual,
+    scaled_product,
 )
 from gdinv_modules.matrices import random_matrix, spd_matrix
 
@@ -60,3 +61,27 @@ def test_gradient_vanishes_at_the_inverse():
     for formulation in FORMULATIONS:
         _, gradient = loss_and_gradient(torch.linalg.inv(m), m, formulation)
         assert gradient.abs().max() < 100 * torch.finfo(torch.float64).eps
+
+
+@pytest.mark.parametrize(
+    "left_shape, right_shape",
+    [((3, 4), (4, 5)), ((6, 3, 4), (6, 4, 5)), ((2, 3, 3, 4), (2, 3, 4, 5)), ((3, 4), (6, 4, 5))],
+)
+def test_scaled_product_is_alpha_times_the_product(left_shape, right_shape):
+    generator = torch.Generator().manual_seed(5)
+    left = torch.randn(left_shape, generator=generator, dtype=torch.float64)
+    right = torch.randn(right_shape, generator=generator, dtype=torch.float64)
+    # A power of 2 scales exactly, wherever BLAS applies it; other scales round once more.
+    assert torch.equal(scaled_product(left, right, 0.125), (left * 0.125) @ right)
+    torch.testing.assert_close(scaled_product(left, right, 0.3), 0.3 * (left @ right))
+    transposed = scaled_product(right.mT, left.mT, 0.25)  # non-contiguous operands
+    assert torch.equal(transposed, (0.25 * right.mT) @ left.mT)
+
+
+def test_loss_and_gradient_leave_their_inputs_alone():
+    m = random_matrix(4, batch_shape=(2,), dtype=torch.float64)
+    x = random_matrix(4, seed=9, batch_shape=(2,), dtype=torch.float64)
+    before = (x.clone(), m.clone())
+    for formulation in FORMULATIONS:
+        loss_and_gradient(x, m, formulation, ridge=0.1)
+        assert torch.equal(x, before[0]) and torch.equal(m, before[1])
