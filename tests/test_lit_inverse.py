@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from conftest import first_below, quiet_trainer
 from gdinv_modules import InvalidOptionError, LitInverse, MatrixDataModule
-from gdinv_modules.functional import identity_mse
+from gdinv_modules.functional import identity_mse, loss_and_gradient
 from gdinv_modules.matrices import diagonal_matrix, random_matrix, random_orthogonal, spd_matrix
 
 
@@ -35,6 +35,24 @@ def test_reproduces_the_posts_runs(name, below_1e8, below_1e12, request):
     assert abs(first_below(losses, 1e-8) - below_1e8) <= 2
     assert abs(first_below(losses, 1e-12) - below_1e12) <= 2
     torch.testing.assert_close(model.inverse @ matrix, torch.eye(4), atol=1e-4, rtol=0)
+
+
+def test_fused_sgd_takes_the_steps_of_torchs_plain_sgd_bit_for_bit(m1):
+    model = LitInverse(m1)
+    trainer = quiet_trainer(max_steps=1000)
+    trainer.fit(model)
+    assert trainer.optimizers[0].param_groups[0]["fused"]
+    approx = torch.nn.Parameter(LitInverse(m1).inverse.clone())
+    plain = torch.optim.SGD([approx], lr=0.9, momentum=0.9, foreach=False)
+    losses = []
+    for _ in range(1000):
+        with torch.no_grad():
+            loss, approx.grad = loss_and_gradient(approx, m1)
+        losses.append(loss)
+        plain.step()
+    assert torch.equal(model.losses, torch.stack(losses))
+    assert torch.equal(model.inverse, approx.detach())
+    assert (first_below(model.losses, 1e-8), first_below(model.losses, 1e-12)) == (499, 785)
 
 
 def test_loss_at_step_t_is_taken_before_that_steps_update(m1):
