@@ -9,7 +9,8 @@ For each size and dtype, side by side in one process:
 - ``graph``: the same closed-form heavy-ball step captured in a CUDA graph and replayed (the
   least Python can add; CUDA only);
 - ``lit``: ``LitInverse`` under a Trainer, per optimizer step, from the difference of two runs
-  of different lengths (so the Trainer's start cancels);
+  of different lengths (so the Trainer's start cancels); ``lit_graph`` the same with
+  ``cuda_graph=True`` (CUDA only);
 - ``inv``: ``torch.linalg.inv`` on the same data;
 - for a well-conditioned n = 1024 matrix, ``invert(..., tol=1e-5)`` against ``inv``.
 
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -72,12 +73,16 @@ def graph_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, calls: 
     return time_per_call(graph.replay, matrix.device, calls)
 
 
-def lit_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, short: int, long: int):
+def lit_step_seconds(
+    matrix: torch.Tensor, lr: float, momentum: float, short: int, long: int, **options
+) -> float:
     """LitInverse's time per optimizer step: (t(long) - t(short)) / (long - short)."""
     accelerator = "gpu" if matrix.is_cuda else "cpu"
     times = []
     for steps in (short, long):
-        model = LitInverse(matrix, lr=lr, momentum=momentum, init="zeros", check_rank=False)
+        model = LitInverse(
+            matrix, lr=lr, momentum=momentum, init="zeros", check_rank=False, **options
+        )
         trainer = pl.Trainer(
             max_steps=steps,
             accelerator=accelerator,
@@ -95,7 +100,16 @@ def lit_step_seconds(matrix: torch.Tensor, lr: float, momentum: float, short: in
     return (times[1] - times[0]) / (long - short)
 
 
-def bench_case(name: str, matrix: torch.Tensor, calls: int, short: int, long: int) -> Dict:
+def run_lengths(floor_seconds: float, quick: bool) -> Tuple[int, int]:
+    """Two run lengths for ``lit``: the long run about a second of matrix products (at least
+    500 steps, at most 5000), the short one a fifth of it, both whole windows of 100 steps."""
+    if quick:
+        return 100, 300
+    long = int(min(max(1.0 / floor_seconds, 500), 5000)) // 100 * 100
+    return long // 5 // 100 * 100 or 100, long
+
+
+def bench_case(name: str, matrix: torch.Tensor, calls: int, quick: bool) -> Dict:
     device = matrix.device
     s = torch.linalg.svdvals(matrix.double())
     lr, momentum = (
@@ -103,10 +117,12 @@ def bench_case(name: str, matrix: torch.Tensor, calls: int, short: int, long: in
     )
     other = torch.rand_like(matrix)
     floor = time_per_call(lambda: (other @ matrix) @ matrix.mT, device, calls)
+    short, long = run_lengths(floor, quick)
     row = {
         "case": name,
         "shape": list(matrix.shape),
         "dtype": str(matrix.dtype).replace("torch.", ""),
+        "steps": [short, long],
         "floor_us": 1e6 * floor,
         "lit_us": 1e6 * lit_step_seconds(matrix, lr, momentum, short, long),
         "inv_us": 1e6 * time_per_call(lambda: torch.linalg.inv(matrix), device, 10),
@@ -115,6 +131,11 @@ def bench_case(name: str, matrix: torch.Tensor, calls: int, short: int, long: in
     if device.type == "cuda":
         row["graph_us"] = 1e6 * graph_step_seconds(matrix, lr, momentum, calls)
         row["lit_over_graph"] = row["lit_us"] / row["graph_us"]
+        row["lit_graph_us"] = 1e6 * lit_step_seconds(
+            matrix, lr, momentum, short, long, cuda_graph=True
+        )
+        row["lit_graph_over_floor"] = row["lit_graph_us"] / row["floor_us"]
+        row["lit_graph_over_graph"] = row["lit_graph_us"] / row["graph_us"]
     print(json.dumps(row), flush=True)
     return row
 
@@ -130,15 +151,25 @@ def main() -> None:
     device = torch.device(args.device)
     sizes = [4, 64] if args.quick else [4, 64, 256, 1024, 4096]
     batch = (16, 8) if args.quick else (4096, 64)
-    calls, short, long = (20, 100, 300) if args.quick else (200, 500, 2500)
+    calls = 20 if args.quick else 200
     rows: List[Dict] = []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = {"device": name, "torch": torch.__version__, "rows": rows}
+
+    def save() -> None:  # after every case: a run cut short still leaves its figures
+        if args.output:
+            with open(args.output, "w") as handle:
+                json.dump(results, handle, indent=2)
+
     for dtype in (torch.float32, torch.float64):
         for n in sizes:
             matrix = spd_matrix(n, condition=10.0, dtype=dtype).to(device)
-            rows.append(bench_case(f"n={n}", matrix, calls, short, long))
+            rows.append(bench_case(f"n={n}", matrix, calls, args.quick))
+            save()
         count, n = batch
         matrix = spd_matrix(n, condition=10.0, batch_shape=(count,), dtype=dtype).to(device)
-        rows.append(bench_case(f"{count} x {n}x{n}", matrix, calls, short, long))
+        rows.append(bench_case(f"{count} x {n}x{n}", matrix, calls, args.quick))
+        save()
     n = 64 if args.quick else 1024
     matrix = spd_matrix(n, condition=10.0).to(device)
     invert(matrix, tol=1e-5)  # warm-up
@@ -155,11 +186,8 @@ def main() -> None:
         "auto_over_inv": auto_seconds / inv_seconds,
     }
     print(json.dumps(to_tol), flush=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    results = {"device": name, "torch": torch.__version__, "rows": rows, "to_1e-5": to_tol}
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(results, handle, indent=2)
+    results["to_1e-5"] = to_tol
+    save()
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ class HeavyBallTuner:
         """Whether to retune before optimizer step ``step`` (a Python check, no sync)."""
         return step >= self.next_step
 
+    def due_within(self, first_step: int, steps: int) -> bool:
+        """Whether a retune falls in steps ``[first_step, first_step + steps)``."""
+        return first_step + steps > self.next_step
+
     def retune(
         self,
         step: int,

@@ -25,6 +25,7 @@ from gdinv_modules.metric import IdentityMSE
 from gdinv_modules.rank import estimate_target, loss_floor
 from gdinv_modules.report import ConvergenceReport
 from gdinv_modules.sharding import SHARD_MODES, Sharding, ShardMode
+from gdinv_modules.step_graph import StepGraph
 from gdinv_modules.theory import ridge_error_bound
 from gdinv_modules.validation import (
     check_choice,
@@ -84,12 +85,19 @@ class LitInverse(pl.LightningModule):
             ``"batch"`` (each rank a slice of the batch; the columns where the batch has fewer
             matrices than ranks), ``"columns"`` (each rank a slice of the estimate's columns,
             gradients all-reduced every step), ``"auto"`` (as ``"batch"``) or ``"none"``
-            (every rank does it all).
+            (every rank does it all). Every split gives the single-process result, to rounding.
         tf32: let CUDA matrix products of float32 run in TF32 during ``fit`` (faster on Ampere
             and later GPUs, about 1e-3 relative error per product, so the residual stalls far
             above float32's). Off by default: products run in full float32 whatever the global
             setting, which is restored after ``fit``.
-            Every split gives the single-process result, to rounding.
+        cuda_graph: on a CUDA device, record each window of ``steps_per_batch`` optimizer
+            steps once in a CUDA graph (:class:`StepGraph`) and replay it: a step then costs
+            its kernels rather than their launches, which dominate for small M. The same steps
+            run, with the same result; a window in which the tuner retunes runs eagerly, and a
+            changed lr or momentum is recorded again. Windows run this way step the torch
+            optimizer directly: Lightning's ``on_before_optimizer_step`` hooks do not run for
+            them, while ``global_step`` counts their steps as usual. Ignored on other devices
+            and under a column split (whose all-reduce runs every step).
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
@@ -116,6 +124,7 @@ class LitInverse(pl.LightningModule):
         check_rank: bool = True,
         shard: ShardMode = "auto",
         tf32: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         if lr != "auto":
@@ -141,6 +150,7 @@ class LitInverse(pl.LightningModule):
         self.target: Optional[Tensor] = None  # shape: (..., k, k); None: the identity
         self.singular_values: Optional[Tensor] = None  # shape: (..., min(m, n)), from check_rank
         self.sharding = Sharding("none", 1, 0, 0, 0, 0)
+        self.step_graph: Optional[StepGraph] = None  # with cuda_graph, on a CUDA device
         self._fit_context = ExitStack()
         if matrix is not None:
             self._build(matrix)
@@ -274,6 +284,8 @@ class LitInverse(pl.LightningModule):
 
     def teardown(self, stage: str) -> None:
         self._fit_context.close()
+        if self.step_graph is not None:
+            self.step_graph.release()
 
     def train_dataloader(self) -> Iterable[int]:
         return step_ticks()
@@ -302,6 +314,9 @@ class LitInverse(pl.LightningModule):
             world=self.trainer.world_size,
             rank=self.trainer.global_rank,
         )
+        graph_fits = module.approx.is_cuda and self.sharding.mode != "columns"
+        if self.hparams.cuda_graph and graph_fits and self.step_graph is None:
+            self.step_graph = StepGraph(module.approx.device)
         if self.hparams.check_rank and self.rank is None:
             self._check_rank()
         if self.auto and self.tuner is None:
@@ -350,15 +365,61 @@ class LitInverse(pl.LightningModule):
         """Take ``steps`` optimizer steps; return this rank's losses, shape ``(steps, ...)``.
 
         The hot loop: the closed-form gradient and ``optimizer.step()``, no host sync (but at
-        the tuner's retune steps, when lr or momentum is "auto").
+        the tuner's retune steps, when lr or momentum is "auto"), replayed from a CUDA graph
+        with ``cuda_graph=True``.
         """
+        module, shard = self.module, self.sharding
+        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
+        losses = module.approx.new_empty((steps, *local_shape))
+        first_step = self.trainer.global_step
+        graph = self.step_graph
+        if graph is not None and not graph.warm:
+            graph.warm_up(lambda out: self._steps(out, optimizer, first_step), losses)
+            return losses
+        graph_inputs = None if graph is None else self._graph_inputs(steps, optimizer)
+        if graph is None or graph_inputs is None:
+            self._steps(losses, optimizer, first_step)
+            return losses
+        raw = _raw(optimizer)
+        group = raw.param_groups[0]
+        graph.run(
+            lambda out: self._steps(out, raw, first_step),
+            (group["lr"], group["momentum"]),
+            graph_inputs,
+            losses,
+        )
+        if isinstance(optimizer, LightningOptimizer):  # count the steps, as step() would
+            for _ in range(steps):
+                optimizer._on_before_step()
+                optimizer._on_after_step()
+        return losses
+
+    def _graph_inputs(
+        self, steps: int, optimizer: Union[LightningOptimizer, torch.optim.Optimizer]
+    ) -> Optional[List[Tensor]]:
+        """The tensors a recorded window reads and writes, or ``None`` if this window must run
+        eagerly: the tuner retunes in it, or SGD has yet to create its momentum buffer."""
+        tuner, approx = self.tuner, self.module.approx
+        if tuner is not None and tuner.due_within(self.trainer.global_step, steps):
+            return None
+        raw = _raw(optimizer)
+        buffer = raw.state.get(approx, {}).get("momentum_buffer")
+        if buffer is None and raw.param_groups[0]["momentum"] != 0:
+            return None
+        scale = None if tuner is None else tuner.gradient_scale
+        return [t for t in (approx, self.matrix, buffer, scale) if t is not None]
+
+    def _steps(
+        self,
+        losses: Tensor,  # shape: (steps, ...), this rank's; filled in
+        optimizer: Union[LightningOptimizer, torch.optim.Optimizer],
+        first_step: int,
+    ) -> None:
         module = self.module
-        tuner, first_step, ridge = self.tuner, self.trainer.global_step, self.hparams.ridge
+        tuner, ridge = self.tuner, self.hparams.ridge
         shard, formulation = self.sharding, module.formulation
         approx, matrix = module.approx, self.matrix
-        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
-        losses = approx.new_empty((steps, *local_shape))
-        for step in range(steps):
+        for step in range(len(losses)):
             loss, gradient = shard.loss_and_gradient(approx, matrix, formulation, ridge)
             losses[step] = loss
             if tuner is not None:
@@ -368,7 +429,6 @@ class LitInverse(pl.LightningModule):
                 gradient = tuner.scale(gradient)
             approx.grad = gradient
             optimizer.step()
-        return losses
 
     def _collect(self, losses: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
         """End of a training step under a split: every rank gets the whole X, momentum buffer

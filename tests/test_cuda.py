@@ -68,3 +68,47 @@ def test_auto_on_the_gpu_converges_on_a_large_well_conditioned_matrix():
 def test_random_first_guess_is_the_same_on_every_device(m1):
     assert torch.equal(LitInverse(m1.cuda()).inverse.cpu(), LitInverse(m1).inverse)
     assert torch.equal(random_matrix(4).cuda().cpu(), m1)
+
+
+def fit_on_gpu(matrix, max_steps, **options):
+    model = LitInverse(matrix, **options)
+    trainer = gpu_trainer(max_steps=max_steps)
+    trainer.fit(model)
+    assert trainer.global_step == model.losses.shape[0] == max_steps
+    return model
+
+
+def test_a_cuda_graph_reproduces_the_posts_run(m1):
+    model = fit_on_gpu(m1.cuda(), 10_000, cuda_graph=True)
+    assert model.step_graph is not None and model.step_graph.captures == 1
+    assert abs(first_below(model.losses.cpu(), 1e-12) - 785) <= 2
+
+
+@pytest.mark.parametrize("lr, momentum", [(0.2, 0.8), ("auto", "auto")])
+def test_a_cuda_graph_takes_the_eager_steps(lr, momentum):
+    matrix = spd_matrix(64, condition=30.0, batch_shape=(8,), dtype=torch.float64).cuda()
+    options = dict(lr=lr, momentum=momentum, check_rank=False)
+    eager = fit_on_gpu(matrix, 2000, **options)
+    graphed = fit_on_gpu(matrix, 2000, cuda_graph=True, **options)
+    assert graphed.step_graph.captures >= 1
+    torch.testing.assert_close(graphed.losses, eager.losses, rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(graphed.inverse, eager.inverse, rtol=1e-9, atol=1e-12)
+
+
+class NoSyncAfterCapture(LitInverse):
+    """Fails on any host synchronisation inside a window replayed from the graph."""
+
+    def run_steps(self, steps, optimizer):
+        replaying = self.step_graph is not None and self.step_graph.captures > 0
+        torch.cuda.set_sync_debug_mode("error" if replaying else "default")
+        try:
+            return super().run_steps(steps, optimizer)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_no_host_sync_when_replaying_the_graph():
+    matrix = spd_matrix(64, condition=10.0, batch_shape=(16,)).cuda()
+    model = NoSyncAfterCapture(matrix, lr=0.5, momentum=0.5, check_rank=False, cuda_graph=True)
+    gpu_trainer(max_steps=500).fit(model)
+    assert model.step_graph.captures == 1 and model.losses.shape[0] == 500

@@ -55,6 +55,16 @@ def test_fused_sgd_takes_the_steps_of_torchs_plain_sgd_bit_for_bit(m1):
     assert (first_below(model.losses, 1e-8), first_below(model.losses, 1e-12)) == (499, 785)
 
 
+def test_cuda_graph_leaves_a_cpu_run_as_it_is(m2):
+    runs = []
+    for cuda_graph in (False, True):
+        model = LitInverse(m2, cuda_graph=cuda_graph)
+        quiet_trainer(max_steps=250).fit(model)
+        runs.append(model)
+    assert runs[1].step_graph is None
+    assert torch.equal(runs[0].losses, runs[1].losses)
+
+
 def test_loss_at_step_t_is_taken_before_that_steps_update(m1):
     model = LitInverse(m1)
     first_guess = model.inverse.clone()
