@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from gdinv_modules.errors import GDInvError
 from gdinv_modules.plotting import POST_LABELS, POST_TITLE, plot_losses
-from gdinv_modules.run_outputs import read_losses_csv
+from gdinv_modules.run_outputs import read_losses_table
 
 __all__ = ["main"]
 
@@ -35,10 +35,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
     try:
-        curves = {
-            label: read_losses_csv(run / "losses.csv") for label, run in zip(labels, args.runs)
+        tables = {
+            label: read_losses_table(run / "losses.csv") for label, run in zip(labels, args.runs)
         }
-        plot_losses(curves, args.output, title=args.title)
+        plot_losses(
+            {label: losses for label, (_, losses) in tables.items()},
+            args.output,
+            title=args.title,
+            steps={label: steps for label, (steps, _) in tables.items()},
+        )
     except GDInvError as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(2) from None

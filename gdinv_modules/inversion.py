@@ -34,7 +34,7 @@ class InverseResult:
         steps: per matrix, the first step at which it reached the tolerance, or the number of
             steps run where it did not (or where a ridge leaves no per-step record of the
             distance to its minimiser); shape ``(...)``.
-        losses: the loss of every step, shape ``(steps, ...)``.
+        losses: the loss of every step (of every ``loss_every``-th), shape ``(kept, ...)``.
         report: the :class:`ConvergenceReport` (measured and predicted rates).
     """
 
@@ -57,8 +57,10 @@ def invert(
     init: Init = "zeros",
     seed: int = 314,
     steps_per_batch: int = 100,
+    loss_every: int = 1,
     ridge: float = 0.0,
     check_rank: bool = True,
+    cuda_graph: bool = False,
     check: bool = False,
     **trainer_options: Any,
 ) -> InverseResult:
@@ -73,6 +75,7 @@ def invert(
     the relative residual, by default 1e-5 for float32 and 1e-10 for float64. A matrix that
     does not converge within ``max_steps`` is reported in the result and by a
     :class:`ConvergenceWarning`; ``check=True`` raises :class:`ConvergenceError` instead.
+    The other options are :class:`LitInverse`'s.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
@@ -93,9 +96,11 @@ def invert(
         init=init,
         seed=seed,
         steps_per_batch=steps_per_batch,
+        loss_every=loss_every,
         tol=tol,
         ridge=ridge,
         check_rank=check_rank,
+        cuda_graph=cuda_graph,
     )
     options: Dict[str, Any] = dict(
         max_steps=max_steps,

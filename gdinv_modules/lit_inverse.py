@@ -49,8 +49,9 @@ class LitInverse(pl.LightningModule):
     with the closed-form gradient of :func:`~gdinv_modules.functional.loss_and_gradient`.
     Each ``training_step`` takes ``steps_per_batch`` optimizer steps (manual optimization, no
     host sync), so a Trainer run costs about what a bare loop costs; ``trainer.global_step`` and
-    ``max_steps`` count optimizer steps. The loss of every step, :math:`L(X_t)` before step
-    :math:`t`'s update, is kept on the device (:attr:`losses`) and saved in checkpoints.
+    ``max_steps`` count optimizer steps. The loss of every step (or every ``loss_every``-th),
+    :math:`L(X_t)` before step :math:`t`'s update, is kept on the device (:attr:`losses`) and
+    saved in checkpoints.
 
     After each ``training_step`` it logs ``loss`` (the :class:`IdentityMSE` of the current X over
     the batch) and ``residual`` (the largest relative residual in the batch), and a
@@ -70,6 +71,10 @@ class LitInverse(pl.LightningModule):
         init: ``"random"`` (the post's first guess) or ``"zeros"``.
         seed: the seed of the random first guess.
         steps_per_batch: optimizer steps per ``training_step``.
+        loss_every: keep the loss of every ``loss_every``-th step only (steps 0, k, 2k, ...):
+            the history of a long run on a large batch (``steps x batch`` values, on the device
+            and in every checkpoint) shrinks k-fold, and the report's ``steps_to_tol`` becomes
+            the first *kept* step at or below ``tol``.
         tol: stop once every matrix's relative residual is at most ``tol``; ``None`` runs to
             ``max_steps`` (as the post does). Reports call a matrix converged at ``tol``, or
             without one at the dtype's default (1e-5 for float32, 1e-10 for float64).
@@ -119,6 +124,7 @@ class LitInverse(pl.LightningModule):
         init: Init = "random",
         seed: int = 314,
         steps_per_batch: int = 100,
+        loss_every: int = 1,
         tol: Optional[float] = None,
         ridge: float = 0.0,
         check_rank: bool = True,
@@ -136,13 +142,15 @@ class LitInverse(pl.LightningModule):
         check_non_negative_float(ridge, name="ridge")
         check_choice(shard, SHARD_MODES, name="shard")
         check_positive_int(steps_per_batch, name="steps_per_batch")
+        check_positive_int(loss_every, name="loss_every")
         self.save_hyperparameters(ignore=["matrix"])
         self.automatic_optimization = False
         self.inverse_module: Optional[InverseModule] = None
         self.metric = IdentityMSE(dist_sync_on_step=True)
         self.tuner: Optional[HeavyBallTuner] = None
         self._tuner_state: Optional[Dict[str, Any]] = None
-        self._loss_chunks: List[Tensor] = []
+        self._loss_chunks: List[Tensor] = []  # the kept losses, one chunk per training_step
+        self.steps_taken = 0  # optimizer steps, across checkpoints
         self.first_loss: Optional[Tensor] = None  # shape: (...), L(X_0) per matrix
         self.last_loss: Optional[Tensor] = None  # shape: (...), L of the current X
         self.last_residual: Optional[Tensor] = None  # shape: (...)
@@ -184,14 +192,20 @@ class LitInverse(pl.LightningModule):
         return self.module.inverse
 
     @property
-    def losses(self) -> Tensor:  # shape: (steps, ...)
-        """The loss of every optimizer step so far, one column per matrix of the batch."""
+    def losses(self) -> Tensor:  # shape: (kept, ...)
+        """The loss of every optimizer step so far (of steps 0, k, 2k, ... with
+        ``loss_every=k``), one column per matrix of the batch."""
         if not self._loss_chunks:
             return torch.empty((0, *self.module.batch_shape), dtype=self.inverse.dtype)
         if len(self._loss_chunks) > 1:
             device = self._loss_chunks[-1].device
             self._loss_chunks = [torch.cat([c.to(device) for c in self._loss_chunks])]
         return self._loss_chunks[0]
+
+    @property
+    def loss_steps(self) -> Tensor:  # shape: (kept,)
+        """The step of each row of :attr:`losses`."""
+        return torch.arange(len(self.losses)) * self.hparams.loss_every
 
     @property
     def auto(self) -> bool:
@@ -228,6 +242,8 @@ class LitInverse(pl.LightningModule):
             rank=self.rank,
             ridge=self.hparams.ridge,
             singular_values=self.singular_values,
+            loss_every=self.hparams.loss_every,
+            steps=self.steps_taken,
         )
 
     def convergence_residual(self, estimate: Optional[Tensor] = None) -> Tensor:  # shape: (...)
@@ -337,6 +353,7 @@ class LitInverse(pl.LightningModule):
         if self.trainer.max_steps >= 0:
             steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
         optimizer = cast(LightningOptimizer, self.optimizers())
+        first_step = self.trainer.global_step
         with torch.no_grad():
             losses = self._collect(self.run_steps(steps, optimizer), optimizer.optimizer)
             estimate = module()
@@ -349,7 +366,11 @@ class LitInverse(pl.LightningModule):
             self.first_loss = losses[0]
         elif self.first_loss.device != losses.device:  # restored from a checkpoint
             self.first_loss = self.first_loss.to(losses.device)
+        every = self.hparams.loss_every
+        if every > 1:  # keep steps 0, k, 2k, ...; a copy, so the window's buffer is freed
+            losses = losses[(-first_step) % every :: every].clone()
         self._loss_chunks.append(losses)
+        self.steps_taken = first_step + steps
         self.log("loss", self.metric, on_step=True, on_epoch=False, prog_bar=True)
         self.log("residual", self.last_residual.max(), on_step=True, on_epoch=False, prog_bar=True)
         if self.tuner is not None:
@@ -456,6 +477,7 @@ class LitInverse(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["loss_history"] = self.losses.detach().cpu()
+        checkpoint["steps_taken"] = self.steps_taken
         if self.tuner is not None:
             checkpoint["auto_tuner"] = self.tuner.state_dict()
 
@@ -466,6 +488,7 @@ class LitInverse(pl.LightningModule):
         if history is not None and len(history):
             self._loss_chunks = [history]
             self.first_loss = history[0]
+        self.steps_taken = checkpoint.get("steps_taken", checkpoint.get("global_step", 0))
         self._tuner_state = checkpoint.get("auto_tuner")
 
 

@@ -24,8 +24,11 @@ def plot_losses(
     *,
     title: Optional[str] = None,
     overwrite: bool = False,
+    steps: Optional[Mapping[str, Union[Tensor, Sequence[int]]]] = None,
 ) -> Path:
     """Draw each loss curve against its step on a log-scale y axis and save the PNG atomically.
+
+    ``steps`` gives a curve's steps where they are not 0, 1, 2, ... (a run's ``loss_every``).
 
     Example:
         >>> import tempfile, pathlib
@@ -39,7 +42,9 @@ def plot_losses(
         values = torch.as_tensor(losses, dtype=torch.float64).flatten()
         # A loss of exactly 0 cannot be drawn on a log axis: it is shown at the smallest double.
         values = values.clamp_min(torch.finfo(torch.float64).tiny)
-        axes.plot(range(len(values)), values.numpy(), label=label)
+        where = (steps or {}).get(label)
+        x = range(len(values)) if where is None else torch.as_tensor(where).numpy()
+        axes.plot(x, values.numpy(), label=label)
     axes.set_yscale("log")
     axes.set_xlabel("Iterations")
     axes.set_ylabel("Losses")

@@ -42,13 +42,17 @@ def first_step_below(history: Tensor, tol: float) -> Tensor:  # (steps, ...) -> 
     return torch.where(found, first, torch.full_like(first, -1))
 
 
-def measured_rate(residuals: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (...)
+def measured_rate(
+    residuals: Tensor,  # shape: (records, ...)
+    tol: float,
+    every: int = 1,
+) -> Tensor:  # shape: (...)
     """The residual's contraction per step, fitted on the run's linear phase.
 
     The phase starts once the residual fell below a tenth of its first value (past the
     transient) and ends where it first reaches ``max(tol, 10 * its floor)``; the rate is
     ``exp(slope)`` of a least-squares line through log residual against step. NaN where the
-    phase holds fewer than 3 steps.
+    phase holds fewer than 3 records. Record ``i`` is step ``i * every``.
 
     Example:
         >>> round(measured_rate(0.5 ** torch.arange(40.0), 1e-9).item(), 6)
@@ -58,12 +62,12 @@ def measured_rate(residuals: Tensor, tol: float) -> Tensor:  # (steps, ...) -> (
     if steps == 0:
         return torch.full(residuals.shape[1:], math.nan, dtype=torch.float64)
     flat = residuals.double().reshape(steps, -1).clamp_min(1e-300)
-    index = torch.arange(steps, dtype=torch.float64)[:, None]
+    index = torch.arange(steps, dtype=torch.float64)[:, None] * every
     start = first_step_below(flat / flat[0], 0.1).clamp_min(0)
     target = torch.maximum(torch.full_like(flat[0], tol), 10 * flat.min(dim=0).values)
     end = first_step_below(flat - target, 0.0)
     end = torch.where(end < 0, torch.full_like(end, steps - 1), end)
-    inside = (index >= start[None]) & (index <= end[None])
+    inside = (index >= every * start[None]) & (index <= every * end[None])
     count = inside.sum(dim=0).double()
     log = flat.log()
     mean_t = (index * inside).sum(dim=0) / count.clamp_min(1)
@@ -117,7 +121,12 @@ class ConvergenceReport:
         rank: Optional[Tensor] = None,  # shape: (...)
         ridge: float = 0.0,
         singular_values: Optional[Tensor] = None,  # shape: (..., min(m, n)), M's, if known
+        loss_every: int = 1,
+        steps: Optional[int] = None,
     ) -> "ConvergenceReport":
+        """The report of a run from its loss history: ``losses[i]`` is the loss before step
+        ``i * loss_every`` (so ``steps_to_tol`` is the first *recorded* step at or below tol);
+        ``steps``, the optimizer steps taken, defaults to ``len(losses) * loss_every``."""
         k = estimate_size(matrix.shape, formulation)
         batch = matrix.shape[:-2]
         count = math.prod(batch)
@@ -131,7 +140,7 @@ class ConvergenceReport:
         nan = torch.full_like(final, math.nan)
         sigma_max = sigma_min = predicted = polyak = rate = nan
         if not ridge:
-            rate = measured_rate(residuals, tol).reshape(-1)
+            rate = measured_rate(residuals, tol, loss_every).reshape(-1)
         if formulation != "symmetric" or k <= SYMMETRIC_THEORY_MAX_N:
             if singular_values is None or formulation == "symmetric":
                 singular_values = operator_singular_values(matrix, formulation)
@@ -150,10 +159,11 @@ class ConvergenceReport:
             polyak = heavy_ball_rate(singular, polyak_lr, polyak_momentum, k)
         return cls(
             tol=tol,
-            steps=int(losses.shape[0]),
+            steps=int(losses.shape[0]) * loss_every if steps is None else steps,
             converged=(final <= tol).tolist(),
             steps_to_tol=[
-                int(step) if step >= 0 and not ridge else None for step in first.tolist()
+                int(step) * loss_every if step >= 0 and not ridge else None
+                for step in first.tolist()
             ],
             final_residual=final.tolist(),
             measured_rate=_optional(rate),

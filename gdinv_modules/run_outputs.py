@@ -4,7 +4,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union, cast
 
 import pytorch_lightning as pl
 import torch
@@ -20,13 +20,25 @@ from gdinv_modules.report import ConvergenceReport
 if TYPE_CHECKING:  # the callback reads LitInverse's state
     from gdinv_modules.lit_inverse import LitInverse
 
-__all__ = ["RunOutputs", "OUTPUT_FILES", "read_losses_csv", "write_losses_csv"]
+__all__ = [
+    "RunOutputs",
+    "OUTPUT_FILES",
+    "read_losses_csv",
+    "read_losses_table",
+    "write_losses_csv",
+]
 
 OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
 
 
-def write_losses_csv(losses: Tensor, path: Union[str, Path]) -> Path:  # losses: (steps, ...)
-    """Write ``step,loss`` rows (the loss averaged over the batch) atomically.
+def write_losses_csv(
+    losses: Tensor,  # shape: (kept, ...)
+    path: Union[str, Path],
+    *,
+    every: int = 1,
+) -> Path:
+    """Write ``step,loss`` rows (the loss averaged over the batch) atomically; row ``i`` is
+    step ``i * every``.
 
     Example:
         >>> import tempfile, pathlib
@@ -39,19 +51,25 @@ def write_losses_csv(losses: Tensor, path: Union[str, Path]) -> Path:  # losses:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["step", "loss"])
-            writer.writerows((step, repr(value)) for step, value in enumerate(mean.tolist()))
+            writer.writerows((every * row, repr(value)) for row, value in enumerate(mean.tolist()))
     return Path(path)
 
 
-def read_losses_csv(path: Union[str, Path]) -> Tensor:  # shape: (steps,)
+def read_losses_csv(path: Union[str, Path]) -> Tensor:  # shape: (kept,)
     """Read the ``loss`` column of a ``losses.csv`` written by :func:`write_losses_csv`."""
+    return read_losses_table(path)[1]
+
+
+def read_losses_table(path: Union[str, Path]) -> Tuple[Tensor, Tensor]:  # shapes: (kept,) x 2
+    """Read the ``step`` and ``loss`` columns of a ``losses.csv``."""
     path = Path(path)
     if not path.is_file():
         raise MatrixFileError(f"{path}: no such file; is this the log directory of a finished run?")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     try:
-        return torch.tensor([float(row["loss"]) for row in rows], dtype=torch.float64)
+        steps = torch.tensor([int(row["step"]) for row in rows], dtype=torch.int64)
+        return steps, torch.tensor([float(row["loss"]) for row in rows], dtype=torch.float64)
     except (KeyError, TypeError, ValueError) as error:
         raise MatrixFileError(f"{path}: not a losses.csv of a run ({error})") from error
 
@@ -60,9 +78,9 @@ class RunOutputs(pl.Callback):
     """Write a finished run's results into the Trainer's log directory and print a summary.
 
     Files: ``inverse.pt`` and ``inverse.npy`` (the trained X), ``losses.csv`` (the loss of
-    every optimizer step), ``loss_curve.png`` (log-scale y) and ``summary.json``. They are
-    written atomically, and a directory holding an earlier run's outputs is refused at fit start,
-    before any training.
+    every optimizer step, or of every ``loss_every``-th), ``loss_curve.png`` (log-scale y) and
+    ``summary.json``. They are written atomically, and a directory holding an earlier run's
+    outputs is refused at fit start, before any training.
 
     Args:
         plot: draw ``loss_curve.png``.
@@ -99,13 +117,14 @@ class RunOutputs(pl.Callback):
         self.summary = run_summary(model, trainer.global_step, wall_time)
         save_matrix(model.inverse, directory / "inverse.pt")
         save_matrix(model.inverse, directory / "inverse.npy")
-        losses = model.losses
-        write_losses_csv(losses, directory / "losses.csv")
+        losses, every = model.losses, model.hparams.loss_every
+        write_losses_csv(losses, directory / "losses.csv", every=every)
         if self.plot:
             plot_losses(
                 {"loss": losses.reshape(len(losses), -1).mean(dim=1)},
                 directory / "loss_curve.png",
                 title="Loss to the identity per step",
+                steps={"loss": model.loss_steps},
             )
         with atomic_path(directory / "summary.json") as tmp:
             tmp.write_text(json.dumps(self.summary, indent=2) + "\n")

@@ -147,6 +147,19 @@ def test_tolerance_stops_the_trainer_early():
     assert report.converged == [True] and report.steps_to_tol[0] <= trainer.global_step
 
 
+def test_a_report_from_every_tenth_loss_rounds_steps_up_to_a_kept_one():
+    matrix = spd_matrix(8, condition=50.0, batch_shape=(3,), dtype=F64)
+    reports = []
+    for every in (1, 10):
+        model = LitInverse(matrix, lr="auto", momentum="auto", tol=1e-9, loss_every=every)
+        quiet_trainer(max_steps=5000).fit(model)
+        reports.append(model.report())
+    full, strided = reports
+    assert strided.steps == full.steps and strided.converged == full.converged == [True] * 3
+    assert strided.steps_to_tol == [-(-step // 10) * 10 for step in full.steps_to_tol]
+    assert strided.measured_rate == pytest.approx(full.measured_rate, rel=1e-3)
+
+
 def test_default_tolerance_follows_the_dtype():
     m = spd_matrix(6, condition=10.0)
     assert invert(m).report.tol == 1e-5

@@ -11,7 +11,7 @@ from gdinv_modules.cli import main
 from gdinv_modules.figure import main as figure_main
 from gdinv_modules.matrices import diagonal_matrix, random_matrix
 from gdinv_modules.matrix_io import load_matrix
-from gdinv_modules.run_outputs import OUTPUT_FILES, read_losses_csv
+from gdinv_modules.run_outputs import OUTPUT_FILES, read_losses_csv, read_losses_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,16 @@ def test_a_second_run_gets_its_own_directory(tmp_path):
 
 def test_the_posts_figure_from_two_runs(tmp_path, capsys):
     random_run = fit("seed_random.yaml", tmp_path / "a", "--trainer.max_steps", "300")
-    diagonal_run = fit("seed_diagonal.yaml", tmp_path / "b", "--trainer.max_steps", "300")
+    diagonal_run = fit(  # a run that kept every 10th loss: the figure puts it at its steps
+        "seed_diagonal.yaml",
+        tmp_path / "b",
+        "--trainer.max_steps",
+        "300",
+        "--model.loss_every",
+        "10",
+    )
+    steps, losses = read_losses_table(diagonal_run / "losses.csv")
+    assert torch.equal(steps, torch.arange(0, 300, 10)) and len(losses) == 30
     output = tmp_path / "figure.png"
     figure_main([str(random_run), str(diagonal_run), "--output", str(output)])
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -230,6 +230,23 @@ def test_resuming_from_a_checkpoint_continues_the_same_trajectory(m1, tmp_path):
     assert torch.equal(resumed.losses, uninterrupted.losses)
 
 
+def test_loss_every_keeps_every_kth_loss_across_windows_and_a_resume(m1, tmp_path):
+    m = m1.double()
+    whole = LitInverse(m)
+    quiet_trainer(max_steps=600).fit(whole)
+    options = dict(loss_every=10, steps_per_batch=37)  # windows straddle the kept steps
+    first = LitInverse(m, **options)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=333)
+    quiet_trainer(max_steps=333, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
+    assert len(torch.load(checkpoint.last_model_path)["loss_history"]) == 34  # steps 0..330
+    resumed = LitInverse(m, **options)
+    quiet_trainer(max_steps=600).fit(resumed, ckpt_path=checkpoint.last_model_path)
+    assert torch.equal(resumed.losses, whole.losses[::10])
+    assert torch.equal(resumed.loss_steps, torch.arange(0, 600, 10))
+    assert torch.equal(resumed.inverse, whole.inverse)
+    assert resumed.report().steps == 600
+
+
 class _RecordPrecision(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, *args):
         self.seen = torch.backends.cuda.matmul.fp32_precision
