@@ -91,8 +91,9 @@ def test_a_cuda_graph_takes_the_eager_steps(lr, momentum):
     eager = fit_on_gpu(matrix, 2000, **options)
     graphed = fit_on_gpu(matrix, 2000, cuda_graph=True, **options)
     assert graphed.step_graph.captures >= 1
-    torch.testing.assert_close(graphed.losses, eager.losses, rtol=1e-9, atol=1e-300)
-    torch.testing.assert_close(graphed.inverse, eager.inverse, rtol=1e-9, atol=1e-12)
+    # the same kernels; rounding may differ by stream, so losses at float64's floor may not
+    torch.testing.assert_close(graphed.losses, eager.losses, rtol=1e-6, atol=1e-24)
+    torch.testing.assert_close(graphed.inverse, eager.inverse, rtol=0, atol=1e-12)
 
 
 class NoSyncAfterCapture(LitInverse):
