@@ -205,6 +205,8 @@ def test_checkpoint_and_csv_logger(m1, tmp_path):
         rows = [row for row in csv.DictReader(handle) if row.get("loss")]
     assert rows and {"loss", "residual"} <= rows[0].keys()
     assert float(rows[-1]["loss"]) < 1e-11
+    # the metric's value for the estimate after the last window
+    assert float(rows[-1]["loss"]) == pytest.approx(identity_mse(model()).item(), rel=1e-6)
 
     assert best.best_model_score.item() < 1e-11
     assert LitInverse.load_from_checkpoint(best.best_model_path).losses.shape[0] % 1000 == 0
