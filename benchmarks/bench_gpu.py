@@ -1,6 +1,8 @@
 """GPU benchmark: the cost of one gradient-descent step against the matrix products it needs.
 
     python benchmarks/bench_gpu.py [--device cuda] [--quick] [--output bench_gpu.json]
+                                   [--markdown bench_gpu.md]
+    python benchmarks/bench_gpu.py --render bench_gpu.json
 
 For each size and dtype, side by side in one process:
 
@@ -15,7 +17,8 @@ For each size and dtype, side by side in one process:
 - for a well-conditioned n = 1024 matrix, ``invert(..., tol=1e-5)`` against ``inv``, timed
   whole (eager and with ``cuda_graph=True``), and its steps alone at the per-step cost above.
 
-Ratios are printed and written as JSON. With ``--device cpu --quick`` it runs anywhere (a smoke
+Ratios are printed and written as JSON; ``--markdown`` writes the README's table and the
+issue's targets, each marked met or not. With ``--device cpu --quick`` it runs anywhere (a smoke
 test of the script itself; CPU figures are not the point).
 """
 
@@ -141,12 +144,105 @@ def bench_case(name: str, matrix: torch.Tensor, calls: int, quick: bool) -> Dict
     return row
 
 
+TARGETS = (
+    # (what, case, dtype, ratio key(s): the best of them counts, at most)
+    (
+        "step <= 1.3 x two products",
+        "n=1024",
+        "float32",
+        ("lit_over_floor", "lit_graph_over_floor"),
+        1.3,
+    ),
+    (
+        "step <= 1.3 x two products",
+        "n=4096",
+        "float32",
+        ("lit_over_floor", "lit_graph_over_floor"),
+        1.3,
+    ),
+    (
+        "step <= 3 x CUDA-graph replay",
+        "n=4",
+        "float32",
+        ("lit_over_graph", "lit_graph_over_graph"),
+        3.0,
+    ),
+    (
+        "step <= 3 x CUDA-graph replay",
+        "n=64",
+        "float32",
+        ("lit_over_graph", "lit_graph_over_graph"),
+        3.0,
+    ),
+    (
+        "step <= 1.5 x two batched products",
+        "4096 x 64x64",
+        "float32",
+        ("lit_over_floor", "lit_graph_over_floor"),
+        1.5,
+    ),
+)
+
+
+def markdown(results: Dict) -> str:
+    """The README's table of a run, and the issue's targets marked met or not."""
+
+    def cell(row: Dict, key: str, ratio: str = "") -> str:
+        if key not in row:
+            return "–"
+        text = f"{row[key]:.3g}"
+        return f"{text} ({row[ratio]:.2f}x)" if ratio in row else text
+
+    lines = [
+        f"Device: {results['device']}, torch {results['torch']}.",
+        "",
+        "| case | dtype | two products (µs) | LitInverse step (µs, x products) | with "
+        "cuda_graph (µs, x products) | CUDA-graph replay (µs) | linalg.inv (µs) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"| {row['case']} | {row['dtype']} | {cell(row, 'floor_us')} | "
+            f"{cell(row, 'lit_us', 'lit_over_floor')} | "
+            f"{cell(row, 'lit_graph_us', 'lit_graph_over_floor')} | "
+            f"{cell(row, 'graph_us')} | {cell(row, 'inv_us')} |"
+        )
+    lines += ["", "| target | case | measured | met |", "| --- | --- | --- | --- |"]
+    for what, case, dtype, keys, limit in TARGETS:
+        rows = [r for r in results["rows"] if r["case"] == case and r["dtype"] == dtype]
+        ratios = [rows[0][key] for key in keys if rows and key in rows[0]]
+        measured = min(ratios) if ratios else None
+        verdict = "–" if measured is None else ("yes" if measured <= limit else "no")
+        shown = "–" if measured is None else f"{measured:.2f}"
+        lines.append(f"| {what} | {case} {dtype} | {shown} | {verdict} |")
+    to_tol = results.get("to_1e-5")
+    if to_tol:
+        for key, label in (
+            ("auto_over_inv", "invert to 1e-5, Trainer start included"),
+            ("auto_graph_over_inv", "the same with cuda_graph"),
+            ("steps_only_over_inv", "its steps alone"),
+        ):
+            if key in to_tol:
+                verdict = "yes" if to_tol[key] < 1 else "no"
+                lines.append(
+                    f"| time to 1e-5 < linalg.inv: {label} | n={to_tol['n']} float32 | "
+                    f"{to_tol[key]:.3g} x inv | {verdict} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--markdown", default=None, help="write the table and targets here")
+    parser.add_argument("--render", default=None, help="only print the table of this JSON")
     args = parser.parse_args()
+    if args.render:  # e.g. the JSON of a run that a timeout cut short
+        with open(args.render) as handle:
+            print(markdown(json.load(handle)))
+        return
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
@@ -194,6 +290,11 @@ def main() -> None:
     print(json.dumps(to_tol), flush=True)
     results["to_1e-5"] = to_tol
     save()
+    table = markdown(results)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(table)
 
 
 if __name__ == "__main__":

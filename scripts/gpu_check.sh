@@ -7,10 +7,11 @@ mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-timeout 150 python3 -m pytest -q -p no:cacheprovider --no-header tests/test_cuda.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider --no-header tests/test_cuda.py \
     > "$out/cuda_tests.log" 2>&1
 echo "cuda tests: exit $?" | tee -a "$out/cuda_tests.log"
-timeout 140 python3 benchmarks/bench_gpu.py --output "$out/bench_gpu.json" \
+timeout 170 python3 benchmarks/bench_gpu.py --output "$out/bench_gpu.json" \
+    --markdown "$out/bench_gpu.md" \
     > "$out/bench_gpu.log" 2>&1
 echo "gpu benchmark: exit $?" | tee -a "$out/bench_gpu.log"
 tail -n 3 "$out/cuda_tests.log"
