@@ -336,7 +336,7 @@ class LitInverse(pl.LightningModule):
             world=self.trainer.world_size,
             rank=self.trainer.global_rank,
         )
-        graph_fits = module.approx.is_cuda and self.sharding.mode != "columns"
+        graph_fits = StepGraph.supports(module.approx.device) and self.sharding.mode != "columns"
         if self.hparams.cuda_graph and graph_fits and self.step_graph is None:
             self.step_graph = StepGraph(module.approx.device)
         if self.hparams.check_rank and self.rank is None:

@@ -55,6 +55,11 @@ class StepGraph:
         self.captures = 0  # how many times a graph was recorded
         self.replays = 0  # how many windows ran from a graph
 
+    @staticmethod
+    def supports(device: torch.device) -> bool:
+        """Whether steps on ``device`` can be recorded (CUDA devices)."""
+        return device.type == "cuda"
+
     def warm_up(self, steps: Steps, losses: Tensor) -> None:
         """Run a window eagerly on the capture stream, which initialises what the steps need
         there before anything is recorded; needed once, before the first :meth:`run`."""

@@ -99,7 +99,12 @@ class _Stream:
 
 
 def emulate_cuda_graphs(monkeypatch) -> None:
-    """Make ``torch.cuda``'s graph and stream API, as ``StepGraph`` uses it, run on the CPU."""
+    """Make ``torch.cuda``'s graph and stream API, as ``StepGraph`` uses it, run on the CPU,
+    and let ``LitInverse(cuda_graph=True)`` use it there (``monkeypatch``: pytest's, or any
+    object with a ``setattr(target, name, value)``)."""
+    from gdinv_modules.step_graph import StepGraph
+
+    monkeypatch.setattr(StepGraph, "supports", staticmethod(lambda device: True))
     cuda = torch.cuda
     monkeypatch.setattr(cuda, "Stream", lambda device=None: _Stream())
     monkeypatch.setattr(cuda, "current_stream", lambda device=None: _Stream())

@@ -18,9 +18,7 @@ def emulated(monkeypatch):
 
 
 def fit(matrix, max_steps, *, graphed, callbacks=(), **options):
-    model = LitInverse(matrix, **options)
-    if graphed:  # what on_train_start does on a CUDA device
-        model.step_graph = StepGraph(matrix.device)
+    model = LitInverse(matrix, cuda_graph=graphed, **options)
     trainer = quiet_trainer(max_steps=max_steps, callbacks=list(callbacks))
     trainer.fit(model)
     assert trainer.global_step == max_steps == len(model.losses)
@@ -31,6 +29,7 @@ def test_the_posts_run_replayed_from_one_recording(emulated, m1):
     eager = fit(m1, 10_000, graphed=False)
     graphed = fit(m1, 10_000, graphed=True)
     # window 0 runs eagerly (warm-up), window 1 is recorded, every window after replays it
+    assert eager.step_graph is None
     assert (graphed.step_graph.captures, graphed.step_graph.replays) == (1, 99)
     assert torch.equal(graphed.losses, eager.losses)
     assert torch.equal(graphed.inverse, eager.inverse)
