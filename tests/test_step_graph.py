@@ -4,6 +4,7 @@ CUDA graphs' semantics (tests/graph_emulator.py); tests/test_cuda.py runs the re
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import first_below, quiet_trainer
 from gdinv_modules import LitInverse
@@ -104,3 +105,15 @@ def test_a_recording_needs_a_warm_up_first():
     graph.warm = False
     with pytest.raises(RuntimeError, match="warm_up"):
         graph.run(lambda out: None, "key", [], torch.empty(1))
+
+
+def test_a_graphed_run_resumes_from_a_checkpoint_bit_for_bit(emulated, m1, tmp_path):
+    whole = fit(m1, 1000, graphed=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=500)
+    first = LitInverse(m1, cuda_graph=True)
+    quiet_trainer(max_steps=500, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
+    resumed = LitInverse(m1, cuda_graph=True)
+    quiet_trainer(max_steps=1000).fit(resumed, ckpt_path=checkpoint.last_model_path)
+    assert resumed.step_graph.replays > 0  # the restored buffer is recorded where it now is
+    assert torch.equal(resumed.losses, whole.losses)
+    assert torch.equal(resumed.inverse, whole.inverse)
