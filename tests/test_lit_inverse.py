@@ -172,6 +172,7 @@ def test_without_any_matrix_the_error_says_where_to_give_one():
         (dict(momentum=1.0), "momentum"),
         (dict(momentum=-0.5), "momentum"),
         (dict(steps_per_batch=0), "steps_per_batch"),
+        (dict(loss_every=0), "loss_every"),
         (dict(formulation="sideways"), "formulation"),
     ],
 )
