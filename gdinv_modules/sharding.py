@@ -21,7 +21,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gdinv_modules.functional import Formulation, identity_estimate, loss_and_gradient
+from gdinv_modules.functional import (
+    Formulation,
+    identity_estimate,
+    loss_and_gradient,
+    scaled_product,
+)
 
 __all__ = ["Sharding", "ShardMode", "SHARD_MODES"]
 
@@ -106,14 +111,15 @@ class Sharding:
         eye = torch.eye(k, dtype=approx.dtype, device=approx.device)
         error = error - (eye[:, columns] if formulation == "left" else eye[columns, :])
         scale = 2.0 / (k * k)
-        loss = error.square().sum(dim=(-2, -1)) / (k * k)
+        # As loss_and_gradient: one norm pass for the loss, the scale applied by the product.
+        loss = (torch.linalg.vector_norm(error, dim=(-2, -1)) / k).square()
         if formulation == "left":
-            gradient = (error * scale) @ part.mT
+            gradient = scaled_product(error, part.mT, scale)
         else:
-            gradient = part.mT @ (error * scale)
+            gradient = scaled_product(part.mT, error, scale)
         if ridge:  # counted once over the ranks
             loss = loss + ridge * approx.square().sum(dim=(-2, -1)) / self.world
-            gradient = gradient + (2 * ridge / self.world) * approx
+            gradient += (2 * ridge / self.world) * approx
         return loss, gradient
 
     def data_sample(
