@@ -33,9 +33,9 @@ import pytorch_lightning as pl
 import torch
 
 from gdinv_modules import LitInverse, invert
-from gdinv_modules.functional import loss_and_gradient
-from gdinv_modules.matrices import spd_matrix
-from gdinv_modules.theory import polyak_parameters
+from gdinv_modules.core.functional import loss_and_gradient
+from gdinv_modules.core.matrices import spd_matrix
+from gdinv_modules.core.theory import polyak_parameters
 
 
 def synchronize(device: torch.device) -> None:

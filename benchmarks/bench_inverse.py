@@ -26,9 +26,10 @@ import pytorch_lightning as pl
 import torch
 
 from gdinv_modules import DivergenceError, LitInverse, default_tol, invert
-from gdinv_modules.functional import relative_residual
-from gdinv_modules.matrices import diagonal_matrix, random_matrix, spd_matrix
-from gdinv_modules.theory import heavy_ball_steps, polyak_parameters
+from gdinv_modules.core.functional import relative_residual
+from gdinv_modules.core.matrices import diagonal_matrix, random_matrix, spd_matrix
+from gdinv_modules.core.theory import polyak_parameters
+from gdinv_modules.engine.reference import heavy_ball_steps
 
 POST_LR, POST_MOMENTUM = 0.9, 0.9
 

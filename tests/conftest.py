@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from gdinv_modules.matrices import diagonal_matrix, random_matrix
+from gdinv_modules.core.matrices import diagonal_matrix, random_matrix
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from gdinv_modules import LitInverse
-from gdinv_modules.matrices import random_matrix, spd_matrix
+from gdinv_modules.core.matrices import random_matrix, spd_matrix
 from graph_emulator import emulate_cuda_graphs
 
 
@@ -46,7 +46,7 @@ def main() -> None:
             momentum="auto",
             init="zeros",
             shard=shard,
-            steps_per_batch=50,
+            steps_per_window=50,
             cuda_graph=graph,
         )
         trainer = pl.Trainer(
@@ -64,8 +64,8 @@ def main() -> None:
             "inverse": model.inverse.clone(),
             "losses": model.losses.clone(),
             "loss": trainer.callback_metrics["loss"].clone(),
-            "mode": model.sharding.mode,
-            "replays": 0 if model.step_graph is None else model.step_graph.replays,
+            "mode": model.stepper.sharding.mode,
+            "replays": 0 if model.stepper.step_graph is None else model.stepper.step_graph.replays,
         }
     if trainer.global_rank == 0:
         torch.save(results, output)

@@ -102,7 +102,7 @@ def emulate_cuda_graphs(monkeypatch) -> None:
     """Make ``torch.cuda``'s graph and stream API, as ``StepGraph`` uses it, run on the CPU,
     and let ``LitInverse(cuda_graph=True)`` use it there (``monkeypatch``: pytest's, or any
     object with a ``setattr(target, name, value)``)."""
-    from gdinv_modules.step_graph import StepGraph
+    from gdinv_modules.engine.step_graph import StepGraph
 
     monkeypatch.setattr(StepGraph, "supports", staticmethod(lambda device: True))
     cuda = torch.cuda

@@ -13,14 +13,15 @@ from gdinv_modules import (
     LitInverse,
     invert,
 )
-from gdinv_modules.matrices import (
+from gdinv_modules.core.matrices import (
     diagonal_matrix,
     hilbert_matrix,
     random_matrix,
     random_orthogonal,
     spd_matrix,
 )
-from gdinv_modules.theory import heavy_ball_rate, heavy_ball_steps, polyak_parameters
+from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
+from gdinv_modules.engine.reference import heavy_ball_steps
 
 F64 = torch.float64
 
@@ -101,7 +102,7 @@ def test_auto_never_diverges(matrix):
     """Within a fixed budget these need not converge (Hilbert's kappa is 1.5e10), but the loss
     of every matrix must stay finite, bounded (heavy ball overshoots a little, transiently),
     and end below where it started."""
-    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", steps_per_batch=100)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", steps_per_window=100)
     quiet_trainer(max_steps=300).fit(model)
     losses = model.losses
     assert torch.isfinite(losses).all()
@@ -138,7 +139,7 @@ def test_one_fixed_value_and_the_other_auto(fixed):
 
 def test_tolerance_stops_the_trainer_early():
     matrix = spd_matrix(8, condition=10.0, dtype=F64)
-    model = LitInverse(matrix, lr="auto", momentum="auto", tol=1e-8, steps_per_batch=10)
+    model = LitInverse(matrix, lr="auto", momentum="auto", tol=1e-8, steps_per_window=10)
     trainer = quiet_trainer(max_steps=50_000)
     trainer.fit(model)
     assert trainer.global_step < 1000
@@ -211,12 +212,12 @@ def test_auto_rate_is_close_to_polyaks():
     assert report.measured_rate[0] <= report.polyak_rate[0] * 1.005
 
 
-@pytest.mark.parametrize("steps_per_batch", [1, 37])
-def test_auto_trajectory_does_not_depend_on_steps_per_batch(steps_per_batch):
+@pytest.mark.parametrize("steps_per_window", [1, 37])
+def test_auto_trajectory_does_not_depend_on_steps_per_batch(steps_per_window):
     matrix = random_matrix(6, seed=9, dtype=F64)
     runs = []
-    for k in (100, steps_per_batch):
-        model = LitInverse(matrix, lr="auto", momentum="auto", steps_per_batch=k)
+    for k in (100, steps_per_window):
+        model = LitInverse(matrix, lr="auto", momentum="auto", steps_per_window=k)
         quiet_trainer(max_steps=400).fit(model)
         runs.append(model)
     assert torch.equal(runs[0].losses, runs[1].losses)
@@ -227,7 +228,7 @@ def test_auto_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
     matrix = torch.stack(
         [random_matrix(5, seed=1, dtype=F64), 10 * diagonal_matrix(n=5, dtype=F64)]
     )
-    options = dict(lr="auto", momentum="auto", steps_per_batch=50)
+    options = dict(lr="auto", momentum="auto", steps_per_window=50)
     whole = LitInverse(matrix, **options)
     quiet_trainer(max_steps=600).fit(whole)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=300)

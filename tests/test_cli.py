@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import first_below, run_train_py
-from gdinv_modules.cli import main
-from gdinv_modules.figure import main as figure_main
-from gdinv_modules.matrices import diagonal_matrix, random_matrix
-from gdinv_modules.matrix_io import load_matrix
-from gdinv_modules.run_outputs import OUTPUT_FILES, read_losses_csv, read_losses_table
+from gdinv_modules.cli.train import main
+from gdinv_modules.cli.figure import main as figure_main
+from gdinv_modules.core.matrices import diagonal_matrix, random_matrix
+from gdinv_modules.io.matrix_io import load_matrix
+from gdinv_modules.io.losses_csv import read_losses_csv, read_losses_table
+from gdinv_modules.training.run_outputs import OUTPUT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +134,8 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path, capsys):
         (["--model.momentum", "1.0"], "0 <= momentum < 1"),
         (["--model.momentum", "-0.1"], "0 <= momentum < 1"),
         (["--model.ridge", "-1"], "ridge must be a finite number >= 0"),
-        (["--model.steps_per_batch", "0"], "steps_per_batch"),
-        (["--data.batches_per_epoch", "0"], "batches_per_epoch"),
+        (["--model.steps_per_window", "0"], "steps_per_window"),
+        (["--data.windows_per_epoch", "0"], "windows_per_epoch"),
         (["--data.kind", "spd", "--data.condition", "0.5"], "condition"),
         (["--data.kind", "low_rank"], "needs a rank"),
         (["--data.n", "0"], "n must be an integer >= 1"),

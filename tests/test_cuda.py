@@ -6,7 +6,7 @@ import torch
 
 from conftest import first_below, quiet_trainer
 from gdinv_modules import LitInverse, invert
-from gdinv_modules.matrices import random_matrix, spd_matrix
+from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,15 +38,29 @@ def test_a_batch_on_the_gpu_matches_the_cpu():
     torch.testing.assert_close(on_gpu.inverse.cpu(), on_cpu.inverse, atol=1e-9, rtol=0)
 
 
+def guard_windows(model, replaying_only):
+    """Make the model's stepper fail on any host synchronisation inside a window of steps
+    (with ``replaying_only``, inside a window replayed from a recorded CUDA graph)."""
+    run = model.stepper.run
+
+    def guarded(steps, **options):
+        graph = model.stepper.step_graph
+        replaying = graph is not None and graph.captures > 0
+        torch.cuda.set_sync_debug_mode("error" if replaying or not replaying_only else "default")
+        try:
+            return run(steps, **options)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    model.stepper.run = guarded
+
+
 class NoSyncLitInverse(LitInverse):
     """Fails on any host synchronisation inside the optimizer steps."""
 
-    def run_steps(self, steps, optimizer):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return super().run_steps(steps, optimizer)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    def on_train_start(self):
+        super().on_train_start()
+        guard_windows(self, replaying_only=False)
 
 
 @pytest.mark.parametrize("batch_shape", [(), (16,)])
@@ -80,7 +94,7 @@ def fit_on_gpu(matrix, max_steps, **options):
 
 def test_a_cuda_graph_reproduces_the_posts_run(m1):
     model = fit_on_gpu(m1.cuda(), 10_000, cuda_graph=True)
-    assert model.step_graph is not None and model.step_graph.captures == 1
+    assert model.stepper.step_graph is not None and model.stepper.step_graph.captures == 1
     assert abs(first_below(model.losses.cpu(), 1e-12) - 785) <= 2
 
 
@@ -90,7 +104,7 @@ def test_a_cuda_graph_takes_the_eager_steps(lr, momentum):
     options = dict(lr=lr, momentum=momentum, check_rank=False)
     eager = fit_on_gpu(matrix, 2000, **options)
     graphed = fit_on_gpu(matrix, 2000, cuda_graph=True, **options)
-    assert graphed.step_graph.captures >= 1
+    assert graphed.stepper.step_graph.captures >= 1
     # the same kernels; rounding may differ by stream, so losses at float64's floor may not
     torch.testing.assert_close(graphed.losses, eager.losses, rtol=1e-6, atol=1e-24)
     torch.testing.assert_close(graphed.inverse, eager.inverse, rtol=0, atol=1e-12)
@@ -112,4 +126,4 @@ def test_no_host_sync_when_replaying_the_graph():
     matrix = spd_matrix(64, condition=10.0, batch_shape=(16,)).cuda()
     model = NoSyncAfterCapture(matrix, lr=0.5, momentum=0.5, check_rank=False, cuda_graph=True)
     gpu_trainer(max_steps=500).fit(model)
-    assert model.step_graph.captures == 1 and model.losses.shape[0] == 500
+    assert model.stepper.step_graph.captures == 1 and model.losses.shape[0] == 500

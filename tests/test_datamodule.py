@@ -148,7 +148,7 @@ def test_non_finite_file_is_refused(tmp_path):
         (dict(kind="spd", condition=0.5), "condition"),
         (dict(kind="random", dtype="float16"), "dtype"),
         (dict(kind="diagonal", values=[]), "must not be empty"),
-        (dict(kind="random", batches_per_epoch=0), "batches_per_epoch"),
+        (dict(kind="random", windows_per_epoch=0), "windows_per_epoch"),
     ],
 )
 def test_bad_options_are_named(kwargs, words):

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from gdinv_modules import LitInverse, OutputExistsError
-from gdinv_modules.atomic import atomic_path
-from gdinv_modules.matrix_io import load_matrix
-from gdinv_modules.run_outputs import RunOutputs, read_losses_csv
+from gdinv_modules.io.atomic import atomic_path
+from gdinv_modules.io.matrix_io import load_matrix
+from gdinv_modules.io.losses_csv import read_losses_csv
+from gdinv_modules.training.run_outputs import RunOutputs
 from conftest import quiet_trainer, train_py_command
 
 

@@ -5,23 +5,23 @@ import math
 import pytest
 import torch
 
-from gdinv_modules.functional import (
+from gdinv_modules.core.functional import (
     FORMULATIONS,
-    identity_estimate,
+    inverse_product,
     identity_mse,
     identity_sse,
     loss_and_gradient,
     relative_residual,
     scaled_product,
 )
-from gdinv_modules.matrices import random_matrix, spd_matrix
+from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 
 def test_estimates_are_the_posts_three_formulations():
     x, m = random_matrix(3, seed=1), random_matrix(3, seed=2)
-    assert torch.equal(identity_estimate(x, m, "left"), x @ m)
-    assert torch.equal(identity_estimate(x, m, "right"), m @ x)
-    torch.testing.assert_close(identity_estimate(x, m, "symmetric"), (x @ m + m @ x) / 2)
+    assert torch.equal(inverse_product(x, m, "left"), x @ m)
+    assert torch.equal(inverse_product(x, m, "right"), m @ x)
+    torch.testing.assert_close(inverse_product(x, m, "symmetric"), (x @ m + m @ x) / 2)
 
 
 def test_identity_mse_matches_the_posts_mse():
@@ -48,11 +48,11 @@ def test_relative_residual_is_frobenius_over_sqrt_n():
 def test_closed_form_gradient_equals_autograd(formulation, batch_shape):
     m = random_matrix(5, seed=3, batch_shape=batch_shape, dtype=torch.float64)
     x = random_matrix(5, seed=4, batch_shape=batch_shape, dtype=torch.float64).requires_grad_()
-    identity_mse(identity_estimate(x, m, formulation), reduction="none").sum().backward()
+    identity_mse(inverse_product(x, m, formulation), reduction="none").sum().backward()
     loss, gradient = loss_and_gradient(x.detach(), m, formulation)
     assert loss.shape == batch_shape
     torch.testing.assert_close(gradient, x.grad, rtol=1e-12, atol=1e-14)
-    expected = identity_mse(identity_estimate(x.detach(), m, formulation), reduction="none")
+    expected = identity_mse(inverse_product(x.detach(), m, formulation), reduction="none")
     torch.testing.assert_close(loss, expected)
 
 

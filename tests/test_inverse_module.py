@@ -12,13 +12,13 @@ from gdinv_modules import (
     MatrixShapeError,
     NonFiniteMatrixError,
 )
-from gdinv_modules.matrices import random_matrix, spd_matrix
+from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 
 def test_random_init_reproduces_the_posts_first_guess(m1):
     module = InverseModule(m1)
     torch.manual_seed(314)
-    assert torch.equal(module.approx.detach(), torch.rand(4, 4))
+    assert torch.equal(module.inverse.detach(), torch.rand(4, 4))
     # The post draws M1 the same way, so its first guess is M1 itself.
     assert torch.equal(module.inverse, m1)
 
@@ -37,10 +37,10 @@ def test_random_draws_ignore_the_default_dtype(m1):
 def test_parameter_and_buffer_keep_shape_dtype_and_device():
     m = random_matrix(3, batch_shape=(2, 5), dtype=torch.float64)
     module = InverseModule(m, init="zeros")
-    assert isinstance(module.approx, nn.Parameter)
-    assert module.approx.shape == m.shape == module.matrix.shape
-    assert module.approx.dtype == torch.float64 == module.matrix.dtype
-    assert module.approx.device == m.device
+    assert isinstance(module.inverse, nn.Parameter)
+    assert module.inverse.shape == m.shape == module.matrix.shape
+    assert module.inverse.dtype == torch.float64 == module.matrix.dtype
+    assert module.inverse.device == m.device
     assert module.size == 3 and module.batch_shape == (2, 5)
     assert dict(module.named_buffers()).keys() == {"matrix"}
     assert torch.count_nonzero(module.inverse) == 0
@@ -66,14 +66,14 @@ def test_residual_and_loss_are_per_matrix():
     assert module.loss().shape == (3,)
     exact = InverseModule(m)
     with torch.no_grad():
-        exact.approx.copy_(torch.linalg.inv(m.double()).float())
+        exact.inverse.copy_(torch.linalg.inv(m.double()).float())
     assert exact.residual().max() < 100 * torch.finfo(torch.float32).eps
 
 
 def test_built_from_size_takes_the_matrix_at_call_time():
     module = InverseModule(size=4, batch_shape=(2,), dtype=torch.float64, init="zeros")
     assert module.matrix is None
-    assert module.approx.shape == (2, 4, 4) and module.approx.dtype == torch.float64
+    assert module.inverse.shape == (2, 4, 4) and module.inverse.dtype == torch.float64
     m = random_matrix(4, batch_shape=(2,), dtype=torch.float64)
     assert torch.equal(module(m), module.inverse @ m)
     with pytest.raises(InvalidOptionError, match="pass the matrix"):
@@ -108,7 +108,7 @@ def test_composition_trains_end_to_end_and_gradients_reach_both():
         loss.backward()
         if step == 0:
             assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
-            assert inverse.approx.grad is not None and inverse.approx.grad.abs().sum() > 0
+            assert inverse.inverse.grad is not None and inverse.inverse.grad.abs().sum() > 0
         optimizer.step()
     m = net().detach()
     assert inverse.loss(m).item() < 1e-12 < first
@@ -175,11 +175,11 @@ def test_symmetric_formulation_refuses_a_rectangular_matrix():
 def test_rectangular_matrix_gives_an_n_by_m_inverse():
     tall = random_matrix(5, seed=1)[:, :3]  # 5 x 3
     left = InverseModule(tall)
-    assert left.approx.shape == (3, 5) and left().shape == (3, 3) and left.size == 3
+    assert left.inverse.shape == (3, 5) and left().shape == (3, 3) and left.size == 3
     right = InverseModule(tall.T.contiguous(), formulation="right")
-    assert right.approx.shape == (5, 3) and right().shape == (3, 3)
+    assert right.inverse.shape == (5, 3) and right().shape == (3, 3)
     from_size = InverseModule(size=(5, 3), formulation="right", batch_shape=(2,))
-    assert from_size.approx.shape == (2, 3, 5) and from_size.size == 5
+    assert from_size.inverse.shape == (2, 3, 5) and from_size.size == 5
     assert from_size(torch.rand(2, 5, 3)).shape == (2, 5, 5)
 
 

@@ -11,8 +11,13 @@ from pytorch_lightning.loggers import CSVLogger
 
 from conftest import first_below, quiet_trainer
 from gdinv_modules import InvalidOptionError, LitInverse, MatrixDataModule
-from gdinv_modules.functional import identity_mse, loss_and_gradient
-from gdinv_modules.matrices import diagonal_matrix, random_matrix, random_orthogonal, spd_matrix
+from gdinv_modules.core.functional import identity_mse, loss_and_gradient
+from gdinv_modules.core.matrices import (
+    diagonal_matrix,
+    random_matrix,
+    random_orthogonal,
+    spd_matrix,
+)
 
 
 def polyak(matrix: torch.Tensor) -> dict:
@@ -61,7 +66,7 @@ def test_cuda_graph_leaves_a_cpu_run_as_it_is(m2):
         model = LitInverse(m2, cuda_graph=cuda_graph)
         quiet_trainer(max_steps=250).fit(model)
         runs.append(model)
-    assert runs[1].step_graph is None
+    assert runs[1].stepper.step_graph is None
     assert torch.equal(runs[0].losses, runs[1].losses)
 
 
@@ -72,9 +77,9 @@ def test_loss_at_step_t_is_taken_before_that_steps_update(m1):
     assert model.losses[0].item() == pytest.approx(identity_mse(first_guess @ m1).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("max_steps, steps_per_batch", [(250, 100), (7, 3), (5, 1)])
-def test_global_step_and_max_steps_count_optimizer_steps(m2, max_steps, steps_per_batch):
-    model = LitInverse(m2, steps_per_batch=steps_per_batch)
+@pytest.mark.parametrize("max_steps, steps_per_window", [(250, 100), (7, 3), (5, 1)])
+def test_global_step_and_max_steps_count_optimizer_steps(m2, max_steps, steps_per_window):
+    model = LitInverse(m2, steps_per_window=steps_per_window)
     trainer = quiet_trainer(max_steps=max_steps)
     trainer.fit(model)
     assert trainer.global_step == max_steps
@@ -83,8 +88,8 @@ def test_global_step_and_max_steps_count_optimizer_steps(m2, max_steps, steps_pe
 
 def test_same_trajectory_for_any_steps_per_batch(m1):
     runs = []
-    for steps_per_batch in (1, 37, 100):
-        model = LitInverse(m1, steps_per_batch=steps_per_batch)
+    for steps_per_window in (1, 37, 100):
+        model = LitInverse(m1, steps_per_window=steps_per_window)
         quiet_trainer(max_steps=300).fit(model)
         runs.append((model.losses, model.inverse))
     for losses, inverse in runs[1:]:
@@ -124,7 +129,7 @@ def test_symmetric_formulation_matches_torch_linalg_inv(name):
 def test_batch_gives_each_matrix_the_trajectory_it_has_alone():
     batch = random_matrix(4, seed=11, batch_shape=(3,), dtype=torch.float64)
     batch[1] = spd_matrix(4, condition=5.0, dtype=torch.float64)
-    options = dict(lr=0.9, momentum=0.9, steps_per_batch=50)
+    options = dict(lr=0.9, momentum=0.9, steps_per_window=50)
     batched = LitInverse(batch, **options)
     first_guesses = batched.inverse.clone()
     quiet_trainer(max_steps=400).fit(batched)
@@ -132,7 +137,7 @@ def test_batch_gives_each_matrix_the_trajectory_it_has_alone():
     for index in range(3):
         alone = LitInverse(batch[index], **options)
         with torch.no_grad():
-            alone.inverse_module.approx.copy_(first_guesses[index])
+            alone.inverse_module.inverse.copy_(first_guesses[index])
         quiet_trainer(max_steps=400).fit(alone)
         torch.testing.assert_close(batched.inverse[index], alone.inverse, rtol=1e-12, atol=1e-13)
         # Near convergence the loss is a sum of squares of rounding errors: compared loosely.
@@ -149,7 +154,7 @@ def test_float64_under_64_true_precision_reaches_1e_10(m1):
 
 
 def test_takes_the_matrix_from_a_datamodule(m2):
-    model = LitInverse(steps_per_batch=50)
+    model = LitInverse(steps_per_window=50)
     quiet_trainer(max_steps=2000).fit(model, datamodule=MatrixDataModule("diagonal"))
     torch.testing.assert_close(model.inverse, torch.linalg.inv(m2), atol=1e-6, rtol=0)
 
@@ -171,7 +176,7 @@ def test_without_any_matrix_the_error_says_where_to_give_one():
         (dict(lr=float("nan")), "lr"),
         (dict(momentum=1.0), "momentum"),
         (dict(momentum=-0.5), "momentum"),
-        (dict(steps_per_batch=0), "steps_per_batch"),
+        (dict(steps_per_window=0), "steps_per_window"),
         (dict(loss_every=0), "loss_every"),
         (dict(formulation="sideways"), "formulation"),
     ],
@@ -199,7 +204,7 @@ def test_checkpoint_and_csv_logger(m1, tmp_path):
         logger=CSVLogger(tmp_path, name="run"),
         callbacks=[best, checkpoint],
         enable_checkpointing=True,
-        log_every_n_steps=1,  # a logging step is a batch of steps_per_batch optimizer steps
+        log_every_n_steps=1,  # a logging step is a batch of steps_per_window optimizer steps
     )
     trainer.fit(model)
     with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
@@ -237,7 +242,7 @@ def test_loss_every_keeps_every_kth_loss_across_windows_and_a_resume(m1, tmp_pat
     m = m1.double()
     whole = LitInverse(m)
     quiet_trainer(max_steps=600).fit(whole)
-    options = dict(loss_every=10, steps_per_batch=37)  # windows straddle the kept steps
+    options = dict(loss_every=10, steps_per_window=37)  # windows straddle the kept steps
     first = LitInverse(m, **options)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=333)
     quiet_trainer(max_steps=333, callbacks=[checkpoint], enable_checkpointing=True).fit(first)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gdinv_modules import IdentityMSE, MatrixShapeError
-from gdinv_modules.matrices import random_matrix
+from gdinv_modules.core.matrices import random_matrix
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -46,6 +46,6 @@ def test_states_reduce_with_sum():
     assert metric._reductions["total"].__name__ == "dim_zero_sum"
 
 
-def test_non_square_estimate_is_refused():
-    with pytest.raises(MatrixShapeError, match="estimate must be square"):
+def test_non_square_product_is_refused():
+    with pytest.raises(MatrixShapeError, match="product must be square"):
         IdentityMSE().update(torch.rand(2, 3))

@@ -11,8 +11,8 @@ from gdinv_modules import (
     SingularMatrixWarning,
     invert,
 )
-from gdinv_modules.matrices import low_rank_matrix, random_matrix, spd_matrix
-from gdinv_modules.rank import estimate_target
+from gdinv_modules.core.matrices import low_rank_matrix, random_matrix, spd_matrix
+from gdinv_modules.core.rank import product_target
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -33,7 +33,7 @@ def test_singular_square_matrix_reaches_the_pseudo_inverse_with_a_warning():
 
 def test_the_loss_floor_is_exact_for_any_x():
     matrix = low_rank_matrix(5, 3, dtype=F64)
-    rank, projector = estimate_target(matrix)
+    rank, projector = product_target(matrix)
     x = torch.randn(5, 5, dtype=F64)
     lhs = (x @ matrix - torch.eye(5, dtype=F64)).square().sum()
     rhs = (x @ matrix - projector).square().sum() + (5 - rank.item())

@@ -8,8 +8,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import first_below, quiet_trainer
 from gdinv_modules import LitInverse
-from gdinv_modules.matrices import spd_matrix
-from gdinv_modules.step_graph import StepGraph
+from gdinv_modules.core.matrices import spd_matrix
+from gdinv_modules.engine.step_graph import StepGraph
+from gdinv_modules.engine.stepper import HeavyBallStepper
 from graph_emulator import emulate_cuda_graphs
 
 
@@ -30,8 +31,8 @@ def test_the_posts_run_replayed_from_one_recording(emulated, m1):
     eager = fit(m1, 10_000, graphed=False)
     graphed = fit(m1, 10_000, graphed=True)
     # window 0 runs eagerly (warm-up), window 1 is recorded, every window after replays it
-    assert eager.step_graph is None
-    assert (graphed.step_graph.captures, graphed.step_graph.replays) == (1, 99)
+    assert eager.stepper.step_graph is None
+    assert (graphed.stepper.step_graph.captures, graphed.stepper.step_graph.replays) == (1, 99)
     assert torch.equal(graphed.losses, eager.losses)
     assert torch.equal(graphed.inverse, eager.inverse)
     assert first_below(graphed.losses, 1e-12) == 785
@@ -43,14 +44,14 @@ def test_the_posts_run_replayed_from_one_recording(emulated, m1):
         ((3,), dict(lr="auto", momentum="auto")),  # retunes: windows with one run eagerly
         ((), dict(lr="auto", momentum="auto")),  # one matrix: no gradient scale, the key alone
         ((3,), dict(lr=0.05, momentum="auto", ridge=1e-3, formulation="right")),
-        ((3,), dict(lr=0.03, momentum=0.0, steps_per_batch=37)),  # no buffer; short last window
+        ((3,), dict(lr=0.03, momentum=0.0, steps_per_window=37)),  # no buffer; short last window
     ],
 )
 def test_replayed_windows_take_the_eager_steps(emulated, batch_shape, options):
     matrix = spd_matrix(6, condition=30.0, batch_shape=batch_shape, dtype=torch.float64)
     eager = fit(matrix, 3000, graphed=False, **options)
     graphed = fit(matrix, 3000, graphed=True, **options)
-    assert graphed.step_graph.replays > 0
+    assert graphed.stepper.step_graph.replays > 0
     assert torch.equal(graphed.losses, eager.losses)
     assert torch.equal(graphed.inverse, eager.inverse)
 
@@ -67,7 +68,7 @@ def test_a_changed_learning_rate_is_recorded_again(emulated):
         fit(matrix, 2000, graphed=graphed, lr=0.03, callbacks=[HalveTheLearningRate()])
         for graphed in (False, True)
     ]
-    assert runs[1].step_graph.captures == 3
+    assert runs[1].stepper.step_graph.captures == 3
     assert torch.equal(runs[1].losses, runs[0].losses)
 
 
@@ -75,7 +76,7 @@ def test_a_retune_records_the_graph_again(emulated):
     matrix = spd_matrix(6, condition=30.0, batch_shape=(3,), dtype=torch.float64)
     graphed = fit(matrix, 3000, graphed=True, lr="auto", momentum="auto")
     # the retunes at steps 1590 and 1788 set a new gradient scale: the next window re-records
-    assert graphed.step_graph.captures >= 2
+    assert graphed.stepper.step_graph.captures >= 2
 
 
 def test_the_emulation_catches_a_window_recorded_too_early(emulated, monkeypatch, m1):
@@ -83,10 +84,10 @@ def test_the_emulation_catches_a_window_recorded_too_early(emulated, monkeypatch
     every window instead of the momentum update: the run no longer follows the eager one."""
     eager = fit(m1, 300, graphed=False)
     model = LitInverse(m1)
-    model.step_graph = StepGraph(m1.device)
-    model.step_graph.warm = True  # skip the warm-up window: the first is recorded
+    model.stepper.step_graph = StepGraph(m1.device)
+    model.stepper.step_graph.warm = True  # skip the warm-up window: the first is recorded
     monkeypatch.setattr(  # and drop the guard that waits for the momentum buffer
-        LitInverse, "_graph_inputs", lambda self, steps, optimizer: [self.module.approx]
+        HeavyBallStepper, "_graph_inputs", lambda self, steps: [self.module.inverse]
     )
     quiet_trainer(max_steps=300).fit(model)
     assert not torch.equal(model.losses, eager.losses)
@@ -114,6 +115,6 @@ def test_a_graphed_run_resumes_from_a_checkpoint_bit_for_bit(emulated, m1, tmp_p
     quiet_trainer(max_steps=500, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
     resumed = LitInverse(m1, cuda_graph=True)
     quiet_trainer(max_steps=1000).fit(resumed, ckpt_path=checkpoint.last_model_path)
-    assert resumed.step_graph.replays > 0  # the restored buffer is recorded where it now is
+    assert resumed.stepper.step_graph.replays > 0  # the restored buffer is recorded where it now is
     assert torch.equal(resumed.losses, whole.losses)
     assert torch.equal(resumed.inverse, whole.inverse)

@@ -1,13 +1,13 @@
 """``MatrixDataModule``: serves the matrix M to invert, from a generator or a file."""
 
-from typing import Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Iterable, List, Literal, Optional, Sequence, Tuple, get_args
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from gdinv_modules.errors import InvalidOptionError
-from gdinv_modules.matrices import (
+from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.matrices import (
     diagonal_matrix,
     hilbert_matrix,
     low_rank_matrix,
@@ -15,34 +15,22 @@ from gdinv_modules.matrices import (
     random_orthogonal,
     spd_matrix,
 )
-from gdinv_modules.matrix_io import load_matrix
-from gdinv_modules.validation import check_choice, check_finite, check_matrix, check_positive_int
+from gdinv_modules.core.deprecation import warn_renamed
+from gdinv_modules.io.matrix_io import load_matrix
+from gdinv_modules.training.ticks import DEFAULT_WINDOWS_PER_EPOCH, window_ticks
+from gdinv_modules.core.validation import (
+    check_choice,
+    check_finite,
+    check_matrix,
+    check_positive_int,
+)
 
-__all__ = ["MatrixDataModule", "make_matrix", "MatrixKind", "MATRIX_KINDS", "DTYPES", "step_ticks"]
+__all__ = ["MatrixDataModule", "make_matrix", "MatrixKind", "MATRIX_KINDS", "DTYPES"]
 
 MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"]
-MATRIX_KINDS: Tuple[str, ...] = (
-    "random",
-    "diagonal",
-    "file",
-    "hilbert",
-    "orthogonal",
-    "spd",
-    "low_rank",
-)
+MATRIX_KINDS: Tuple[str, ...] = get_args(MatrixKind)
 RANDOM_KINDS = ("random", "orthogonal", "spd", "low_rank")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEFAULT_BATCHES_PER_EPOCH = 10
-
-
-def step_ticks(batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH) -> Iterable[int]:
-    """The training loader of an inversion: one tick per ``training_step``, none of them data.
-
-    M stays on the module (moved to the device once); the loader only sets the epoch's length,
-    so epoch-end callbacks (``EarlyStopping``, ``ModelCheckpoint``) run every
-    ``batches_per_epoch`` batches.
-    """
-    return range(batches_per_epoch)
 
 
 def make_matrix(
@@ -113,8 +101,9 @@ class MatrixDataModule(pl.LightningDataModule):
         rank: the rank of ``"low_rank"``.
         rows: the number of rows of ``"low_rank"`` (default ``n``).
         dtype: ``"float32"`` or ``"float64"``.
-        batches_per_epoch: training steps in an epoch (each takes ``LitInverse.steps_per_batch``
-            optimizer steps).
+        windows_per_epoch: windows of steps in an epoch (a window is one ``training_step``, of
+            ``LitInverse.steps_per_window`` optimizer steps).
+        batches_per_epoch: deprecated name of ``windows_per_epoch``.
 
     Example:
         >>> MatrixDataModule("diagonal", n=3).matrix
@@ -136,12 +125,16 @@ class MatrixDataModule(pl.LightningDataModule):
         rank: Optional[int] = None,
         rows: Optional[int] = None,
         dtype: Literal["float32", "float64"] = "float32",
-        batches_per_epoch: int = DEFAULT_BATCHES_PER_EPOCH,
+        windows_per_epoch: int = DEFAULT_WINDOWS_PER_EPOCH,
+        batches_per_epoch: Optional[int] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if batches_per_epoch is not None:
+            warn_renamed("MatrixDataModule(batches_per_epoch=...)", "windows_per_epoch")
+            windows_per_epoch = batches_per_epoch
+        self.save_hyperparameters(ignore=["batches_per_epoch"])
         check_choice(dtype, tuple(DTYPES), name="dtype")
-        self.batches_per_epoch = check_positive_int(batches_per_epoch, name="batches_per_epoch")
+        self.windows_per_epoch = check_positive_int(windows_per_epoch, name="windows_per_epoch")
         self.matrix: Tensor = check_finite(
             check_matrix(
                 make_matrix(
@@ -161,4 +154,4 @@ class MatrixDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> Iterable[int]:
-        return step_ticks(self.batches_per_epoch)
+        return window_ticks(self.windows_per_epoch)

@@ -6,19 +6,19 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from gdinv_modules.functional import identity_sse
-from gdinv_modules.validation import check_matrix
+from gdinv_modules.core.functional import identity_sse
+from gdinv_modules.core.validation import check_matrix
 
 __all__ = ["IdentityMSE"]
 
 
 class IdentityMSE(Metric):
-    r"""Mean squared error of estimates of the identity, over all entries seen.
+    r"""Mean squared error of products E to the identity, over all entries seen.
 
     .. math:: \text{IdentityMSE} = \frac{1}{N} \sum_{b, i, j} (E_{bij} - \delta_{ij})^2
 
-    ``update(estimate)`` takes a batch of shape ``(..., n, n)``; the identity is never
-    materialised at the batch's shape. The sum keeps the estimate's dtype (float64 stays
+    ``update(product)`` takes a batch of shape ``(..., n, n)``; the identity is never
+    materialised at the batch's shape. The sum keeps the product's dtype (float64 stays
     float64, unlike ``torchmetrics.MeanSquaredError``), and both states reduce with ``sum``, so
     the value is right under DDP.
 
@@ -47,9 +47,9 @@ class IdentityMSE(Metric):
         )
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, estimate: Tensor) -> None:  # shape: (..., n, n)
-        """Add the squared errors of ``estimate`` to the identity."""
-        sse, count = identity_sse(check_matrix(estimate, name="estimate"))
+    def update(self, product: Tensor) -> None:  # shape: (..., k, k)
+        """Add the squared errors of the product to the identity."""
+        sse, count = identity_sse(check_matrix(product, name="product"))
         # Reassigned, not added in place, so that float64 promotes the float32 default state.
         self.sum_squared_error = self.sum_squared_error + sse
         self.total = self.total + count

@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from gdinv_modules.functional import Formulation, estimate_size
-from gdinv_modules.rank import loss_floor
-from gdinv_modules.theory import heavy_ball_rate, operator_singular_values, polyak_parameters
+from gdinv_modules.core.functional import Formulation, product_order
+from gdinv_modules.core.rank import loss_floor
+from gdinv_modules.core.theory import heavy_ball_rate, operator_singular_values, polyak_parameters
 
 __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
 
@@ -127,7 +127,7 @@ class ConvergenceReport:
         """The report of a run from its loss history: ``losses[i]`` is the loss before step
         ``i * loss_every`` (so ``steps_to_tol`` is the first *recorded* step at or below tol);
         ``steps``, the optimizer steps taken, defaults to ``len(losses) * loss_every``."""
-        k = estimate_size(matrix.shape, formulation)
+        k = product_order(matrix.shape, formulation)
         batch = matrix.shape[:-2]
         count = math.prod(batch)
         floor = torch.zeros(batch, dtype=torch.float64) if rank is None else loss_floor(rank, k)

@@ -37,10 +37,10 @@ class StepGraph:
 
     Example (on a CUDA device)::
 
-        graph = StepGraph(approx.device)
+        graph = StepGraph(inverse.device)
         # steps(out) takes len(out) optimizer steps, writing each loss to a row of out
         graph.warm_up(steps, losses)  # the first window
-        graph.run(steps, (lr, momentum), [approx, matrix, buffer], losses)  # the next ones
+        graph.run(steps, (lr, momentum), [inverse, matrix, buffer], losses)  # the next ones
     """
 
     def __init__(self, device: torch.device) -> None:

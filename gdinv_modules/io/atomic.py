@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-from gdinv_modules.errors import OutputExistsError
+from gdinv_modules.core.errors import OutputExistsError
 
 __all__ = ["atomic_path"]
 

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from gdinv_modules.errors import InvalidOptionError
-from gdinv_modules.validation import check_positive_int
+from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.validation import check_positive_int
 
 __all__ = [
     "random_matrix",

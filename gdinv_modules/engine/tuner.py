@@ -1,6 +1,6 @@
 r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral estimates of M.
 
-- :math:`a_\max` (the largest singular value of the estimate's operator; :math:`\sigma_\max(M)`
+- :math:`a_\max` (the largest singular value of the product's operator; :math:`\sigma_\max(M)`
   for ``left``/``right``) comes from power iteration before the first step, times a safety
   margin, since the Rayleigh quotient never overestimates and heavy ball near Polyak's pair is
   unstable for any singular value above :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
@@ -10,8 +10,8 @@ r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral es
   (4 L)` is a Rayleigh quotient of :math:`\mathcal{A}\mathcal{A}^*`, never below
   :math:`a_\min^2`. Its running minimum falls towards :math:`a_\min^2` as the fast directions of
   the residual die out, and the pair is retuned (Polyak's, or
-  :func:`~gdinv_modules.theory.tuned_parameters` when one of the two is fixed) at steps 0, 4, 8,
-  ... with gaps growing like t/8: a handful of host syncs per run, none per step.
+  :func:`~gdinv_modules.core.theory.tuned_parameters` when one of the two is fixed) at steps
+  0, 4, 8, ... with gaps growing like t/8: a handful of host syncs per run, none per step.
 - A ridge :math:`\lambda` adds :math:`\lambda k^2` to every :math:`a_i^2`; a rank-deficient M
   is measured on the part of the residual that can still shrink (the caller passes the loss
   above the floor).
@@ -25,9 +25,15 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from gdinv_modules.errors import DivergenceError
-from gdinv_modules.functional import Formulation, estimate_size
-from gdinv_modules.theory import MAX_MOMENTUM, power_sigma_max, stable_lr_bound, tuned_parameters
+from gdinv_modules.core.errors import DivergenceError
+from gdinv_modules.core.functional import Formulation, product_order
+from gdinv_modules.core.theory import (
+    MAX_MOMENTUM,
+    power_sigma_max,
+    stable_bound_advice,
+    stable_lr_bound,
+    tuned_parameters,
+)
 
 __all__ = ["HeavyBallTuner"]
 
@@ -40,7 +46,7 @@ class HeavyBallTuner:
 
     Args:
         matrix: M, shape ``(..., m, n)``.
-        formulation: the estimate's formulation.
+        formulation: the product's formulation.
         lr: a fixed learning rate, or ``None`` to choose it.
         momentum: a fixed momentum, or ``None`` to choose it.
         ridge: the Tikhonov weight of the loss.
@@ -61,21 +67,19 @@ class HeavyBallTuner:
         momentum: Optional[float] = None,
         ridge: float = 0.0,
     ) -> None:
-        self.n = estimate_size(matrix.shape, formulation)
+        self.k = product_order(matrix.shape, formulation)
         self.fixed_lr = lr
         self.fixed_momentum = momentum
-        self.ridge_term = ridge * self.n * self.n
+        self.ridge_term = ridge * self.k * self.k
         estimate = (power_sigma_max(matrix, formulation).double().square() + self.ridge_term).sqrt()
         # M = 0 has a zero gradient everywhere: any finite pair will do.
         estimate = torch.where(estimate > 0, estimate, torch.ones_like(estimate))
         if lr is not None:
-            bound = stable_lr_bound(estimate.max(), torch.tensor(MAX_MOMENTUM), self.n).item()
+            bound = stable_lr_bound(estimate.max(), torch.tensor(MAX_MOMENTUM), self.k).item()
             if lr >= bound:
                 raise DivergenceError(
-                    f"lr={lr:g} is past the stable bound for any momentum < 1: heavy ball needs "
-                    f"lr < (1 + momentum) n^2 / sigma_max^2 < {bound:.4g} for this M "
-                    f"(sigma_max = {estimate.max().item():.4g}, n = {self.n}); lower lr or use "
-                    "lr='auto'"
+                    f"lr={lr:g} is past the stable bound for any momentum < 1: "
+                    + stable_bound_advice(estimate.max().item(), MAX_MOMENTUM, self.k)
                 )
         self.sigma_max = estimate * SIGMA_MAX_MARGIN
         self.sigma_min_sq: Optional[Tensor] = None
@@ -100,9 +104,9 @@ class HeavyBallTuner:
         optimizer: torch.optim.Optimizer,
     ) -> None:
         """Update the estimates from this step's loss and gradient and set SGD's pair (one sync)."""
-        n = self.n
+        k = self.k
         loss = excess_loss.double()
-        quotient = gradient_sq_norm.double() * (n * n) / (4 * loss)
+        quotient = gradient_sq_norm.double() * (k * k) / (4 * loss)
         quotient = torch.where(loss > 0, quotient + self.ridge_term, self.sigma_max.square())
         floor = (self.sigma_max / MAX_CONDITION).square()
         quotient = torch.maximum(torch.minimum(quotient, self.sigma_max.square()), floor)
@@ -112,7 +116,7 @@ class HeavyBallTuner:
         lr, momentum = tuned_parameters(
             self.sigma_max,
             self.sigma_min_sq.sqrt(),
-            n,
+            k,
             lr=self.fixed_lr,
             momentum=self.fixed_momentum,
         )

@@ -1,30 +1,31 @@
 """``InverseModule``: the approximate inverse of a matrix as a trainable ``nn.Module``."""
 
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 from torch import Tensor, nn
 
-from gdinv_modules.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError
-from gdinv_modules.functional import (
+from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError
+from gdinv_modules.core.functional import (
     FORMULATIONS,
     Formulation,
-    approx_shape,
-    estimate_size,
-    identity_estimate,
+    inverse_shape,
+    product_order,
+    inverse_product,
     identity_mse,
     relative_residual,
 )
-from gdinv_modules import validation
-from gdinv_modules.validation import check_choice, check_matrix, check_positive_int
+from gdinv_modules.core import validation
+from gdinv_modules.core.deprecation import warn_renamed
+from gdinv_modules.core.validation import check_choice, check_matrix, check_positive_int
 
-__all__ = ["InverseModule", "Init", "INITS", "initial_approx"]
+__all__ = ["InverseModule", "Init", "INITS", "initial_inverse"]
 
 Init = Literal["random", "zeros"]
-INITS: Tuple[str, ...] = ("random", "zeros")
+INITS: Tuple[str, ...] = get_args(Init)
 
 
-def initial_approx(
+def initial_inverse(
     shape: Sequence[int],
     *,
     init: Init = "random",
@@ -40,7 +41,7 @@ def initial_approx(
     in M's row space, from where gradient descent reaches the Moore-Penrose pseudo-inverse.
 
     Example:
-        >>> initial_approx((2, 2), init="zeros")
+        >>> initial_inverse((2, 2), init="zeros")
         tensor([[0., 0.],
                 [0., 0.]])
     """
@@ -48,14 +49,14 @@ def initial_approx(
     if init == "zeros":
         return torch.zeros(tuple(shape), dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(seed)
-    first_guess = torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
-    return first_guess.to(dtype=dtype, device=device)
+    initial = torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+    return initial.to(dtype=dtype, device=device)
 
 
 class InverseModule(nn.Module):
     r"""An approximate inverse :math:`X` of :math:`M`, trained by gradient descent.
 
-    ``forward`` returns the estimate of the identity, :math:`XM` (``"left"``, the post's
+    ``forward`` returns the product E, :math:`XM` (``"left"``, the post's
     formulation a), :math:`MX` (``"right"``, b) or :math:`(XM + MX)/2` (``"symmetric"``, c).
     M may be rectangular, ``(..., m, n)``, with ``"left"`` (X is then a left inverse, for full
     column rank) or ``"right"`` (a right inverse, for full row rank); X has shape ``(..., n, m)``.
@@ -78,7 +79,8 @@ class InverseModule(nn.Module):
             off in a hot loop once the inputs are trusted). A stored matrix is always checked.
 
     Attributes:
-        approx: ``nn.Parameter`` of shape ``(..., n, m)``, the approximate inverse :math:`X`.
+        inverse: ``nn.Parameter`` of shape ``(..., n, m)``, the approximate inverse :math:`X`
+            (``.detach()`` it for a plain tensor).
         matrix: buffer of shape ``(..., m, n)``, or ``None`` when built from ``size``.
 
     Example:
@@ -118,7 +120,7 @@ class InverseModule(nn.Module):
                     "give either matrix, or size with batch_shape, dtype and device, not both"
                 )
             validation.check_finite(check_matrix(matrix, square=self._needs_square))
-            shape, dtype, device = approx_shape(matrix.shape), matrix.dtype, matrix.device
+            shape, dtype, device = inverse_shape(matrix.shape), matrix.dtype, matrix.device
             self.register_buffer("matrix", matrix.detach().clone())
         else:
             if size is None:
@@ -133,10 +135,10 @@ class InverseModule(nn.Module):
             dtype = torch.float32 if dtype is None else dtype
             if not dtype.is_floating_point:
                 raise MatrixDtypeError(f"dtype must be a real floating dtype, got {dtype}")
-            shape = approx_shape((*batch_shape, rows, cols))
+            shape = inverse_shape((*batch_shape, rows, cols))
             self.register_buffer("matrix", None)
-        self.approx = nn.Parameter(
-            initial_approx(shape, init=init, seed=seed, dtype=dtype, device=device)
+        self.inverse = nn.Parameter(
+            initial_inverse(shape, init=init, seed=seed, dtype=dtype, device=device)
         )
 
     @property
@@ -146,22 +148,29 @@ class InverseModule(nn.Module):
     @property
     def matrix_shape(self) -> Tuple[int, int]:
         """``(m, n)``, the shape of one M."""
-        return self.approx.shape[-1], self.approx.shape[-2]
+        return self.inverse.shape[-1], self.inverse.shape[-2]
 
     @property
     def size(self) -> int:
-        """``k``, the order of the estimate (``n`` for a square M)."""
-        return estimate_size(self.matrix_shape, self.formulation)
+        """``k``, the order of the product E (``n`` for a square M)."""
+        return product_order(self.matrix_shape, self.formulation)
 
     @property
     def batch_shape(self) -> torch.Size:
         """The leading (batch) dimensions of the parameter."""
-        return self.approx.shape[:-2]
+        return self.inverse.shape[:-2]
 
     @property
-    def inverse(self) -> Tensor:  # shape: (..., n, m)
-        """The current approximate inverse, detached from the graph."""
-        return self.approx.detach()
+    def approx(self) -> nn.Parameter:
+        """Deprecated name of :attr:`inverse`."""
+        warn_renamed("InverseModule.approx", "InverseModule.inverse")
+        return self.inverse
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        old = prefix + "approx"  # checkpoints written before X was renamed
+        if old in state_dict and prefix + "inverse" not in state_dict:
+            state_dict[prefix + "inverse"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def resolve_matrix(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., m, n)
         """The matrix to use: the one passed (checked against the parameter), else the buffer."""
@@ -175,7 +184,7 @@ class InverseModule(nn.Module):
         if tuple(matrix.shape[-2:]) != self.matrix_shape:
             raise MatrixShapeError(
                 f"matrix of shape {tuple(matrix.shape)} does not fit the approximate inverse of "
-                f"shape {tuple(self.approx.shape)}: the last two dimensions must be "
+                f"shape {tuple(self.inverse.shape)}: the last two dimensions must be "
                 f"{self.matrix_shape}"
             )
         try:
@@ -183,21 +192,21 @@ class InverseModule(nn.Module):
         except RuntimeError:
             raise MatrixShapeError(
                 f"matrix of shape {tuple(matrix.shape)} does not fit the approximate inverse of "
-                f"shape {tuple(self.approx.shape)}: the batch dimensions "
+                f"shape {tuple(self.inverse.shape)}: the batch dimensions "
                 f"{tuple(matrix.shape[:-2])} and {tuple(self.batch_shape)} do not broadcast"
             ) from None
-        if matrix.dtype != self.approx.dtype:
+        if matrix.dtype != self.inverse.dtype:
             raise MatrixDtypeError(
                 f"matrix has dtype {matrix.dtype} but the approximate inverse has "
-                f"{self.approx.dtype}: convert one of them"
+                f"{self.inverse.dtype}: convert one of them"
             )
         if self.check_finite:
             validation.check_finite(matrix)
         return matrix
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
-        """The estimate of the identity; gradients flow into ``approx`` and a passed ``matrix``."""
-        return identity_estimate(self.approx, self.resolve_matrix(matrix), self.formulation)
+        """The product E; gradients flow into ``inverse`` and a passed ``matrix``."""
+        return inverse_product(self.inverse, self.resolve_matrix(matrix), self.formulation)
 
     def loss(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (...)
         """The mean squared error to the identity, one value per matrix (differentiable)."""
@@ -214,5 +223,5 @@ class InverseModule(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"matrix_shape={self.matrix_shape}, batch_shape={tuple(self.batch_shape)}, "
-            f"formulation={self.formulation!r}, dtype={self.approx.dtype}"
+            f"formulation={self.formulation!r}, dtype={self.inverse.dtype}"
         )

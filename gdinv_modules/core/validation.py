@@ -1,4 +1,4 @@
-"""Checks on user input, raising the named errors of :mod:`gdinv_modules.errors`."""
+"""Checks on user input, raising the named errors of :mod:`gdinv_modules.core.errors`."""
 
 from typing import Sequence, TypeVar
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from gdinv_modules.errors import (
+from gdinv_modules.core.errors import (
     InvalidOptionError,
     MatrixDtypeError,
     MatrixShapeError,

@@ -10,13 +10,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from gdinv_modules.convergence import default_tol
-from gdinv_modules.errors import ConvergenceError, ConvergenceWarning
-from gdinv_modules.functional import Formulation
-from gdinv_modules.inverse_module import Init
-from gdinv_modules.lit_inverse import LitInverse
-from gdinv_modules.report import ConvergenceReport
-from gdinv_modules.validation import check_finite, check_matrix, check_positive_int
+from gdinv_modules.core.errors import ConvergenceError, ConvergenceWarning
+from gdinv_modules.core.functional import Formulation, default_tol
+from gdinv_modules.nn.inverse_module import Init
+from gdinv_modules.training.lit_inverse import LitInverse
+from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.core.validation import check_finite, check_matrix, check_positive_int
 
 __all__ = ["invert", "InverseResult"]
 
@@ -28,7 +27,7 @@ class InverseResult:
     Attributes:
         inverse: the approximate inverse, shape ``(..., n, n)``, on M's device and dtype.
         residual: per matrix, what ``tol`` bounds (the relative residual ``||XM - I||_F /
-            sqrt(n)``, see :meth:`LitInverse.convergence_residual`), float64 on the CPU,
+            sqrt(n)``, see :meth:`HeavyBallStepper.residual_at`), float64 on the CPU,
             shape ``(...)``.
         converged: whether each matrix reached the tolerance, shape ``(...)``.
         steps: per matrix, the first step at which it reached the tolerance, or the number of
@@ -56,7 +55,7 @@ def invert(
     formulation: Formulation = "left",
     init: Init = "zeros",
     seed: int = 314,
-    steps_per_batch: int = 100,
+    steps_per_window: int = 100,
     loss_every: int = 1,
     ridge: float = 0.0,
     check_rank: bool = True,
@@ -95,7 +94,7 @@ def invert(
         formulation=formulation,
         init=init,
         seed=seed,
-        steps_per_batch=steps_per_batch,
+        steps_per_window=steps_per_window,
         loss_every=loss_every,
         tol=tol,
         ridge=ridge,

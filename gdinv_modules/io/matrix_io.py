@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gdinv_modules.atomic import atomic_path
-from gdinv_modules.errors import MatrixFileError
+from gdinv_modules.io.atomic import atomic_path
+from gdinv_modules.core.errors import MatrixFileError
 
 __all__ = ["load_matrix", "save_matrix", "MATRIX_SUFFIXES", "DEFAULT_MAX_BYTES"]
 
@@ -34,7 +34,7 @@ def load_matrix(
     """Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
 
     Integer data is converted to ``dtype``; complex, boolean and object data are refused.
-    Every failure raises :class:`~gdinv_modules.errors.MatrixFileError` naming the file.
+    Every failure raises :class:`~gdinv_modules.core.errors.MatrixFileError` naming the file.
 
     Example:
         >>> import tempfile, pathlib

@@ -1,77 +1,27 @@
-"""``RunOutputs``: what a finished run leaves in its log directory, and how to read it back."""
+"""``RunOutputs``: what a finished run leaves in its log directory."""
 
-import csv
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, cast
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 
-from gdinv_modules.atomic import atomic_path
-from gdinv_modules.errors import MatrixFileError, OutputExistsError
-from gdinv_modules.functional import identity_mse, relative_residual
-from gdinv_modules.matrix_io import save_matrix
-from gdinv_modules.plotting import plot_losses
-from gdinv_modules.report import ConvergenceReport
+from gdinv_modules.io.atomic import atomic_path
+from gdinv_modules.io.losses_csv import write_losses_csv
+from gdinv_modules.core.errors import OutputExistsError
+from gdinv_modules.core.functional import identity_mse, relative_residual
+from gdinv_modules.io.matrix_io import save_matrix
+from gdinv_modules.io.plotting import plot_losses
+from gdinv_modules.core.report import ConvergenceReport
 
 if TYPE_CHECKING:  # the callback reads LitInverse's state
-    from gdinv_modules.lit_inverse import LitInverse
+    from gdinv_modules.training.lit_inverse import LitInverse
 
-__all__ = [
-    "RunOutputs",
-    "OUTPUT_FILES",
-    "read_losses_csv",
-    "read_losses_table",
-    "write_losses_csv",
-]
+__all__ = ["RunOutputs", "OUTPUT_FILES"]
 
 OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
-
-
-def write_losses_csv(
-    losses: Tensor,  # shape: (kept, ...)
-    path: Union[str, Path],
-    *,
-    every: int = 1,
-) -> Path:
-    """Write ``step,loss`` rows (the loss averaged over the batch) atomically; row ``i`` is
-    step ``i * every``.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "losses.csv"
-        >>> read_losses_csv(write_losses_csv(torch.tensor([0.5, 0.25]), path))
-        tensor([0.5000, 0.2500], dtype=torch.float64)
-    """
-    mean = losses.detach().double().reshape(len(losses), -1).mean(dim=1).cpu()
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["step", "loss"])
-            writer.writerows((every * row, repr(value)) for row, value in enumerate(mean.tolist()))
-    return Path(path)
-
-
-def read_losses_csv(path: Union[str, Path]) -> Tensor:  # shape: (kept,)
-    """Read the ``loss`` column of a ``losses.csv`` written by :func:`write_losses_csv`."""
-    return read_losses_table(path)[1]
-
-
-def read_losses_table(path: Union[str, Path]) -> Tuple[Tensor, Tensor]:  # shapes: (kept,) x 2
-    """Read the ``step`` and ``loss`` columns of a ``losses.csv``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MatrixFileError(f"{path}: no such file; is this the log directory of a finished run?")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    try:
-        steps = torch.tensor([int(row["step"]) for row in rows], dtype=torch.int64)
-        return steps, torch.tensor([float(row["loss"]) for row in rows], dtype=torch.float64)
-    except (KeyError, TypeError, ValueError) as error:
-        raise MatrixFileError(f"{path}: not a losses.csv of a run ({error})") from error
 
 
 class RunOutputs(pl.Callback):
@@ -117,8 +67,8 @@ class RunOutputs(pl.Callback):
         self.summary = run_summary(model, trainer.global_step, wall_time)
         save_matrix(model.inverse, directory / "inverse.pt")
         save_matrix(model.inverse, directory / "inverse.npy")
-        losses, every = model.losses, model.hparams.loss_every
-        write_losses_csv(losses, directory / "losses.csv", every=every)
+        losses = model.losses
+        write_losses_csv(losses, directory / "losses.csv", every=model.hparams.loss_every)
         if self.plot:
             plot_losses(
                 {"loss": losses.reshape(len(losses), -1).mean(dim=1)},
@@ -135,7 +85,7 @@ def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[s
     """The numbers that tell how a run went (host syncs here, once, at the end)."""
     module = pl_module.module
     with torch.no_grad():
-        estimate = module()
+        product = module()
         report = pl_module.report()
         full_rank = all(floor == 0 for floor in report.loss_floor)
         reference = (
@@ -144,14 +94,14 @@ def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[s
         exact = getattr(torch.linalg, reference)(pl_module.matrix.double())
         return {
             "steps": steps,
-            "final_loss": float(identity_mse(estimate)),
-            "residual": float(relative_residual(estimate).max()),
+            "final_loss": float(identity_mse(product)),
+            "residual": float(relative_residual(product).max()),
             "reference": reference,
-            "max_abs_error": float((module.inverse.double() - exact).abs().max()),
+            "max_abs_error": float((pl_module.inverse.double() - exact).abs().max()),
             "wall_time_s": wall_time,
             "matrix_shape": list(module.matrix_shape),
             "batch_shape": list(module.batch_shape),
-            "dtype": str(module.approx.dtype).replace("torch.", ""),
+            "dtype": str(module.inverse.dtype).replace("torch.", ""),
             "convergence": report.to_dict(),
             "hyperparameters": {
                 key: value for key, value in pl_module.hparams.items() if not key.startswith("_")

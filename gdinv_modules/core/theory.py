@@ -1,6 +1,6 @@
 r"""Convergence theory of heavy ball on the inversion loss, as pure functions on tensors.
 
-Write the estimate as a linear operator of X, :math:`E = \mathcal{A}(X)` (``left``:
+Write the product as a linear operator of X, :math:`E = \mathcal{A}(X)` (``left``:
 :math:`XM`, ``right``: :math:`MX`, ``symmetric``: :math:`(XM + MX)/2`), and let :math:`a_i` be
 the singular values of :math:`\mathcal{A}` (for ``left`` and ``right`` they are the singular
 values :math:`\sigma_i` of M). With the loss :math:`\lVert \mathcal{A}(X) - I \rVert_F^2 / n^2`:
@@ -15,13 +15,12 @@ values :math:`\sigma_i` of M). With the loss :math:`\lVert \mathcal{A}(X) - I \r
   rate of :math:`(\kappa - 1)/(\kappa + 1)`.
 """
 
-import math
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.functional import Formulation, approx_shape, loss_and_gradient
+from gdinv_modules.core.functional import Formulation, inverse_shape
 
 __all__ = [
     "normal_operator",
@@ -31,8 +30,7 @@ __all__ = [
     "polyak_parameters",
     "tuned_parameters",
     "heavy_ball_rate",
-    "steps_to_tolerance",
-    "heavy_ball_steps",
+    "stable_bound_advice",
     "MAX_MOMENTUM",
     "ridge_error_bound",
 ]
@@ -106,7 +104,7 @@ def power_sigma_max(
     """
     work = matrix.double() if matrix.dtype != torch.float64 else matrix
     generator = torch.Generator().manual_seed(seed)
-    shape = approx_shape(work.shape)
+    shape = inverse_shape(work.shape)
     v = torch.rand(shape, generator=generator, dtype=torch.float64).to(work.device) + 0.5
     v = v / torch.linalg.matrix_norm(v)[..., None, None]
     estimate = torch.zeros(work.shape[:-2], dtype=torch.float64, device=work.device)
@@ -139,7 +137,7 @@ def polyak_parameters(
     ``[sigma_min, sigma_max]``.
 
     Example:
-        >>> from gdinv_modules.matrices import random_matrix
+        >>> from gdinv_modules.core.matrices import random_matrix
         >>> s = torch.linalg.svdvals(random_matrix(4, dtype=torch.float64))  # the post's M1
         >>> lr, momentum = polyak_parameters(s[0], s[-1], 4)
         >>> round(lr.item(), 3), round(momentum.item(), 4)
@@ -209,55 +207,23 @@ def heavy_ball_rate(
     return modulus.amax(dim=-1)
 
 
-def steps_to_tolerance(rate: float, tol: float, start: float = 1.0) -> float:
-    """Steps for a residual of ``start`` shrinking by ``rate`` per step to reach ``tol``.
+def stable_bound_advice(sigma_max: float, momentum: float, k: int) -> str:
+    """The sentence every message about a step size past the stable bound ends with.
+
 
     Example:
-        >>> steps_to_tolerance(0.5, 1e-3)
-        9.965784284662087
+        >>> print(stable_bound_advice(2.0, 0.5, 4))
+        heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = 6 for this M ...
     """
-    if rate >= 1:
-        return math.inf
-    if rate <= 0:
-        return 1.0
-    return max(math.log(tol / start) / math.log(rate), 0.0)
-
-
-def heavy_ball_steps(
-    matrix: Tensor,  # shape: (n, n), or (m, n) for "left"
-    lr: float,
-    momentum: float,
-    *,
-    tol: float,
-    max_steps: int,
-    first_guess: "Tensor | None" = None,
-    formulation: Formulation = "left",
-) -> "int | None":
-    """Steps a plain heavy-ball loop with a fixed pair takes to a relative residual of ``tol``.
-
-    The reference the tuner is measured against: with Polyak's pair from the exact SVD it is
-    the best any fixed pair does. ``None`` if ``max_steps`` are not enough.
-
-    Example:
-        >>> m = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))
-        >>> lr, momentum = polyak_parameters(torch.tensor(3.0), torch.tensor(1.0), 2)
-        >>> heavy_ball_steps(m, lr.item(), momentum.item(), tol=1e-10, max_steps=1000)
-        39
-    """
-    n = matrix.shape[-1]
-    approx = torch.zeros_like(matrix.mT) if first_guess is None else first_guess.clone()
-    velocity = torch.zeros_like(approx)
-    for step in range(max_steps + 1):
-        loss, gradient = loss_and_gradient(approx, matrix, formulation)
-        if math.sqrt(n * loss.item()) <= tol:
-            return step
-        velocity = gradient if step == 0 else momentum * velocity + gradient
-        approx = approx - lr * velocity
-    return None
+    bound = stable_lr_bound(torch.tensor(sigma_max), torch.tensor(momentum), k).item()
+    return (
+        f"heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = {bound:.4g} for "
+        f"this M (sigma_max = {sigma_max:.4g}, k = {k}); lower lr or use lr='auto'"
+    )
 
 
 def ridge_error_bound(
-    approx: Tensor, gradient: Tensor, ridge: float
+    inverse: Tensor, gradient: Tensor, ridge: float
 ) -> Tensor:  # shapes: (..., n, m), (..., n, m) -> (...)
     r"""A bound on the relative distance to the ridge minimiser, :math:`\lVert X - X^*\rVert_F /
     \lVert X\rVert_F \le \lVert \nabla f\rVert_F / (2 \lambda \lVert X\rVert_F)`.
@@ -269,5 +235,5 @@ def ridge_error_bound(
         >>> ridge_error_bound(torch.ones(2, 2), torch.full((2, 2), 0.25), 0.5).item()
         0.25
     """
-    norm = torch.linalg.matrix_norm(approx).clamp_min(torch.finfo(approx.dtype).tiny)
+    norm = torch.linalg.matrix_norm(inverse).clamp_min(torch.finfo(inverse.dtype).tiny)
     return torch.linalg.matrix_norm(gradient) / (2 * ridge * norm)

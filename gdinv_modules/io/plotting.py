@@ -7,7 +7,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from gdinv_modules.atomic import atomic_path
+from gdinv_modules.io.atomic import atomic_path
 
 __all__ = ["plot_losses", "POST_TITLE", "POST_LABELS"]
 

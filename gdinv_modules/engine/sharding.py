@@ -6,7 +6,7 @@ Two splits, both exact:
   each rank steps its own slice, and at the end of every ``training_step`` the ranks gather
   X, the momentum buffer and the losses, so every rank holds the whole state (checkpoints
   and reports need nothing else).
-- ``"columns"``: the loss is a sum over the estimate's columns (``left``: :math:`X M_{:,j}`
+- ``"columns"``: the loss is a sum over the product's columns (``left``: :math:`X M_{:,j}`
   against :math:`e_j`; ``right``: rows, :math:`M_{i,:} X` against :math:`e_i^\top`), so each
   rank takes a slice of them and the partial gradients are summed with one all-reduce per
   step: the same step as the full-batch run, to rounding.
@@ -15,23 +15,18 @@ With one process, or for the ``symmetric`` formulation, nothing is split (``"non
 """
 
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Tuple
+from typing import List, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gdinv_modules.functional import (
-    Formulation,
-    identity_estimate,
-    loss_and_gradient,
-    scaled_product,
-)
+from gdinv_modules.core.functional import Formulation, inverse_product, loss_and_gradient
 
 __all__ = ["Sharding", "ShardMode", "SHARD_MODES"]
 
-ShardMode = Literal["auto", "batch", "columns", "none"]
-SHARD_MODES = ("auto", "batch", "columns", "none")
+ShardMode = Literal["batch", "columns", "none"]
+SHARD_MODES: Tuple[str, ...] = get_args(ShardMode)
 
 
 @dataclass
@@ -39,7 +34,7 @@ class Sharding:
     """One rank's part of the work.
 
     Example:
-        >>> Sharding.plan("auto", batch_count=3, k=4, formulation="left", world=2, rank=1)
+        >>> Sharding.plan("batch", batch_count=3, k=4, formulation="left", world=2, rank=1)
         Sharding(mode='batch', world=2, rank=1, size=3, start=2, stop=3)
     """
 
@@ -64,18 +59,18 @@ class Sharding:
     def plan(
         cls, mode: str, *, batch_count: int, k: int, formulation: Formulation, world: int, rank: int
     ) -> "Sharding":
-        """Choose the split: ``"auto"`` (and ``"batch"``) split the batch if every rank gets a
-        matrix, else the columns; ``symmetric`` and single-process runs are not split."""
+        """Choose the split: ``"batch"`` splits the batch if every rank gets a matrix, else the
+        columns; ``symmetric`` and single-process runs are not split."""
         if world == 1 or formulation == "symmetric" or mode == "none":
             return cls("none", world, rank, 0, 0, 0)
-        if mode in ("auto", "batch"):
+        if mode == "batch":
             mode = "batch" if batch_count >= world else "columns"
         plan = cls(mode, world, rank, batch_count if mode == "batch" else k, 0, 0)
         plan.start, plan.stop = plan.bounds(rank)
         return plan
 
     def loss_and_gradient(
-        self, approx: Tensor, matrix: Tensor, formulation: Formulation, ridge: float = 0.0
+        self, inverse: Tensor, matrix: Tensor, formulation: Formulation, ridge: float = 0.0
     ) -> Tuple[Tensor, Tensor]:
         """This rank's part of the per-matrix loss, and the gradient of the whole loss.
 
@@ -84,78 +79,62 @@ class Sharding:
         the end of the step's batch) and the full gradient (summed now).
         """
         if self.mode == "none":
-            return loss_and_gradient(approx, matrix, formulation, ridge)
+            return loss_and_gradient(inverse, matrix, formulation, ridge)
         if self.mode == "batch":
             loss, local = loss_and_gradient(
-                self._local(approx), self._local(matrix), formulation, ridge
+                self._local(inverse), self._local(matrix), formulation, ridge
             )
-            gradient = torch.zeros_like(approx)
+            gradient = torch.zeros_like(inverse)
             self._local(gradient).copy_(local)
             return loss, gradient
-        loss, gradient = self._column_part(approx, matrix, formulation, ridge)
+        loss, gradient = self._column_part(inverse, matrix, formulation, ridge)
         dist.all_reduce(gradient)
         return loss, gradient
 
     def _column_part(
-        self, approx: Tensor, matrix: Tensor, formulation: Formulation, ridge: float
+        self, inverse: Tensor, matrix: Tensor, formulation: Formulation, ridge: float
     ) -> Tuple[Tensor, Tensor]:
         columns = slice(self.start, self.stop)
-        if formulation == "left":
-            part = matrix[..., :, columns]
-            k = matrix.shape[-1]
-            error = approx @ part
-        else:
-            part = matrix[..., columns, :]
-            k = matrix.shape[-2]
-            error = part @ approx
-        eye = torch.eye(k, dtype=approx.dtype, device=approx.device)
-        error = error - (eye[:, columns] if formulation == "left" else eye[columns, :])
-        scale = 2.0 / (k * k)
-        # As loss_and_gradient: one norm pass for the loss, the scale applied by the product.
-        loss = (torch.linalg.vector_norm(error, dim=(-2, -1)) / k).square()
-        if formulation == "left":
-            gradient = scaled_product(error, part.mT, scale)
-        else:
-            gradient = scaled_product(part.mT, error, scale)
+        loss, gradient = loss_and_gradient(inverse, matrix, formulation, columns=columns)
         if ridge:  # counted once over the ranks
-            loss = loss + ridge * approx.square().sum(dim=(-2, -1)) / self.world
-            gradient += (2 * ridge / self.world) * approx
+            loss = loss + ridge * inverse.square().sum(dim=(-2, -1)) / self.world
+            gradient += (2 * ridge / self.world) * inverse
         return loss, gradient
 
     def data_sample(
-        self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Optional[Tensor]
+        self, inverse: Tensor, matrix: Tensor, formulation: Formulation, target: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
         """For the tuner, per matrix over all ranks: the loss above its floor (no ridge) and the
         squared norm of its gradient."""
         if self.mode == "columns":
-            loss, gradient = self._column_part(approx, matrix, formulation, 0.0)
+            loss, gradient = self._column_part(inverse, matrix, formulation, 0.0)
             if target is not None:
-                loss = self._column_excess(approx, matrix, formulation, target)
+                loss = self._column_excess(inverse, matrix, formulation, target)
             loss, gradient = self.sum(loss), self.sum(gradient)
             return loss, _squared_norm(gradient)
         batch = self.mode == "batch"
         local = self._local if batch else (lambda tensor: tensor)
-        loss, gradient = loss_and_gradient(local(approx), local(matrix), formulation)
+        loss, gradient = loss_and_gradient(local(inverse), local(matrix), formulation)
         if target is not None:
-            estimate = identity_estimate(local(approx), local(matrix), formulation)
-            loss = (estimate - local(target)).square().mean(dim=(-2, -1))
+            product = inverse_product(local(inverse), local(matrix), formulation)
+            loss = (product - local(target)).square().mean(dim=(-2, -1))
         norms = _squared_norm(gradient)
         if batch:
-            shape = approx.shape[:-2]
+            shape = inverse.shape[:-2]
             return self.gather(loss).reshape(shape), self.gather(norms).reshape(shape)
         return loss, norms
 
     def _column_excess(
-        self, approx: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
+        self, inverse: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
     ) -> Tensor:
         columns = slice(self.start, self.stop)
-        estimate = identity_estimate(approx, matrix, formulation)
+        product = inverse_product(inverse, matrix, formulation)
         part = (
-            (estimate - target)[..., :, columns]
+            (product - target)[..., :, columns]
             if formulation == "left"
-            else (estimate - target)[..., columns, :]
+            else (product - target)[..., columns, :]
         )
-        k = estimate.shape[-1]
+        k = product.shape[-1]
         return part.square().sum(dim=(-2, -1)) / (k * k)
 
     def sum(self, tensor: Tensor) -> Tensor:
@@ -180,6 +159,17 @@ class Sharding:
         if self.mode != "batch":
             return tensor
         return self.gather(self._local(tensor)).reshape(tensor.shape)
+
+    def local_part(self, product: Tensor) -> Tensor:  # shape: (..., k, k)
+        """This rank's share of a product for a metric whose states are summed over the ranks:
+        its slice of the batch; under a column split every rank holds the same whole product
+        and passes it all, which leaves the mean unchanged."""
+        return self._local(product) if self.mode == "batch" else product
+
+    @classmethod
+    def single(cls) -> "Sharding":
+        """No split: one process does it all."""
+        return cls("none", 1, 0, 0, 0, 0)
 
     def _local(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (stop - start, a, b)
         """This rank's matrices of a batch, flattened to one batch dimension (a view)."""

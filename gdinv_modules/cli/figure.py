@@ -1,23 +1,22 @@
-"""Draw the post's figure from finished runs: ``python -m gdinv_modules.figure RUN RUN``.
+"""Draw the post's figure from finished runs: ``python -m gdinv_modules.cli.figure RUN RUN``.
 
-Each RUN is a log directory that :class:`~gdinv_modules.run_outputs.RunOutputs` wrote
+Each RUN is a log directory that :class:`~gdinv_modules.training.run_outputs.RunOutputs` wrote
 (it reads ``losses.csv``). With two runs and no ``--labels``, the post's legend is used.
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional
 
-from gdinv_modules.errors import GDInvError
-from gdinv_modules.plotting import POST_LABELS, POST_TITLE, plot_losses
-from gdinv_modules.run_outputs import read_losses_table
+from gdinv_modules.cli.exit import exit_on_user_error
+from gdinv_modules.io.plotting import POST_LABELS, POST_TITLE, plot_losses
+from gdinv_modules.io.losses_csv import read_losses_table
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gdinv_modules.figure", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gdinv_modules.cli.figure", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="log directories of finished runs")
     parser.add_argument(
         "--output",
@@ -34,7 +33,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         labels = list(POST_LABELS) if len(args.runs) == 2 else [str(run) for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
-    try:
+    with exit_on_user_error():
         tables = {
             label: read_losses_table(run / "losses.csv") for label, run in zip(labels, args.runs)
         }
@@ -44,9 +43,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             title=args.title,
             steps={label: steps for label, (steps, _) in tables.items()},
         )
-    except GDInvError as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"wrote {args.output}")
 
 

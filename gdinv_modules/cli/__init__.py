@@ -1,0 +1,1 @@
+"""The command line: ``train.py`` (``cli.train``) and the post's figure (``cli.figure``)."""

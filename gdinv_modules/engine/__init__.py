@@ -1,0 +1,2 @@
+"""The hot loop, usable without a Trainer: ``HeavyBallStepper`` takes windows of heavy-ball
+steps, with the tuner, the loss history, the DDP split and the CUDA-graph path behind it."""

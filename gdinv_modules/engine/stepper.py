@@ -1,0 +1,392 @@
+r"""``HeavyBallStepper``: the hot loop. Heavy-ball steps on X for a given M, with no Trainer.
+
+Each step is ``torch.optim.SGD`` with momentum (dampening 0, no Nesterov) on the closed-form
+gradient of :func:`~gdinv_modules.core.functional.loss_and_gradient`:
+
+.. math::
+    v_t = \beta v_{t-1} + \nabla L(X_t), \qquad X_{t+1} = X_t - \eta\, v_t.
+
+Steps run in windows (:meth:`HeavyBallStepper.run`) with no host sync inside a window, except at
+the tuner's retune steps when lr or momentum is ``"auto"``. Between windows,
+:meth:`HeavyBallStepper.check` takes the one host sync that stops at the tolerance and refuses
+divergence. ``LitInverse`` and ``invert`` drive this object; so can a plain loop.
+"""
+
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.core.errors import DivergenceError, InvalidOptionError, SingularMatrixWarning
+from gdinv_modules.core.functional import (
+    identity_error,
+    inverse_loss,
+    loss_and_gradient,
+    relative_residual,
+)
+from gdinv_modules.core.rank import loss_floor, product_target
+from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.core.theory import power_sigma_max, ridge_error_bound, stable_bound_advice
+from gdinv_modules.core.validation import (
+    check_choice,
+    check_momentum,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
+from gdinv_modules.engine.history import LossHistory
+from gdinv_modules.engine.sharding import SHARD_MODES, Sharding, ShardMode
+from gdinv_modules.engine.step_graph import StepGraph
+from gdinv_modules.engine.tuner import HeavyBallTuner
+from gdinv_modules.nn.inverse_module import InverseModule
+
+__all__ = ["HeavyBallStepper", "GROWTH_LIMIT"]
+
+GROWTH_LIMIT = 1e8  # a loss this many times its first value has diverged
+
+Auto = Literal["auto"]
+
+
+class HeavyBallStepper:
+    r"""Takes heavy-ball steps on an :class:`InverseModule`'s X towards the inverse of its M.
+
+    Args:
+        module: the module whose parameter X is stepped; it must hold M (built from a matrix).
+        lr: the learning rate :math:`\eta > 0`, or ``"auto"`` (a :class:`HeavyBallTuner`).
+        momentum: the momentum :math:`0 \le \beta < 1`, or ``"auto"``.
+        ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss.
+        loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
+        check_rank: take one SVD of M at :meth:`start`; a rank-deficient M gets a
+            :class:`SingularMatrixWarning`, and its residual is measured against the projector
+            the product tends to.
+        shard: how the ranks of a distributed run split the steps (:class:`Sharding`).
+        cuda_graph: on a CUDA device, record a window of steps once in a CUDA graph and replay
+            it (:class:`StepGraph`); ignored elsewhere and under a column split.
+
+    Attributes:
+        optimizer: the ``torch.optim.SGD`` over X (fused where X is contiguous).
+        history: the losses of the steps taken.
+        steps: optimizer steps taken so far.
+        loss, residual: per matrix, at the current X, as of the last :meth:`measure`.
+
+    Example:
+        >>> m = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> stepper = HeavyBallStepper(InverseModule(m, init="zeros"), lr="auto", momentum="auto")
+        >>> while not stepper.check(tol=1e-10):
+        ...     _ = stepper.run(20)
+        >>> stepper.steps, torch.allclose(stepper.module.inverse, torch.linalg.inv(m))
+        (40, True)
+    """
+
+    # The keyword arguments, in the order of the signature (LitInverse forwards its own).
+    OPTIONS = ("lr", "momentum", "ridge", "loss_every", "check_rank", "shard", "cuda_graph")
+
+    def __init__(
+        self,
+        module: InverseModule,
+        *,
+        lr: Union[float, Auto] = 0.9,
+        momentum: Union[float, Auto] = 0.9,
+        ridge: float = 0.0,
+        loss_every: int = 1,
+        check_rank: bool = True,
+        shard: ShardMode = "batch",
+        cuda_graph: bool = False,
+    ) -> None:
+        self.check_options(lr, momentum, ridge, loss_every, shard)
+        if module.matrix is None:
+            raise InvalidOptionError("HeavyBallStepper needs an InverseModule that holds M")
+        self.module = module
+        self.lr, self.momentum, self.ridge = lr, momentum, ridge
+        self.check_rank, self.shard, self.cuda_graph = check_rank, shard, cuda_graph
+        inverse = module.inverse
+        # fused: one kernel updates the momentum buffer and X (three passes otherwise); bit for
+        # bit the same on the CPU. It reads X, its gradient and the buffer as flat memory, so X
+        # must be contiguous (InverseModule makes it so). With "auto" the tuner sets both values
+        # before the first step.
+        self.optimizer = torch.optim.SGD(
+            [inverse],
+            lr=1.0 if lr == "auto" else lr,
+            momentum=0.0 if momentum == "auto" else momentum,
+            fused=True if inverse.is_contiguous() else None,
+        )
+        self.history = LossHistory(loss_every)
+        self.steps = 0
+        self.tuner: Optional[HeavyBallTuner] = None
+        self._tuner_state: Optional[Dict[str, Any]] = None  # restored, for the next start
+        self.matrix_rank: Optional[Tensor] = None  # shape: (...), from check_rank
+        self.target: Optional[Tensor] = None  # shape: (..., k, k); None: the identity
+        self.singular_values: Optional[Tensor] = None  # shape: (..., min(m, n))
+        self.sharding = Sharding.single()
+        self.step_graph: Optional[StepGraph] = None
+        self.loss: Optional[Tensor] = None  # shape: (...)
+        self.residual: Optional[Tensor] = None  # shape: (...)
+        self.replayed = False  # whether the last window ran from a CUDA graph
+        self.started = False
+
+    @staticmethod
+    def check_options(
+        lr: Union[float, Auto],
+        momentum: Union[float, Auto],
+        ridge: float,
+        loss_every: int,
+        shard: str,
+    ) -> None:
+        """Raise :class:`InvalidOptionError` for a value the stepper cannot take."""
+        if lr != "auto":
+            check_positive_float(lr, name="lr (a number, or 'auto')")
+        if momentum != "auto":
+            check_momentum(momentum, name="momentum (a number, or 'auto')")
+        check_non_negative_float(ridge, name="ridge")
+        check_positive_int(loss_every, name="loss_every")
+        check_choice(shard, SHARD_MODES, name="shard")
+
+    @property
+    def matrix(self) -> Tensor:  # shape: (..., m, n)
+        """M, where the module holds it now."""
+        return self.module.resolve_matrix()
+
+    @property
+    def auto(self) -> bool:
+        """Whether lr or momentum is chosen automatically."""
+        return "auto" in (self.lr, self.momentum)
+
+    def start(self, *, world: int = 1, rank: int = 0) -> None:
+        """Prepare a run on the module's device: the split over ``world`` processes, the rank
+        check (once), the tuner's spectral estimates (once) and the CUDA graph. :meth:`run`
+        starts a single-process run by itself."""
+        module = self.module
+        self.sharding = Sharding.plan(
+            self.shard,
+            batch_count=module.batch_shape.numel(),
+            k=module.size,
+            formulation=module.formulation,
+            world=world,
+            rank=rank,
+        )
+        graph_fits = StepGraph.supports(module.inverse.device) and self.sharding.mode != "columns"
+        if self.cuda_graph and graph_fits and self.step_graph is None:
+            self.step_graph = StepGraph(module.inverse.device)
+        if self.check_rank and self.matrix_rank is None:
+            self._check_rank()
+        if self.auto and self.tuner is None:
+            fixed = {
+                "lr": None if self.lr == "auto" else float(self.lr),
+                "momentum": None if self.momentum == "auto" else float(self.momentum),
+            }
+            self.tuner = HeavyBallTuner(self.matrix, module.formulation, ridge=self.ridge, **fixed)
+            if self._tuner_state is not None:
+                self.tuner.load_state_dict(self._tuner_state)
+        self.started = True
+
+    @torch.no_grad()
+    def run(self, steps: int, *, step: Optional[Callable[[], Any]] = None) -> Tensor:
+        """Take a window of ``steps`` optimizer steps; return their losses, shape ``(steps, ...)``.
+
+        ``step`` replaces ``optimizer.step`` in eagerly run windows (Lightning's wrapper, which
+        counts ``global_step``); a window replayed from a CUDA graph steps the optimizer
+        inside the graph and sets :attr:`replayed`.
+        """
+        if not self.started:
+            self.start()
+        first_step = self.steps
+        step = self.optimizer.step if step is None else step
+        module, shard = self.module, self.sharding
+        local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
+        losses = module.inverse.new_empty((steps, *local_shape))
+        graph, self.replayed = self.step_graph, False
+        inputs = None if graph is None or not graph.warm else self._graph_inputs(steps)
+        if graph is not None and not graph.warm:
+            graph.warm_up(lambda out: self._window(out, step, first_step), losses)
+        elif graph is None or inputs is None:
+            self._window(losses, step, first_step)
+        else:
+            group = self.optimizer.param_groups[0]
+            graph.run(
+                lambda out: self._window(out, self.optimizer.step, first_step),
+                (group["lr"], group["momentum"]),
+                inputs,
+                losses,
+            )
+            self.replayed = True
+        losses = self._collect(losses)
+        self.history.append(losses, first_step)
+        self.steps = first_step + steps
+        return losses
+
+    def _graph_inputs(self, steps: int) -> Optional[List[Tensor]]:
+        """The tensors a recorded window reads and writes, or ``None`` if this window must run
+        eagerly: the tuner retunes in it, or SGD has yet to create its momentum buffer."""
+        tuner, inverse = self.tuner, self.module.inverse
+        if tuner is not None and tuner.due_within(self.steps, steps):
+            return None
+        buffer = self.optimizer.state.get(inverse, {}).get("momentum_buffer")
+        if buffer is None and self.optimizer.param_groups[0]["momentum"] != 0:
+            return None
+        scale = None if tuner is None else tuner.gradient_scale
+        return [t for t in (inverse, self.matrix, buffer, scale) if t is not None]
+
+    def _window(
+        self,
+        losses: Tensor,  # shape: (steps, ...), this rank's; filled in
+        step: Callable[[], Any],
+        first_step: int,
+    ) -> None:
+        tuner, ridge, shard = self.tuner, self.ridge, self.sharding
+        formulation = self.module.formulation
+        inverse, matrix = self.module.inverse, self.matrix
+        for index in range(len(losses)):
+            loss, gradient = shard.loss_and_gradient(inverse, matrix, formulation, ridge)
+            losses[index] = loss
+            if tuner is not None:
+                if tuner.due(first_step + index):
+                    sample = shard.data_sample(inverse, matrix, formulation, self.target)
+                    tuner.retune(first_step + index, *sample, self.optimizer)
+                gradient = tuner.scale(gradient)
+            inverse.grad = gradient
+            step()
+
+    def _collect(self, losses: Tensor) -> Tensor:
+        """End of a window under a split: every rank gets the whole X, momentum buffer and
+        losses (shape ``(steps, ...)``)."""
+        shard = self.sharding
+        if shard.mode == "columns":
+            return shard.sum(losses)
+        if shard.mode == "batch":
+            inverse = self.module.inverse
+            inverse.copy_(shard.gather_batch(inverse))
+            buffer = self.optimizer.state.get(inverse, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.copy_(shard.gather_batch(buffer))
+            return shard.gather(losses.mT).mT.reshape(len(losses), *inverse.shape[:-2])
+        return losses
+
+    @torch.no_grad()
+    def measure(self) -> Tensor:  # shape: (..., k, k)
+        """Set :attr:`loss` and :attr:`residual` at the current X (no host sync); return the
+        product E, for a metric."""
+        product = self.module()
+        self.loss = inverse_loss(identity_error(product), self.module.inverse, self.ridge)
+        self.residual = self.residual_at(product)
+        return product
+
+    @torch.no_grad()
+    def residual_at(self, product: Optional[Tensor] = None) -> Tensor:  # shape: (...)
+        r"""What ``tol`` bounds, per matrix: :math:`\lVert E - T\rVert_F/\sqrt k` (``T`` the
+        identity, or the projector for a rank-deficient M), or with a ridge the bound on the
+        relative distance to its minimiser."""
+        module = self.module
+        if self.ridge:
+            _, gradient = loss_and_gradient(
+                module.inverse, self.matrix, module.formulation, self.ridge
+            )
+            return ridge_error_bound(module.inverse, gradient, self.ridge)
+        return relative_residual(module() if product is None else product, self.target)
+
+    def check(self, tol: Optional[float]) -> bool:
+        """Whether every matrix's residual is at most ``tol`` (one host sync). Measures first
+        where :meth:`run` ran since the last :meth:`measure`.
+
+        Raises:
+            DivergenceError: the loss is not finite, or has grown ``GROWTH_LIMIT`` times past
+                its first value.
+        """
+        if self.loss is None or self.residual is None or self.history.first is None:
+            self.measure()
+        assert self.loss is not None and self.residual is not None
+        first = self.history.first
+        first_max = self.loss.max() if first is None else first.max().to(self.loss)
+        worst_loss, worst_residual, first_loss = torch.stack(
+            [self.loss.max(), self.residual.max().to(self.loss.dtype), first_max]
+        ).tolist()
+        self.loss = self.residual = None  # measured again after the next window
+        if not math.isfinite(worst_loss) or worst_loss > GROWTH_LIMIT * max(first_loss, 1e-30):
+            raise DivergenceError(self._divergence_message(worst_loss, first_loss))
+        return tol is not None and worst_residual <= tol
+
+    def _divergence_message(self, loss: float, first_loss: float) -> str:
+        group = self.optimizer.param_groups[0]
+        sigma_max = power_sigma_max(self.matrix, self.module.formulation).double().max().item()
+        return (
+            f"the run diverged at step {self.steps}: loss {loss:.3e} (first {first_loss:.3e}) "
+            f"with lr={group['lr']:g}, momentum={group['momentum']:g}; "
+            + stable_bound_advice(sigma_max, group["momentum"], self.module.size)
+        )
+
+    def _check_rank(self) -> None:
+        module, matrix = self.module, self.matrix
+        svd = torch.linalg.svd(matrix.double(), full_matrices=False)
+        self.singular_values = svd[1]  # the report reuses them
+        self.matrix_rank, self.target = product_target(matrix, module.formulation, svd=svd)
+        if self.target is None:
+            return
+        k = module.size
+        deficient = self.matrix_rank < k
+        index = tuple(deficient.nonzero()[0].tolist())  # the first deficient matrix
+        rank = int(self.matrix_rank[index])
+        where = f" at batch index {index}" if index else ""
+        warnings.warn(
+            f"M is rank-deficient: {int(deficient.sum())} matrix(es), e.g. rank {rank} of "
+            f"{k}{where}; the loss cannot go below (k - rank) / k^2 = "
+            f"{loss_floor(torch.tensor(rank), k).item():.4g}, and X tends to the "
+            "pseudo-inverse from init='zeros' (to another generalised inverse from a random "
+            "start)",
+            SingularMatrixWarning,
+            stacklevel=4,
+        )
+
+    def effective_parameters(self) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...)
+        """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair)."""
+        tuner = self.tuner
+        if tuner is not None and tuner.lr is not None and tuner.momentum is not None:
+            return tuner.lr, tuner.momentum
+        group = self.optimizer.param_groups[0]
+        batch_shape = self.module.batch_shape
+        return (
+            torch.full(batch_shape, float(group["lr"]), dtype=torch.float64),
+            torch.full(batch_shape, float(group["momentum"]), dtype=torch.float64),
+        )
+
+    def report(self, tol: float) -> ConvergenceReport:
+        """The convergence report of the steps so far (host syncs: call it at the end)."""
+        lr, momentum = self.effective_parameters()
+        return ConvergenceReport.from_run(
+            self.history.losses,
+            self.matrix,
+            self.module.formulation,
+            lr,
+            momentum,
+            tol,
+            self.residual_at(),
+            rank=self.matrix_rank,
+            ridge=self.ridge,
+            singular_values=self.singular_values,
+            loss_every=self.history.every,
+            steps=self.steps,
+        )
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What the next window needs besides X and M: the optimizer, steps, history, tuner."""
+        state: Dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "loss_history": self.history.losses.detach().cpu(),
+            "steps_taken": self.steps,
+        }
+        tuner_state = self.tuner.state_dict() if self.tuner is not None else self._tuner_state
+        if tuner_state is not None:
+            state["auto_tuner"] = tuner_state
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values (the optimizer's where they are given)."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        history = state.get("loss_history")
+        if history is not None:
+            self.history.restore(history)
+        self.steps = state.get("steps_taken", self.steps)
+        self._tuner_state = state.get("auto_tuner")
+        if self.tuner is not None and self._tuner_state is not None:
+            self.tuner.load_state_dict(self._tuner_state)

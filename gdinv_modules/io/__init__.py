@@ -1,0 +1,1 @@
+"""Files and pictures: matrix files, ``losses.csv``, loss plots, atomic writes."""

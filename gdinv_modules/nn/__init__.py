@@ -1,0 +1,1 @@
+"""The trainable inverse (``InverseModule``) and the metric (``IdentityMSE``)."""

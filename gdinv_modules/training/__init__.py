@@ -1,0 +1,2 @@
+"""The Lightning glue: ``LitInverse``, its callbacks, ``MatrixDataModule``, ``RunOutputs`` and
+``invert()``."""
