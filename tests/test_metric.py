@@ -40,10 +40,14 @@ def test_reset_and_forward_give_the_batch_value():
     assert metric.compute().item() == 4.0
 
 
-def test_states_reduce_with_sum():
-    metric = IdentityMSE()
-    assert metric._reductions["sum_squared_error"].__name__ == "dim_zero_sum"
-    assert metric._reductions["total"].__name__ == "dim_zero_sum"
+def test_states_merged_from_another_process_give_the_mean_over_both():
+    # merge_state reduces with each state's dist_reduce_fx, as a DDP sync does: sums of the
+    # squared errors and of the counts, so the value is the mean over both processes' entries.
+    here, there = IdentityMSE(), IdentityMSE()
+    here.update(2 * torch.eye(2, dtype=torch.float64))  # 2 entries off by 1, of 4
+    there.update(torch.eye(3, dtype=torch.float64))  # 9 exact entries
+    here.merge_state(there)
+    assert here.compute().item() == 2 / 13
 
 
 def test_non_square_product_is_refused():

@@ -72,11 +72,30 @@ def test_a_changed_learning_rate_is_recorded_again(emulated):
     assert torch.equal(runs[1].losses, runs[0].losses)
 
 
+def windows_of_a_tuned_run(windows, steps_per_window=100):
+    """(windows replayed from a graph, captures) of a tuned run, from the tuner's schedule:
+    retunes at steps 0, 4, 8, ... with gaps max(4, t // 8); a window holding one runs eagerly,
+    and the first graphed window after it records anew (the retune set a new gradient scale)."""
+    retunes, step = set(), 0
+    while step < windows * steps_per_window:
+        retunes.add(step // steps_per_window)
+        step += max(4, step // 8)
+    graphed = [w for w in range(1, windows) if w not in retunes]  # window 0: the warm-up
+    captures = sum(
+        1
+        for before, window in zip([None, *graphed], graphed)
+        if before is None or any(w in retunes for w in range(before + 1, window))
+    )
+    return len(graphed), captures
+
+
 def test_a_retune_records_the_graph_again(emulated):
     matrix = spd_matrix(6, condition=30.0, batch_shape=(3,), dtype=torch.float64)
+    eager = fit(matrix, 3000, graphed=False, lr="auto", momentum="auto")
     graphed = fit(matrix, 3000, graphed=True, lr="auto", momentum="auto")
-    # the retunes at steps 1590 and 1788 set a new gradient scale: the next window re-records
-    assert graphed.stepper.step_graph.captures >= 2
+    graph = graphed.stepper.step_graph
+    assert (graph.replays, graph.captures) == windows_of_a_tuned_run(30) == (11, 8)
+    assert torch.equal(graphed.losses, eager.losses)
 
 
 def test_the_emulation_catches_a_window_recorded_too_early(emulated, monkeypatch, m1):

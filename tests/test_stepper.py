@@ -1,0 +1,93 @@
+"""HeavyBallStepper without a Trainer: the same steps as LitInverse, bit for bit."""
+
+import pytest
+import torch
+
+from conftest import first_below, quiet_trainer
+from gdinv_modules import (
+    DivergenceError,
+    HeavyBallStepper,
+    InvalidOptionError,
+    InverseModule,
+    LitInverse,
+    SingularMatrixWarning,
+)
+from gdinv_modules.core.matrices import low_rank_matrix, spd_matrix
+
+
+def test_the_posts_run_without_a_trainer(m1):
+    stepper = HeavyBallStepper(InverseModule(m1), lr=0.9, momentum=0.9)
+    for _ in range(100):
+        stepper.run(100)
+    losses = stepper.history.losses
+    assert stepper.steps == len(losses) == 10_000
+    assert (first_below(losses, 1e-8), first_below(losses, 1e-12)) == (499, 785)
+
+
+@pytest.mark.parametrize("options", [{}, {"lr": "auto", "momentum": "auto", "ridge": 1e-3}])
+def test_the_same_trajectory_as_lit_inverse_bit_for_bit(options):
+    matrix = spd_matrix(8, condition=20.0, batch_shape=(3,), dtype=torch.float64)
+    options = {"lr": 0.1, "momentum": 0.5, **options}
+    model = LitInverse(matrix, init="zeros", **options)
+    quiet_trainer(max_steps=700).fit(model)
+    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), **options)
+    for size in (300, 1, 399):  # any windows: the trajectory does not depend on them
+        stepper.run(size)
+    assert torch.equal(stepper.history.losses, model.losses)
+    assert torch.equal(stepper.module.inverse, model.module.inverse)
+
+
+def test_a_state_dict_continues_the_same_trajectory():
+    matrix = spd_matrix(6, condition=50.0, dtype=torch.float64)
+    whole = HeavyBallStepper(InverseModule(matrix), lr="auto", momentum="auto")
+    whole.run(400)
+    half = HeavyBallStepper(InverseModule(matrix), lr="auto", momentum="auto")
+    half.run(200)
+    module = InverseModule(matrix)
+    module.load_state_dict(half.module.state_dict())
+    resumed = HeavyBallStepper(module, lr="auto", momentum="auto")
+    resumed.load_state_dict(half.state_dict())
+    resumed.run(200)
+    assert resumed.steps == 400
+    assert torch.equal(resumed.history.losses, whole.history.losses)
+    assert torch.equal(resumed.module.inverse, whole.module.inverse)
+
+
+def test_check_stops_at_tol_and_measures_the_residual_against_inv():
+    matrix = spd_matrix(16, condition=10.0, dtype=torch.float64)
+    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), lr="auto", momentum="auto")
+    windows = 0
+    while not stepper.check(1e-10):
+        stepper.run(10)
+        windows += 1
+    stepper.measure()
+    assert stepper.residual.item() <= 1e-10
+    assert stepper.residual_at(stepper.module()).item() == stepper.residual.item()
+    torch.testing.assert_close(
+        stepper.module.inverse.detach(), torch.linalg.inv(matrix), atol=1e-9, rtol=0
+    )
+    # the window before the last had not converged
+    assert (
+        windows * 10 == stepper.steps and stepper.report(1e-10).steps_to_tol[0] > stepper.steps - 10
+    )
+
+
+def test_check_refuses_divergence_naming_the_stable_bound():
+    stepper = HeavyBallStepper(InverseModule(spd_matrix(4, condition=10.0)), lr=10.0, momentum=0.5)
+    stepper.run(100)
+    with pytest.raises(DivergenceError, match=r"diverged at step 100.*lr < \(1 \+ momentum\)"):
+        stepper.check(1e-5)
+
+
+def test_a_singular_matrix_warns_once_at_start():
+    stepper = HeavyBallStepper(InverseModule(low_rank_matrix(5, 3, dtype=torch.float64)))
+    with pytest.warns(SingularMatrixWarning, match="rank 3 of 5"):
+        stepper.run(1)
+    assert stepper.matrix_rank.item() == 3
+
+
+def test_the_stepper_needs_a_module_that_holds_m():
+    with pytest.raises(InvalidOptionError, match="holds M"):
+        HeavyBallStepper(InverseModule(size=3))
+    with pytest.raises(InvalidOptionError, match="lr"):
+        HeavyBallStepper(InverseModule(torch.eye(2)), lr=-1.0)
