@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from gdinv_modules.core.deprecation import warn_renamed
 
 _EXPORTS: Dict[str, str] = {
-    "invert": "training.inversion",
-    "InverseResult": "training.inversion",
+    "invert": "engine.inversion",
+    "InverseResult": "engine.inversion",
     "InverseModule": "nn.inverse_module",
     "IdentityMSE": "nn.metric",
     "HeavyBallStepper": "engine.stepper",
@@ -93,7 +93,7 @@ _MOVED: Dict[str, str] = {
     "plotting": "io.plotting",
     "lit_inverse": "training.lit_inverse",
     "datamodule": "training.datamodule",
-    "inversion": "training.inversion",
+    "inversion": "engine.inversion",
     "run_outputs": "training.run_outputs",
     "convergence": "training.callbacks",
     "checkpointing": "training.callbacks",
@@ -168,6 +168,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as they are imported 
     from gdinv_modules.nn.metric import IdentityMSE  # noqa: F401
     from gdinv_modules.training.callbacks import ConvergenceMonitor, ResumableCheckpoint  # noqa
     from gdinv_modules.training.datamodule import MatrixDataModule, make_matrix  # noqa: F401
-    from gdinv_modules.training.inversion import InverseResult, invert  # noqa: F401
+    from gdinv_modules.engine.inversion import InverseResult, invert  # noqa: F401
     from gdinv_modules.training.lit_inverse import LitInverse  # noqa: F401
     from gdinv_modules.training.run_outputs import RunOutputs  # noqa: F401

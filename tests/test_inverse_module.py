@@ -121,7 +121,6 @@ def test_composition_trains_end_to_end_and_gradients_reach_both():
         (torch.rand(4), MatrixShapeError, "at least 2 dimensions"),
         (torch.rand(0, 0), MatrixShapeError, "empty"),
         (torch.ones(3, 3, dtype=torch.int64), MatrixDtypeError, "floating"),
-        (torch.ones(3, 3, dtype=torch.complex64), MatrixDtypeError, "floating"),
         (torch.ones(3, 3, dtype=torch.bool), MatrixDtypeError, "floating"),
         (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), NonFiniteMatrixError, r"\(0, 1\)"),
         (torch.tensor([[1.0, 0.0], [float("inf"), 1.0]]), NonFiniteMatrixError, "NaN or infinite"),

@@ -21,7 +21,8 @@ from gdinv_modules import (
 )
 
 # Valid input is drawn most often, so that most examples exercise a full run.
-DTYPES = [torch.float32, torch.float64] * 3 + [torch.int64, torch.complex64, torch.bool]
+DTYPES = [torch.float32, torch.float64] * 3 + [torch.complex64, torch.complex128]
+DTYPES += [torch.int64, torch.bool]
 POISONS = [None] * 6 + [float("nan"), float("inf"), -float("inf")]
 
 
@@ -41,12 +42,15 @@ def matrices(draw):
         return values > 0
     if dtype == torch.int64:
         return values.nan_to_num(0.0, 1e6, -1e6).round().to(dtype)
+    if dtype.is_complex:
+        imaginary = torch.randn(values.shape, generator=generator, dtype=torch.float64) * scale
+        return torch.complex(values, imaginary).to(dtype)
     return values.to(dtype)
 
 
 def expected_error(matrix: torch.Tensor, formulation: str):
     """The one error our documentation promises for this input, or None."""
-    if not matrix.is_floating_point():
+    if not (matrix.is_floating_point() or matrix.is_complex()):
         return MatrixDtypeError
     if formulation == "symmetric" and matrix.shape[-1] != matrix.shape[-2]:
         return MatrixShapeError
@@ -95,13 +99,13 @@ def test_invert(matrix, formulation):
     assert bool(((result.residual <= tol) == result.converged).all())
     if formulation != "symmetric" and bool(result.converged.all()):
         # Converged from X = 0 means the estimate sits on the projector of the pseudo-inverse.
-        m = matrix.double()
+        m = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
         pinv = torch.linalg.pinv(m)
-        x = result.inverse.double()
+        x = result.inverse.to(m.dtype)
         estimate, target = (x @ m, pinv @ m) if formulation == "left" else (m @ x, m @ pinv)
         k = estimate.shape[-1]
         error = torch.linalg.matrix_norm(estimate - target) / k**0.5
-        assert (error <= 2 * tol + 1e3 * torch.finfo(matrix.dtype).eps).all(), error
+        assert (error <= 2 * tol + 1e3 * torch.finfo(matrix.real.dtype).eps).all(), error
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,7 @@ class MatrixShapeError(GDInvError):
 
 
 class MatrixDtypeError(GDInvError):
-    """A matrix is not of a real floating dtype (integer, bool and complex are refused)."""
+    """A matrix's dtype is not one the operation supports (integer and bool never are)."""
 
 
 class NonFiniteMatrixError(GDInvError):

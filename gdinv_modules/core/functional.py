@@ -46,6 +46,7 @@ __all__ = [
     "inverse_shape",
     "scaled_product",
     "default_tol",
+    "wide_dtype",
 ]
 
 Formulation = Literal["left", "right", "symmetric"]
@@ -53,18 +54,28 @@ FORMULATIONS: Tuple[Formulation, ...] = get_args(Formulation)
 
 
 def default_tol(dtype: torch.dtype) -> float:
-    """The tolerance on the relative residual that a dtype can reach: 1e-10 for float64,
-    1e-5 for float32, 1e-2 for the half types.
+    """The tolerance on the relative residual that a dtype can reach: 1e-10 for float64 and
+    complex128, 1e-5 for float32 and complex64, 1e-2 for the half types.
 
     Example:
-        >>> default_tol(torch.float64)
-        1e-10
+        >>> default_tol(torch.float64), default_tol(torch.complex64)
+        (1e-10, 1e-05)
     """
-    if dtype == torch.float64:
+    if dtype in (torch.float64, torch.complex128):
         return 1e-10
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.complex64):
         return 1e-5
     return 1e-2
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to accumulate a residual in: float64, or complex128 for complex dtypes.
+
+    Example:
+        >>> wide_dtype(torch.float32), wide_dtype(torch.complex64)
+        (torch.float64, torch.complex128)
+    """
+    return torch.complex128 if dtype.is_complex else torch.float64
 
 
 def product_order(matrix_shape: Sequence[int], formulation: Formulation = "left") -> int:
@@ -127,7 +138,7 @@ def identity_sse(product: Tensor) -> Tuple[Tensor, int]:  # shape: (..., k, k) -
         >>> identity_sse(2 * torch.eye(2))
         (tensor(2.), 4)
     """
-    return identity_error(product).square().sum(), product.numel()
+    return identity_error(product).abs().square().sum(), product.numel()
 
 
 def identity_mse(
@@ -145,7 +156,7 @@ def identity_mse(
         tensor(0.5000)
     """
     if reduction == "none":
-        return identity_error(product).square().mean(dim=(-2, -1))
+        return identity_error(product).abs().square().mean(dim=(-2, -1))
     sse, count = identity_sse(product)
     return sse / count
 
@@ -188,7 +199,7 @@ def inverse_loss(
     # One pass over the error and no k x k temporary: the norm, squared, over k^2.
     loss = (torch.linalg.vector_norm(error, dim=(-2, -1)) / k).square()
     if ridge:
-        loss = loss + ridge * inverse.square().sum(dim=(-2, -1))
+        loss = loss + ridge * inverse.abs().square().sum(dim=(-2, -1))
     return loss
 
 
@@ -234,7 +245,7 @@ def loss_and_gradient(
     error.diagonal(offset, dim1=-2, dim2=-1).sub_(1)  # E - I in place: the product is ours
     scale = 2.0 / (k * k)
     loss = inverse_loss(error, inverse, ridge, order=k)
-    matrix_t = matrix.mT
+    matrix_t = matrix.mH  # the conjugate transpose: M^T for real M
     if formulation == "left":
         gradient = scaled_product(error, matrix_t, scale)
     elif formulation == "right":

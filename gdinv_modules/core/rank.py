@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from gdinv_modules.core.deprecation import renamed_attributes
-from gdinv_modules.core.functional import Formulation, product_order
+from gdinv_modules.core.functional import Formulation, product_order, wide_dtype
 
 __all__ = ["product_target", "loss_floor"]
 
@@ -42,16 +42,17 @@ def product_target(
                 [0.5000, 0.5000]]))
     """
     k = product_order(matrix.shape, formulation)
-    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False) if svd is None else svd
-    eps = torch.finfo(matrix.dtype).eps
+    wide = matrix.to(wide_dtype(matrix.dtype))
+    u, s, vh = torch.linalg.svd(wide, full_matrices=False) if svd is None else svd
+    eps = torch.finfo(matrix.real.dtype).eps
     tolerance = s[..., :1] * max(matrix.shape[-2:]) * eps
     keep = s > tolerance
     rank = keep.sum(dim=-1)
     if bool((rank == k).all()):
         return rank, None
-    basis = u if formulation == "right" else vh.mT
+    basis = u if formulation == "right" else vh.mH
     kept = basis * keep[..., None, :].to(basis.dtype)
-    projector = kept @ kept.mT
+    projector = kept @ kept.mH
     identity = torch.eye(k, dtype=projector.dtype, device=projector.device)
     target = torch.where((rank == k)[..., None, None], identity, projector)
     return rank, target.to(matrix.dtype)

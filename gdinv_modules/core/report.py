@@ -88,7 +88,10 @@ class ConvergenceReport:
     :math:`\sigma^2` gains :math:`\lambda k^2`); ``polyak_rate`` the best any fixed pair could
     do, ``(kappa-1)/(kappa+1)``. For a rank-deficient M, rates and steps are those of the loss
     above its floor ``loss_floor``. With a ridge the history holds no distance to the minimiser,
-    so ``steps_to_tol`` and ``measured_rate`` are left out (``None``).
+    so ``steps_to_tol`` and ``measured_rate`` are left out (``None``). :func:`invert` adds the
+    refinement steps it took after descent and why descent stopped (``descent_stop``:
+    ``"tol"``, ``"stalled"`` at the dtype's floor, ``"budget"``: too slow for ``max_steps``, or
+    ``"max_steps"``).
     """
 
     tol: float
@@ -106,6 +109,8 @@ class ConvergenceReport:
     rank: List[Optional[int]]
     loss_floor: List[float]
     ridge: float = 0.0
+    refine_steps: int = 0
+    descent_stop: str = ""
 
     @classmethod
     def from_run(
@@ -201,13 +206,24 @@ class ConvergenceReport:
             if deficient
             else []
         )
-        return singular + [
-            f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
-            + (f", the last at step {max(reached)}" if reached else ""),
-            f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "
-            f"(Polyak's best {_fmt(polyak)})",
-            f"  lr, momentum           {self.lr[worst]:.4g}, {self.momentum[worst]:.4g}",
-        ]
+        return (
+            singular
+            + [
+                f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
+                + (f", the last at step {max(reached)}" if reached else ""),
+                f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "
+                f"(Polyak's best {_fmt(polyak)})",
+                f"  lr, momentum           {self.lr[worst]:.4g}, {self.momentum[worst]:.4g}",
+            ]
+            + (
+                [
+                    f"  descent, refinement    {self.steps} steps ({self.descent_stop}), "
+                    f"{self.refine_steps} refinement steps"
+                ]
+                if self.descent_stop
+                else []
+            )
+        )
 
 
 def _optional(values: Tensor) -> List[Optional[float]]:

@@ -20,7 +20,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import Formulation, inverse_shape
+from gdinv_modules.core.functional import Formulation, inverse_shape, wide_dtype
 
 __all__ = [
     "normal_operator",
@@ -49,11 +49,11 @@ def normal_operator(
                 [0., 4.]])
     """
     if formulation == "left":
-        return v @ matrix @ matrix.mT
+        return v @ matrix @ matrix.mH
     if formulation == "right":
-        return matrix.mT @ (matrix @ v)
+        return matrix.mH @ (matrix @ v)
     image = (v @ matrix + matrix @ v) / 2
-    return (image @ matrix.mT + matrix.mT @ image) / 2
+    return (image @ matrix.mH + matrix.mH @ image) / 2
 
 
 def operator_singular_values(
@@ -68,7 +68,7 @@ def operator_singular_values(
         >>> operator_singular_values(torch.diag(torch.tensor([1.0, 3.0])), "symmetric").tolist()
         [3.0, 2.0, 2.0, 1.0]
     """
-    work = matrix.double()
+    work = matrix.to(wide_dtype(matrix.dtype))
     if formulation != "symmetric":
         return torch.linalg.svdvals(work)
     n = matrix.shape[-1]
@@ -102,20 +102,21 @@ def power_sigma_max(
         >>> round(power_sigma_max(m).item(), 6)
         5.0
     """
-    work = matrix.double() if matrix.dtype != torch.float64 else matrix
+    work = matrix.to(wide_dtype(matrix.dtype))
     generator = torch.Generator().manual_seed(seed)
     shape = inverse_shape(work.shape)
-    v = torch.rand(shape, generator=generator, dtype=torch.float64).to(work.device) + 0.5
+    v = torch.rand(shape, generator=generator, dtype=torch.float64).to(work) + 0.5
     v = v / torch.linalg.matrix_norm(v)[..., None, None]
     estimate = torch.zeros(work.shape[:-2], dtype=torch.float64, device=work.device)
     for iteration in range(iterations):
         image = normal_operator(v, work, formulation)
-        previous, estimate = estimate, (image * v).sum(dim=(-2, -1)).clamp_min(0).sqrt()
+        quotient = (image.conj() * v).sum(dim=(-2, -1)).real  # <v, A*A v>, v of norm 1
+        previous, estimate = estimate, quotient.clamp_min(0).sqrt()
         norm = torch.linalg.matrix_norm(image)[..., None, None]
         v = torch.where(norm > 0, image / norm.clamp_min(torch.finfo(torch.float64).tiny), v)
         if iteration % 8 == 7 and bool(((estimate - previous).abs() <= rtol * estimate).all()):
             break
-    return estimate.to(matrix.dtype)
+    return estimate.to(matrix.real.dtype)
 
 
 def stable_lr_bound(
@@ -235,5 +236,5 @@ def ridge_error_bound(
         >>> ridge_error_bound(torch.ones(2, 2), torch.full((2, 2), 0.25), 0.5).item()
         0.25
     """
-    norm = torch.linalg.matrix_norm(inverse).clamp_min(torch.finfo(inverse.dtype).tiny)
+    norm = torch.linalg.matrix_norm(inverse).clamp_min(torch.finfo(inverse.real.dtype).tiny)
     return torch.linalg.matrix_norm(gradient) / (2 * ridge * norm)

@@ -15,7 +15,9 @@ from gdinv_modules.core.errors import (
 )
 
 __all__ = [
+    "STEP_DTYPES",
     "check_matrix",
+    "check_step_dtype",
     "check_finite",
     "check_choice",
     "check_positive_int",
@@ -26,10 +28,16 @@ __all__ = [
 
 T = TypeVar("T")
 
+# The dtypes gradient descent runs in (the half types' rounding, about 1e-3, stops it early).
+STEP_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
-def check_matrix(matrix: object, *, name: str = "matrix", square: bool = True) -> Tensor:
-    """Check that ``matrix`` is a real floating tensor of shape ``(..., n, n)`` with ``n >= 1``
-    (``(..., m, n)`` with ``square=False``).
+
+def check_matrix(
+    matrix: object, *, name: str = "matrix", square: bool = True, allow_empty: bool = False
+) -> Tensor:
+    """Check that ``matrix`` is a floating or complex tensor of shape ``(..., n, n)`` with
+    ``n >= 1`` (``(..., m, n)`` with ``square=False``; ``allow_empty``: any size, or an empty
+    batch).
 
     No host synchronisation: finiteness is checked separately by :func:`check_finite`.
 
@@ -39,9 +47,10 @@ def check_matrix(matrix: object, *, name: str = "matrix", square: bool = True) -
     """
     if not isinstance(matrix, Tensor):
         raise MatrixDtypeError(f"{name} must be a torch.Tensor, got {type(matrix).__name__}")
-    if not matrix.is_floating_point():
+    if not (matrix.is_floating_point() or matrix.is_complex()):
         raise MatrixDtypeError(
-            f"{name} must have a real floating dtype (float32 or float64), got {matrix.dtype}"
+            f"{name} must have a floating or complex dtype (float32, float64, complex64 or "
+            f"complex128), got {matrix.dtype}"
         )
     if matrix.ndim < 2:
         raise MatrixShapeError(
@@ -52,9 +61,26 @@ def check_matrix(matrix: object, *, name: str = "matrix", square: bool = True) -
         raise MatrixShapeError(
             f"{name} must be square (..., n, n), got shape {tuple(matrix.shape)}"
         )
-    if matrix.numel() == 0:
+    if matrix.numel() == 0 and not allow_empty:
         raise MatrixShapeError(f"{name} must not be empty, got shape {tuple(matrix.shape)}")
     return matrix
+
+
+def check_step_dtype(dtype: torch.dtype, *, name: str = "matrix") -> torch.dtype:
+    """Raise :class:`MatrixDtypeError` unless gradient descent runs in ``dtype``
+    (:data:`STEP_DTYPES`).
+
+    Example:
+        >>> check_step_dtype(torch.complex64)
+        torch.complex64
+    """
+    if dtype not in STEP_DTYPES:
+        supported = ", ".join(str(d).replace("torch.", "") for d in STEP_DTYPES)
+        raise MatrixDtypeError(
+            f"{name} has dtype {str(dtype).replace('torch.', '')}, which the steps do not run in "
+            f"(its rounding stops descent far from an inverse): use one of {supported}"
+        )
+    return dtype
 
 
 def check_finite(matrix: Tensor, *, name: str = "matrix") -> Tensor:

@@ -117,7 +117,7 @@ class Sharding:
         loss, gradient = loss_and_gradient(local(inverse), local(matrix), formulation)
         if target is not None:
             product = inverse_product(local(inverse), local(matrix), formulation)
-            loss = (product - local(target)).square().mean(dim=(-2, -1))
+            loss = (product - local(target)).abs().square().mean(dim=(-2, -1))
         norms = _squared_norm(gradient)
         if batch:
             shape = inverse.shape[:-2]
@@ -135,7 +135,7 @@ class Sharding:
             else (product - target)[..., columns, :]
         )
         k = product.shape[-1]
-        return part.square().sum(dim=(-2, -1)) / (k * k)
+        return part.abs().square().sum(dim=(-2, -1)) / (k * k)
 
     def sum(self, tensor: Tensor) -> Tensor:
         """Sum over the ranks (a no-op without a split)."""
@@ -179,4 +179,4 @@ class Sharding:
 def _squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
     """Squared Frobenius norms, summed in float64 (the tuner's Rayleigh quotients need them
     accurate to well below float32's resolution)."""
-    return gradient.double().square().sum(dim=(-2, -1))
+    return gradient.abs().double().square().sum(dim=(-2, -1))

@@ -25,6 +25,7 @@ from gdinv_modules.core.functional import (
     inverse_loss,
     loss_and_gradient,
     relative_residual,
+    wide_dtype,
 )
 from gdinv_modules.core.rank import loss_floor, product_target
 from gdinv_modules.core.report import ConvergenceReport
@@ -35,6 +36,7 @@ from gdinv_modules.core.validation import (
     check_non_negative_float,
     check_positive_float,
     check_positive_int,
+    check_step_dtype,
 )
 from gdinv_modules.engine.history import LossHistory
 from gdinv_modules.engine.sharding import SHARD_MODES, Sharding, ShardMode
@@ -98,19 +100,20 @@ class HeavyBallStepper:
         self.check_options(lr, momentum, ridge, loss_every, shard)
         if module.matrix is None:
             raise InvalidOptionError("HeavyBallStepper needs an InverseModule that holds M")
+        check_step_dtype(module.inverse.dtype)
         self.module = module
         self.lr, self.momentum, self.ridge = lr, momentum, ridge
         self.check_rank, self.shard, self.cuda_graph = check_rank, shard, cuda_graph
         inverse = module.inverse
         # fused: one kernel updates the momentum buffer and X (three passes otherwise); bit for
         # bit the same on the CPU. It reads X, its gradient and the buffer as flat memory, so X
-        # must be contiguous (InverseModule makes it so). With "auto" the tuner sets both values
-        # before the first step.
+        # must be contiguous (InverseModule makes it so), and real. With "auto" the tuner sets
+        # both values before the first step.
         self.optimizer = torch.optim.SGD(
             [inverse],
             lr=1.0 if lr == "auto" else lr,
             momentum=0.0 if momentum == "auto" else momentum,
-            fused=True if inverse.is_contiguous() else None,
+            fused=True if inverse.is_contiguous() and not inverse.is_complex() else None,
         )
         self.history = LossHistory(loss_every)
         self.steps = 0
@@ -123,6 +126,7 @@ class HeavyBallStepper:
         self.step_graph: Optional[StepGraph] = None
         self.loss: Optional[Tensor] = None  # shape: (...)
         self.residual: Optional[Tensor] = None  # shape: (...)
+        self.worst_residual = math.inf  # the largest residual at the last check
         self.replayed = False  # whether the last window ran from a CUDA graph
         self.started = False
 
@@ -195,7 +199,7 @@ class HeavyBallStepper:
         step = self.optimizer.step if step is None else step
         module, shard = self.module, self.sharding
         local_shape = (shard.stop - shard.start,) if shard.mode == "batch" else module.batch_shape
-        losses = module.inverse.new_empty((steps, *local_shape))
+        losses = module.inverse.real.new_empty((steps, *local_shape))
         graph, self.replayed = self.step_graph, False
         inputs = None if graph is None or not graph.warm else self._graph_inputs(steps)
         if graph is not None and not graph.warm:
@@ -301,6 +305,7 @@ class HeavyBallStepper:
         worst_loss, worst_residual, first_loss = torch.stack(
             [self.loss.max(), self.residual.max().to(self.loss.dtype), first_max]
         ).tolist()
+        self.worst_residual = worst_residual
         self.loss = self.residual = None  # measured again after the next window
         if not math.isfinite(worst_loss) or worst_loss > GROWTH_LIMIT * max(first_loss, 1e-30):
             raise DivergenceError(self._divergence_message(worst_loss, first_loss))
@@ -317,7 +322,7 @@ class HeavyBallStepper:
 
     def _check_rank(self) -> None:
         module, matrix = self.module, self.matrix
-        svd = torch.linalg.svd(matrix.double(), full_matrices=False)
+        svd = torch.linalg.svd(matrix.to(wide_dtype(matrix.dtype)), full_matrices=False)
         self.singular_values = svd[1]  # the report reuses them
         self.matrix_rank, self.target = product_target(matrix, module.formulation, svd=svd)
         if self.target is None:

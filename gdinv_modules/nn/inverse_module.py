@@ -133,8 +133,8 @@ class InverseModule(nn.Module):
             for dim in batch_shape:
                 check_positive_int(dim, name="batch_shape entries")
             dtype = torch.float32 if dtype is None else dtype
-            if not dtype.is_floating_point:
-                raise MatrixDtypeError(f"dtype must be a real floating dtype, got {dtype}")
+            if not (dtype.is_floating_point or dtype.is_complex):
+                raise MatrixDtypeError(f"dtype must be a floating or complex dtype, got {dtype}")
             shape = inverse_shape((*batch_shape, rows, cols))
             self.register_buffer("matrix", None)
         self.inverse = nn.Parameter(
