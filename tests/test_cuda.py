@@ -33,7 +33,7 @@ def test_invert_keeps_a_cuda_matrix_on_the_gpu():
 def test_a_batch_on_the_gpu_matches_the_cpu():
     batch = spd_matrix(32, condition=20.0, batch_shape=(64,), dtype=torch.float64)
     on_gpu = invert(batch.cuda(), tol=1e-10)
-    on_cpu = invert(batch, tol=1e-10, accelerator="cpu")
+    on_cpu = invert(batch, tol=1e-10)
     assert on_gpu.converged.all() and on_cpu.converged.all()
     torch.testing.assert_close(on_gpu.inverse.cpu(), on_cpu.inverse, atol=1e-9, rtol=0)
 

@@ -55,7 +55,7 @@ __all__ = ["invert", "InverseResult", "check_window"]
 
 SWITCH_RESIDUAL = 0.25  # ||I - X M||_F at which descent hands over to refinement
 MIN_DECISION_STEPS = 256  # no stall or budget verdict before this many steps
-STALL_GAIN = 2.0  # a residual that fell less than this over the last half of the run ...
+STALL_GAIN = 2.0  # a residual that fell less than this over the last quarter of the run ...
 EXPECTED_GAIN = 100.0  # ... where the tuner's theory expected this much, has stalled
 BUDGET_MARGIN = 2.0  # stop when the predicted steps exceed the budget this many times
 
@@ -156,7 +156,8 @@ def invert(
             device = "cuda" if accelerator == "gpu" else accelerator
     if unknown:
         name = next(iter(unknown))
-        close = difflib.get_close_matches(name, _OPTIONS, n=1)
+        close = [o for o in _OPTIONS if name.startswith(o) or o.startswith(name)]
+        close = close or difflib.get_close_matches(name, _OPTIONS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {list(_OPTIONS)}"
         raise InvalidOptionError(f"invert() has no option {name!r}{hint}")
     check_matrix(matrix, square=formulation == "symmetric", allow_empty=True)
@@ -290,15 +291,15 @@ def _descend(stepper: HeavyBallStepper, target: float, max_steps: int) -> _Stop:
 def _verdict(
     stepper: HeavyBallStepper, record: List[Tuple[int, float]], target: float, max_steps: int
 ) -> Optional[_Stop]:
-    """A stall or an exhausted budget, judged on the second half of the run."""
+    """A stall or an exhausted budget, judged on the last quarter of the run."""
     steps, best = record[-1]
     if steps < MIN_DECISION_STEPS:
         return None
-    half_step, half_best = next((s, r) for s, r in record if s >= steps // 2)
-    span = steps - half_step
-    if span < MIN_DECISION_STEPS // 2 or not (best > 0 and half_best > 0):
+    then_step, then_best = next((s, r) for s, r in record if s >= steps - steps // 4)
+    span = steps - then_step
+    if span < MIN_DECISION_STEPS // 4 or not (best > 0 and then_best > 0):
         return None
-    gain = half_best / best
+    gain = then_best / best
     rate = gain ** (-1 / span)
     tuner = stepper.tuner
     if tuner is not None and tuner.sigma_min_sq is not None and gain < STALL_GAIN:

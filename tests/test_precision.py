@@ -1,0 +1,201 @@
+"""invert() fast to a precise answer: no wasted steps, refinement, no silent grind, and
+torch.linalg.inv's contract (empty input, complex, strides, dtypes)."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from gdinv_modules import (
+    ConvergenceError,
+    ConvergenceWarning,
+    InvalidOptionError,
+    MatrixDtypeError,
+    invert,
+    spd_matrix,
+)
+from gdinv_modules.engine.inversion import check_window
+from gdinv_modules.engine.refinement import refine, safe_start
+
+F64 = torch.float64
+
+
+def conditioned(n, kappa, *, dtype=F64, seed=0, batch_shape=()):
+    """U diag(s) V^T with singular values spread geometrically from 1 to kappa."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (*batch_shape, n, n)
+    u, _ = torch.linalg.qr(torch.randn(shape, generator=generator, dtype=F64))
+    v, _ = torch.linalg.qr(torch.randn(shape, generator=generator, dtype=F64))
+    s = torch.logspace(0.0, math.log10(kappa), n, dtype=F64)
+    return ((u * s) @ v.mT).to(dtype)
+
+
+def residual64(inverse, matrix):
+    """||XM - I||_F / sqrt(n) in float64 (complex128 for complex input)."""
+    wide = torch.complex128 if matrix.is_complex() else F64
+    eye = torch.eye(matrix.shape[-1], dtype=wide)
+    product = inverse.to(wide) @ matrix.to(wide)
+    return torch.linalg.matrix_norm(product - eye) / matrix.shape[-1] ** 0.5
+
+
+# --- no wasted steps ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kappa, batch", [(10.0, ()), (300.0, ()), (50.0, (4,))])
+def test_descent_stops_within_max_4_or_5_percent_of_the_step_that_reached_tol(kappa, batch):
+    matrix = conditioned(24, kappa, batch_shape=batch)
+    result = invert(matrix, refine=False)
+    assert result.converged.all()
+    reached = int(result.steps.max())  # the step at which the last matrix reached tol
+    run = result.report.steps
+    assert reached <= run <= reached + max(4, math.ceil(0.05 * reached)), (reached, run)
+
+
+def test_windows_are_powers_of_2_at_most_5_percent_of_the_run():
+    for steps in range(0, 50_000, 37):
+        window = check_window(steps)
+        assert window & (window - 1) == 0 and 4 <= window <= max(4, steps / 20)
+
+
+# --- refinement ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kappa", [10.0, 400.0, 3000.0])
+def test_float32_is_at_least_as_accurate_as_lapacks_float32_inverse(kappa):
+    matrix = conditioned(48, kappa, dtype=torch.float32, seed=1)
+    result = invert(matrix)
+    lapack = residual64(torch.linalg.inv(matrix), matrix)
+    assert result.inverse.dtype == torch.float32
+    assert residual64(result.inverse, matrix) <= lapack
+    assert result.residual.item() == pytest.approx(residual64(result.inverse, matrix).item())
+
+
+@pytest.mark.parametrize("kappa", [10.0, 1000.0])
+def test_float64_is_within_10_times_lapacks(kappa):
+    matrix = conditioned(48, kappa, seed=2)
+    result = invert(matrix)
+    assert residual64(result.inverse, matrix) <= 10 * residual64(torch.linalg.inv(matrix), matrix)
+
+
+def test_the_report_counts_descent_and_refinement_steps_apart():
+    matrix = conditioned(32, 100.0, seed=3)
+    result = invert(matrix)
+    descent_only = invert(matrix, refine=False)
+    assert result.refine_steps == result.report.refine_steps > 0
+    assert result.report.descent_stop == "tol" and descent_only.report.refine_steps == 0
+    # descent hands over at ||I - XM||_F <= 1/4, long before it would reach 1e-10 alone
+    assert result.report.steps < descent_only.report.steps / 2
+    assert len(result.losses) == result.report.steps
+    assert "refinement steps" in "\n".join(result.report.summary_lines())
+
+
+def test_refinement_squares_the_residual_and_restarts_from_the_safe_start():
+    matrix = conditioned(16, 50.0, seed=4)
+    exact = torch.linalg.inv(matrix)
+    near = refine(exact + 1e-4 * exact.abs().max(), matrix, max_steps=1)
+    start = torch.linalg.matrix_norm(
+        torch.eye(16, dtype=F64) - (exact + 1e-4 * exact.abs().max()) @ matrix
+    )
+    assert near.steps == 1 and not near.restarted.item()
+    # one step: R -> R^2, so ||R^2||_F <= ||R||_2 ||R||_F <= ||R||_F^2
+    assert near.residual.item() * 4 <= start.item() ** 2
+    far = refine(torch.zeros_like(matrix), matrix)  # ||I - 0 M|| = sqrt(n): not safe
+    assert far.restarted.item() and far.residual.item() < 1e-14
+    assert torch.linalg.matrix_norm(torch.eye(16, dtype=F64) - safe_start(matrix) @ matrix, 2) < 1
+
+
+def test_a_batch_refines_each_matrix_to_its_own_floor():
+    batch = torch.stack([conditioned(12, 10.0, seed=5), 1e3 * conditioned(12, 500.0, seed=6)])
+    result = invert(batch)
+    assert result.converged.all()
+    for index in range(2):
+        lapack = residual64(torch.linalg.inv(batch[index]), batch[index])
+        assert result.residual[index] <= 10 * lapack
+
+
+# --- no silent grind ----------------------------------------------------------------------
+
+
+def test_a_float32_stall_stops_far_below_max_steps_and_names_float64():
+    matrix = conditioned(32, 400.0, dtype=torch.float32, seed=7)
+    with pytest.warns(ConvergenceWarning, match="stopped falling.*float32's floor; use float64"):
+        result = invert(matrix, refine=False)
+    assert result.report.descent_stop == "stalled"
+    assert result.report.steps < 20_000  # of max_steps=100,000
+    with pytest.raises(ConvergenceError, match="float32's floor"):
+        invert(matrix, refine=False, check=True)
+
+
+def test_a_float64_floor_names_ridge():
+    # heavy ball's float64 floor near 0.3 eps kappa^2 = 6e-12 lies far above this tol
+    matrix = conditioned(16, 300.0, seed=11)
+    with pytest.warns(ConvergenceWarning, match="float64's floor, and no wider dtype helps.*ridge"):
+        result = invert(matrix, refine=False, tol=1e-14)
+    assert result.report.descent_stop == "stalled"
+    assert result.report.steps < 20_000  # of max_steps=100,000
+
+
+def test_a_hopeless_condition_for_the_budget_stops_early_and_names_ridge():
+    matrix = conditioned(16, 1e6, seed=8)  # about kappa/2 ln(1/tol) = 1e7 steps to tol
+    with pytest.warns(ConvergenceWarning, match="too ill-conditioned for this budget.*ridge"):
+        result = invert(matrix, refine=False)
+    assert result.report.descent_stop == "budget"
+    assert result.report.steps <= 20_000  # of max_steps=100,000
+
+
+def test_refinement_rescues_what_descent_alone_cannot_reach():
+    matrix = conditioned(32, 400.0, dtype=torch.float32, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result = invert(matrix)
+    assert bool(result.converged) and result.residual.item() <= 1e-5
+
+
+# --- torch.linalg.inv's contract ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (3, 0, 0), (0, 4, 4), (2, 0, 3, 3)])
+def test_empty_input_gives_an_empty_result(shape):
+    matrix = torch.empty(shape, dtype=F64)
+    result = invert(matrix)
+    assert result.inverse.shape == torch.linalg.inv(matrix).shape == shape
+    assert result.converged.shape == result.residual.shape == shape[:-2]
+    assert result.converged.all()
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_matrices_match_linalg_inv(dtype):
+    generator = torch.Generator().manual_seed(9)
+    real, imaginary = (torch.randn(3, 10, 10, generator=generator) for _ in range(2))
+    matrix = (torch.complex(real, imaginary) + 6 * torch.eye(10)).to(dtype)
+    result = invert(matrix)
+    assert result.inverse.dtype == dtype and result.converged.all()
+    exact = torch.linalg.inv(matrix)
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    torch.testing.assert_close(result.inverse, exact, atol=tol * exact.abs().max(), rtol=0)
+    descent = invert(matrix, refine=False)  # the gradient's conjugate transpose, alone
+    assert descent.converged.all()
+    torch.testing.assert_close(descent.inverse, exact, atol=100 * tol, rtol=0)
+
+
+def test_transposed_and_strided_input_works_and_is_never_modified():
+    base = conditioned(20, 30.0, seed=10)
+    for matrix in (base.mT, base[::2, ::2], base.mT[:, :]):
+        before = matrix.clone()
+        result = invert(matrix)
+        assert torch.equal(matrix, before)
+        torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes_are_refused_naming_the_supported_ones(dtype):
+    with pytest.raises(MatrixDtypeError, match="float32, float64, complex64, complex128"):
+        invert(spd_matrix(4, condition=2.0).to(dtype))
+
+
+def test_an_unknown_option_names_the_closest_one():
+    with pytest.raises(InvalidOptionError, match="no option 'tolerance'; did you mean 'tol'"):
+        invert(torch.eye(2), tolerance=1e-3)
+    with pytest.warns(DeprecationWarning, match="device"):
+        assert invert(torch.eye(2, dtype=F64), accelerator="cpu").converged
