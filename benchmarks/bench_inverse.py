@@ -27,7 +27,12 @@ import torch
 
 from gdinv_modules import DivergenceError, LitInverse, default_tol, invert
 from gdinv_modules.core.functional import relative_residual
-from gdinv_modules.core.matrices import diagonal_matrix, random_matrix, spd_matrix
+from gdinv_modules.core.matrices import (
+    conditioned_matrix,
+    diagonal_matrix,
+    random_matrix,
+    spd_matrix,
+)
 from gdinv_modules.core.theory import polyak_parameters
 from gdinv_modules.engine.reference import heavy_ball_steps
 
@@ -129,7 +134,7 @@ def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int)
         steps = row[f"{label}_steps_to_tol"]
         row[f"{label}_s_to_tol"] = None if steps is None else steps * seconds / len(losses)
     row["lit_post_over_bare_per_step"] = row["lit_post_us_per_step"] / row["bare_sgd_us_per_step"]
-    seconds, result = timed(lambda: invert(matrix, tol=tol, max_steps=auto_budget))
+    seconds, result = timed(lambda: invert(matrix, tol=tol, max_steps=auto_budget, refine=False))
     row["auto_converged"] = bool(result.converged)
     row["auto_steps_to_tol"] = int(result.steps) if row["auto_converged"] else None
     row["auto_s"] = seconds
@@ -146,6 +151,84 @@ def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int)
     row["newton_schulz_steps"], row["newton_schulz_s"] = steps, seconds
     row["newton_schulz_over_inv_time"] = seconds / inv_time
     return row
+
+
+def bare_step_seconds(matrix: torch.Tensor, steps: int = 50) -> float:
+    """One heavy-ball step at its leanest: two matrix products and the momentum update."""
+    inverse, velocity = torch.zeros_like(matrix), torch.zeros_like(matrix)
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            error = inverse @ matrix
+            error.diagonal().sub_(1)
+            velocity.mul_(0.5).add_(error @ matrix.mH)
+            inverse.sub_(1e-3 * velocity)
+        synchronize(matrix)
+
+    run(5)
+    seconds = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        run(steps)
+        seconds = min(seconds, (time.perf_counter() - start) / steps)
+    return seconds
+
+
+def synchronize(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def residual64(inverse: torch.Tensor, matrix: torch.Tensor) -> float:
+    """The relative residual ||XM - I||_F / sqrt(n), measured in float64."""
+    return relative_residual(inverse.double() @ matrix.double()).item()
+
+
+def precision_panel(n: int, kappas: List[float], device: str) -> List[Dict]:
+    """For each condition number and dtype: descent's steps needed against steps run, the
+    time of invert() over its ideal (its steps x a bare step), and the residual beside
+    torch.linalg.inv's."""
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        for kappa in kappas:
+            matrix = conditioned_matrix(n, condition=kappa, dtype=dtype).to(device)
+            row: Dict = {"n": n, "kappa": kappa, "dtype": str(dtype).replace("torch.", "")}
+            descent = invert(matrix, refine=False)
+            row["descent_stop"] = descent.report.descent_stop
+            row["descent_steps_needed"] = (
+                int(descent.steps.max()) if bool(descent.converged) else None
+            )
+            row["descent_steps_run"] = descent.report.steps
+            bare = bare_step_seconds(matrix)
+            seconds, result = timed(invert, matrix, repeats=2)
+            steps = result.report.steps + result.refine_steps
+            row.update(
+                steps=result.report.steps,
+                refine_steps=result.refine_steps,
+                converged=bool(result.converged),
+                bare_step_us=1e6 * bare,
+                invert_s=seconds,
+                invert_over_ideal=seconds / (steps * bare),
+                residual=residual64(result.inverse, matrix),
+                inv_residual=residual64(torch.linalg.inv(matrix), matrix),
+            )
+            row["inv_s"], _ = timed(synchronized_inv, matrix, repeats=5)
+            rows.append(row)
+            print(
+                f"n={n} {row['dtype']} kappa {kappa:g}: descent {row['descent_stop']} needed "
+                f"{row['descent_steps_needed']} run {row['descent_steps_run']} | invert "
+                f"{row['steps']}+{row['refine_steps']} steps {seconds:.3g} s = "
+                f"{row['invert_over_ideal']:.2f} x ideal | residual {row['residual']:.2e} vs "
+                f"inv {row['inv_residual']:.2e}",
+                flush=True,
+            )
+    return rows
+
+
+def synchronized_inv(matrix: torch.Tensor) -> torch.Tensor:
+    inverse = torch.linalg.inv(matrix)
+    synchronize(matrix)
+    return inverse
 
 
 def m1_float64_speedup() -> Dict:
@@ -166,12 +249,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small matrices and budgets only")
     parser.add_argument("--output", default=None, help="write the JSON here as well")
+    parser.add_argument(
+        "--panel-only", action="store_true", help="only the condition-number panel of invert()"
+    )
+    parser.add_argument("--panel-n", type=int, default=256, help="the panel's matrix order")
+    parser.add_argument("--device", default="cpu", help="where the panel runs")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "0")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
+    kappas = [10.0, 100.0, 1e3] if args.quick else [10.0, 100.0, 1e3, 1e4]
+    panel = precision_panel(args.panel_n, kappas, args.device)
+    if args.panel_only:
+        write({"machine": machine(), "panel": panel}, args.output)
+        return
     matrices = {
         "M1": lambda dtype: random_matrix(4, dtype=dtype),
         "M2": lambda dtype: diagonal_matrix(n=4, dtype=dtype),
@@ -193,21 +286,31 @@ def main() -> None:
             rows.append(bench_matrix(name, make(dtype), budget, auto_budget))
             print_row(rows[-1])
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "lightning": pl.__version__,
-        },
+        "machine": machine(),
+        "panel": panel,
         "rows": rows,
         "m1_float64_to_1e-6": m1_float64_speedup(),
     }
     print(json.dumps(results["m1_float64_to_1e-6"], indent=2))
+    write(results, args.output)
+
+
+def machine() -> Dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write(results: Dict, output: Optional[str]) -> None:
     text = json.dumps(results, indent=2)
-    if args.output:
-        with open(args.output, "w") as handle:
+    if output:
+        with open(output, "w") as handle:
             handle.write(text + "\n")
     print(text)
 

@@ -57,6 +57,7 @@ _EXPORTS: Dict[str, str] = {
     "random_orthogonal": "core.matrices",
     "spd_matrix": "core.matrices",
     "low_rank_matrix": "core.matrices",
+    "conditioned_matrix": "core.matrices",
     "load_matrix": "io.matrix_io",
     "save_matrix": "io.matrix_io",
     "GDInvError": "core.errors",
@@ -152,6 +153,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as they are imported 
     )
     from gdinv_modules.core.functional import default_tol  # noqa: F401
     from gdinv_modules.core.matrices import (  # noqa: F401
+        conditioned_matrix,
         diagonal_matrix,
         hilbert_matrix,
         low_rank_matrix,

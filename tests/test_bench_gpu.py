@@ -30,6 +30,6 @@ def test_a_target_counts_the_best_of_eager_and_graphed_steps():
     assert "| step <= 1.3 x two products | n=4096 float32 | 1.40 | no |" in table
     assert "| step <= 3 x CUDA-graph replay | n=4 float32 | 2.90 | yes |" in table
     assert "| step <= 3 x CUDA-graph replay | n=64 float32 | – | – |" in table
-    assert "Trainer start included | n=1024 float32 | 40 x inv | no |" in table
+    assert "the whole call | n=1024 float32 | 40 x inv | no |" in table
     assert "its steps alone | n=1024 float32 | 0.5 x inv | yes |" in table
     assert "| n=1024 | float32 | 100 | 130 (1.60x) | – |" in table

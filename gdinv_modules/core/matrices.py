@@ -20,6 +20,7 @@ __all__ = [
     "random_orthogonal",
     "spd_matrix",
     "low_rank_matrix",
+    "conditioned_matrix",
 ]
 
 
@@ -145,3 +146,28 @@ def low_rank_matrix(
     left = torch.randn((*batch, rows, rank), generator=generator, dtype=torch.float64)
     right = torch.randn((*batch, rank, n), generator=generator, dtype=torch.float64)
     return (left @ right / math.sqrt(rank)).to(dtype)
+
+
+def conditioned_matrix(
+    n: int,
+    *,
+    condition: float = 100.0,
+    seed: int = 314,
+    batch_shape: Sequence[int] = (),
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:  # shape: (*batch_shape, n, n)
+    """A general (non-symmetric) matrix ``U diag(s) V^T``, U and V Haar-random orthogonal, with
+    singular values spread geometrically from 1 to ``condition``: its condition number is
+    ``condition`` exactly, as in the matrices of PyTorch's own inverse tests.
+
+    Example:
+        >>> s = torch.linalg.svdvals(conditioned_matrix(6, condition=50.0, dtype=torch.float64))
+        >>> round(float(s[0] / s[-1]), 6)
+        50.0
+    """
+    if not condition >= 1.0 or condition == float("inf"):
+        raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
+    u = random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=torch.float64)
+    v = random_orthogonal(n, seed=seed + 1, batch_shape=batch_shape, dtype=torch.float64)
+    singular_values = torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
+    return ((u * singular_values) @ v.mT).to(dtype)

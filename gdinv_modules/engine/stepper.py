@@ -180,7 +180,13 @@ class HeavyBallStepper:
                 "lr": None if self.lr == "auto" else float(self.lr),
                 "momentum": None if self.momentum == "auto" else float(self.momentum),
             }
-            self.tuner = HeavyBallTuner(self.matrix, module.formulation, ridge=self.ridge, **fixed)
+            self.tuner = HeavyBallTuner(
+                self.matrix,
+                module.formulation,
+                ridge=self.ridge,
+                sigma_max=self._exact_sigma_max(),
+                **fixed,
+            )
             if self._tuner_state is not None:
                 self.tuner.load_state_dict(self._tuner_state)
         self.started = True
@@ -341,6 +347,13 @@ class HeavyBallStepper:
             SingularMatrixWarning,
             stacklevel=4,
         )
+
+    def _exact_sigma_max(self) -> Optional[Tensor]:  # shape: (...)
+        """M's largest singular value from the rank check's SVD, where it is the product's
+        operator's (``left`` and ``right``); else ``None``."""
+        if self.singular_values is None or self.module.formulation == "symmetric":
+            return None
+        return self.singular_values[..., 0]
 
     def effective_parameters(self) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...)
         """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair)."""
