@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gdinv_modules.core.functional import Formulation, inverse_product, loss_and_gradient
 
-__all__ = ["Sharding", "ShardMode", "SHARD_MODES"]
+__all__ = ["Sharding", "ShardMode", "SHARD_MODES", "squared_norm"]
 
 ShardMode = Literal["batch", "columns", "none"]
 SHARD_MODES: Tuple[str, ...] = get_args(ShardMode)
@@ -111,14 +111,14 @@ class Sharding:
             if target is not None:
                 loss = self._column_excess(inverse, matrix, formulation, target)
             loss, gradient = self.sum(loss), self.sum(gradient)
-            return loss, _squared_norm(gradient)
+            return loss, squared_norm(gradient)
         batch = self.mode == "batch"
         local = self._local if batch else (lambda tensor: tensor)
         loss, gradient = loss_and_gradient(local(inverse), local(matrix), formulation)
         if target is not None:
             product = inverse_product(local(inverse), local(matrix), formulation)
             loss = (product - local(target)).abs().square().mean(dim=(-2, -1))
-        norms = _squared_norm(gradient)
+        norms = squared_norm(gradient)
         if batch:
             shape = inverse.shape[:-2]
             return self.gather(loss).reshape(shape), self.gather(norms).reshape(shape)
@@ -176,7 +176,7 @@ class Sharding:
         return tensor.reshape(-1, *tensor.shape[-2:])[self.start : self.stop]
 
 
-def _squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
+def squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
     """Squared Frobenius norms, summed in float64 (the tuner's Rayleigh quotients need them
     accurate to well below float32's resolution)."""
     return gradient.abs().double().square().sum(dim=(-2, -1))

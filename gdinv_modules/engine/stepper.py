@@ -39,7 +39,7 @@ from gdinv_modules.core.validation import (
     check_step_dtype,
 )
 from gdinv_modules.engine.history import LossHistory
-from gdinv_modules.engine.sharding import SHARD_MODES, Sharding, ShardMode
+from gdinv_modules.engine.sharding import SHARD_MODES, Sharding, ShardMode, squared_norm
 from gdinv_modules.engine.step_graph import StepGraph
 from gdinv_modules.engine.tuner import HeavyBallTuner
 from gdinv_modules.nn.inverse_module import InverseModule
@@ -252,7 +252,10 @@ class HeavyBallStepper:
             losses[index] = loss
             if tuner is not None:
                 if tuner.due(first_step + index):
-                    sample = shard.data_sample(inverse, matrix, formulation, self.target)
+                    if shard.mode == "none" and self.target is None and not ridge:
+                        sample = (loss, squared_norm(gradient))  # what data_sample would give
+                    else:
+                        sample = shard.data_sample(inverse, matrix, formulation, self.target)
                     tuner.retune(first_step + index, *sample, self.optimizer)
                 gradient = tuner.scale(gradient)
             inverse.grad = gradient
