@@ -30,6 +30,13 @@ def _check_batch_shape(batch_shape: Sequence[int]) -> tuple:
     return tuple(batch_shape)
 
 
+def _geometric_spectrum(n: int, condition: float) -> Tensor:  # shape: (n,), float64
+    """``n`` values spread geometrically from 1 to ``condition``."""
+    if not condition >= 1.0 or condition == float("inf"):
+        raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
+    return torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
+
+
 def random_matrix(
     n: int, *, seed: int = 314, batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.float32
 ) -> Tensor:  # shape: (*batch_shape, n, n)
@@ -112,10 +119,8 @@ def spd_matrix(
         >>> round(float(s[0] / s[-1]), 6)
         10.0
     """
-    if not condition >= 1.0 or condition == float("inf"):
-        raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
+    eigenvalues = _geometric_spectrum(n, condition)
     q = random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=torch.float64)
-    eigenvalues = torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
     spd = (q * eigenvalues) @ q.mT
     return ((spd + spd.mT) / 2).to(dtype)
 
@@ -165,9 +170,7 @@ def conditioned_matrix(
         >>> round(float(s[0] / s[-1]), 6)
         50.0
     """
-    if not condition >= 1.0 or condition == float("inf"):
-        raise InvalidOptionError(f"condition must be a finite number >= 1, got {condition!r}")
+    singular_values = _geometric_spectrum(n, condition)
     u = random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=torch.float64)
     v = random_orthogonal(n, seed=seed + 1, batch_shape=batch_shape, dtype=torch.float64)
-    singular_values = torch.logspace(0.0, math.log10(condition), n, dtype=torch.float64)
     return ((u * singular_values) @ v.mT).to(dtype)

@@ -52,7 +52,7 @@ from gdinv_modules.engine.refinement import refine as refinement_steps
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import Init, InverseModule
 
-__all__ = ["invert", "InverseResult", "check_window"]
+__all__ = ["invert", "InverseResult", "check_window", "solve"]
 
 SWITCH_RESIDUAL = 0.25  # ||I - X M||_F at which descent hands over to refinement
 MIN_DECISION_STEPS = 256  # no stall or budget verdict before this many steps
@@ -170,25 +170,35 @@ def invert(
     check_finite(matrix)
     work = matrix if device is None else matrix.to(device)
     module = InverseModule(work, formulation=formulation, init=init, seed=seed)
-    stepper = HeavyBallStepper(
-        module,
-        lr=lr,
-        momentum=momentum,
-        ridge=ridge,
-        loss_every=loss_every,
-        check_rank=check_rank,
-        cuda_graph=cuda_graph,
-    )
+    options = dict(lr=lr, momentum=momentum, ridge=ridge, loss_every=loss_every)
+    stepper = HeavyBallStepper(module, check_rank=check_rank, cuda_graph=cuda_graph, **options)
+    result, message = solve(stepper, tol=tol, max_steps=max_steps, refine=refine)
+    result.inverse = result.inverse.to(device=matrix.device, dtype=matrix.dtype)
+    if message:
+        if check:
+            raise ConvergenceError(message)
+        warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    return result
+
+
+def solve(
+    stepper: HeavyBallStepper, *, tol: float, max_steps: int, refine: bool = True
+) -> Tuple[InverseResult, str]:
+    """Descend from the stepper's X, then refine: the steps of :func:`invert`, for a stepper
+    built already (from zeros, or warm from an earlier inverse). Returns the result and the
+    warning's message, empty where every matrix reached ``tol``."""
+    module = stepper.module
+    matrix = module.resolve_matrix()
     stepper.start()
     square = matrix.shape[-1] == matrix.shape[-2]
-    refinable = refine and square and not ridge and stepper.target is None
-    k = product_order(matrix.shape, formulation)
+    refinable = refine and square and not stepper.ridge and stepper.target is None
+    k = product_order(matrix.shape, module.formulation)
     target = max(tol, SWITCH_RESIDUAL / math.sqrt(k)) if refinable else tol
     stop = _descend(stepper, target, max_steps)
     inverse = module.inverse.detach()
     refine_steps = 0
     if refinable:
-        refinement = refinement_steps(inverse, module.resolve_matrix())
+        refinement = refinement_steps(inverse, matrix)
         inverse, refine_steps = refinement.inverse, refinement.steps
         residual = refinement.residual.real.double().cpu()
     else:
@@ -207,7 +217,7 @@ def invert(
         [report.steps if step is None else step for step in report.steps_to_tol]
     ).reshape(batch_shape)
     result = InverseResult(
-        inverse=inverse.to(device=matrix.device, dtype=matrix.dtype),
+        inverse=inverse,
         residual=residual.reshape(batch_shape),
         converged=converged.reshape(batch_shape),
         steps=steps,
@@ -215,18 +225,16 @@ def invert(
         losses=stepper.history.losses.cpu(),
         report=report,
     )
-    if not bool(converged.all()):
-        message = (
-            f"{int((~converged).sum())} of {converged.numel()} matrices did not reach "
-            f"tol={tol:g} (largest residual {residual.max().item():.3e}) after "
-            f"{report.steps} descent steps"
-            + (f" and {refine_steps} refinement steps" if refinable else "")
-            + f": {stop.advice(matrix.dtype, refinable)}"
-        )
-        if check:
-            raise ConvergenceError(message)
-        warnings.warn(message, ConvergenceWarning, stacklevel=2)
-    return result
+    if bool(converged.all()):
+        return result, ""
+    message = (
+        f"{int((~converged).sum())} of {converged.numel()} matrices did not reach "
+        f"tol={tol:g} (largest residual {residual.max().item():.3e}) after "
+        f"{report.steps} descent steps"
+        + (f" and {refine_steps} refinement steps" if refinable else "")
+        + f": {stop.advice(matrix.dtype, refinable)}"
+    )
+    return result, message
 
 
 _OPTIONS = (
@@ -308,7 +316,7 @@ def _verdict(
         # underestimated, so this rate is never slower than the run's own can become.
         kappa = (tuner.sigma_max / tuner.sigma_min_sq.sqrt()).max().item()
         theory = (kappa - 1) / (kappa + 1)
-        if gain < STALL_GAIN and theory ** span <= 1 / EXPECTED_GAIN:
+        if gain < STALL_GAIN and theory**span <= 1 / EXPECTED_GAIN:
             return _Stop("stalled", best, rate, steps=steps, max_steps=max_steps)
         rate = min(rate, theory)  # the budget verdict takes the more hopeful of the two
     needed = math.log(target / best) / math.log(rate) if rate < 1 else math.inf

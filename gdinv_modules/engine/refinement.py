@@ -21,7 +21,14 @@ from torch import Tensor
 
 from gdinv_modules.core.functional import wide_dtype
 
-__all__ = ["refine", "Refinement", "MAX_REFINE_STEPS", "SAFE_RESIDUAL"]
+__all__ = [
+    "refine",
+    "Refinement",
+    "identity_residual",
+    "safe_start",
+    "MAX_REFINE_STEPS",
+    "SAFE_RESIDUAL",
+]
 
 MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + 6 steps: kappa up to about 1e14
 SAFE_RESIDUAL = 1.0  # ||I - X M||_F below this: the steps converge from X itself
@@ -44,7 +51,7 @@ class Refinement:
     restarted: Tensor
 
 
-def _identity_residual(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in wide dtype
+def identity_residual(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in wide dtype
     """:math:`I - XM`, accumulated in the wide dtype."""
     wide = wide_dtype(matrix.dtype)
     residual = -(inverse.to(wide) @ matrix.to(wide))
@@ -85,18 +92,18 @@ def refine(
         (True, False)
     """
     n = matrix.shape[-1]
-    residual = _identity_residual(inverse, matrix)
+    residual = identity_residual(inverse, matrix)
     norm = torch.linalg.matrix_norm(residual)
     restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
     if bool(restarted.any()):
         start = safe_start(matrix)
         inverse = torch.where(restarted[..., None, None], start, inverse)
-        residual = _identity_residual(inverse, matrix)
+        residual = identity_residual(inverse, matrix)
         norm = torch.linalg.matrix_norm(residual)
     steps = 0
     while steps < max_steps:
         candidate = inverse + (residual.to(inverse.dtype) @ inverse)
-        candidate_residual = _identity_residual(candidate, matrix)
+        candidate_residual = identity_residual(candidate, matrix)
         candidate_norm = torch.linalg.matrix_norm(candidate_residual)
         better = candidate_norm < norm
         if not bool(better.any()):
