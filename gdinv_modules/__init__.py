@@ -41,6 +41,9 @@ _EXPORTS: Dict[str, str] = {
     "InverseModule": "nn.inverse_module",
     "IdentityMSE": "nn.metric",
     "HeavyBallStepper": "engine.stepper",
+    "InverseTracker": "engine.tracker",
+    "TrackedUpdate": "engine.tracker",
+    "TrackInverse": "training.callbacks",
     "LossHistory": "engine.history",
     "HeavyBallTuner": "engine.tuner",
     "LitInverse": "training.lit_inverse",
@@ -164,11 +167,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as they are imported 
     from gdinv_modules.core.report import ConvergenceReport  # noqa: F401
     from gdinv_modules.engine.history import LossHistory  # noqa: F401
     from gdinv_modules.engine.stepper import HeavyBallStepper  # noqa: F401
+    from gdinv_modules.engine.tracker import InverseTracker, TrackedUpdate  # noqa: F401
     from gdinv_modules.engine.tuner import HeavyBallTuner  # noqa: F401
     from gdinv_modules.io.matrix_io import load_matrix, save_matrix  # noqa: F401
     from gdinv_modules.nn.inverse_module import InverseModule  # noqa: F401
     from gdinv_modules.nn.metric import IdentityMSE  # noqa: F401
-    from gdinv_modules.training.callbacks import ConvergenceMonitor, ResumableCheckpoint  # noqa
+    from gdinv_modules.training.callbacks import (  # noqa: F401
+        ConvergenceMonitor,
+        ResumableCheckpoint,
+        TrackInverse,
+    )
     from gdinv_modules.training.datamodule import MatrixDataModule, make_matrix  # noqa: F401
     from gdinv_modules.engine.inversion import InverseResult, invert  # noqa: F401
     from gdinv_modules.training.lit_inverse import LitInverse  # noqa: F401

@@ -1,15 +1,22 @@
-"""Callbacks of an inversion run: stop at the tolerance, and resumable checkpoints."""
+"""Callbacks: stop an inversion run at the tolerance, resumable checkpoints, and the tracked
+inverse of a tensor of any LightningModule."""
 
+import functools
 import warnings
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, cast
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
+
+from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.validation import check_positive_int
+from gdinv_modules.engine.tracker import InverseTracker
 
 if TYPE_CHECKING:  # LitInverse installs ConvergenceMonitor, so only for the annotations
     from gdinv_modules.training.lit_inverse import LitInverse
 
-__all__ = ["ConvergenceMonitor", "ResumableCheckpoint"]
+__all__ = ["ConvergenceMonitor", "ResumableCheckpoint", "TrackInverse"]
 
 
 class ConvergenceMonitor(pl.Callback):
@@ -63,3 +70,91 @@ class ResumableCheckpoint(ModelCheckpoint):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
             super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+class TrackInverse(pl.Callback):
+    """Keeps the inverse of a square tensor of the LightningModule (a weight, a running
+    covariance) up to date with an :class:`InverseTracker`, every ``every_n_steps`` optimizer
+    steps, and logs ``NAME/residual`` and ``NAME/steps``. The tracker is saved in checkpoints.
+
+    Args:
+        attribute: the tensor's dotted path on the module, e.g. ``"covariance"`` or
+            ``"layer.weight"``.
+        every_n_steps: update after every this many optimizer steps.
+        tol: the tracker's tolerance; default by dtype.
+        name: the prefix of the logged values; default ``attribute``.
+
+    Attributes:
+        tracker: the :class:`InverseTracker`, from the first update on.
+    """
+
+    def __init__(
+        self,
+        attribute: str,
+        *,
+        every_n_steps: int = 1,
+        tol: Optional[float] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        self.attribute = attribute
+        self.every_n_steps = check_positive_int(every_n_steps, name="every_n_steps")
+        self.tol = tol
+        self.name = name or attribute
+        self.tracker: Optional[InverseTracker] = None
+
+    @property
+    def inverse(self) -> Tensor:  # shape: (..., n, n)
+        """The inverse of the tensor as of the last update."""
+        if self.tracker is None:
+            raise InvalidOptionError(f"TrackInverse({self.attribute!r}) has not updated yet")
+        return self.tracker.inverse
+
+    def tensor(self, pl_module: pl.LightningModule) -> Tensor:
+        """The tracked tensor, read from the module now."""
+        try:
+            value = functools.reduce(getattr, self.attribute.split("."), pl_module)
+        except AttributeError:
+            raise InvalidOptionError(
+                f"TrackInverse: {type(pl_module).__name__} has no attribute {self.attribute!r}"
+            ) from None
+        if not isinstance(value, Tensor):
+            raise InvalidOptionError(f"TrackInverse: {self.attribute!r} is not a tensor")
+        return value.detach()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        matrix = self.tensor(pl_module)
+        if self.tracker is None:
+            self.tracker = InverseTracker(matrix, tol=self.tol).to(matrix.device)
+            update = self.tracker.last
+        else:
+            update = self.tracker.update(matrix)
+        pl_module.log_dict(
+            {
+                f"{self.name}/residual": update.residual.max().item(),
+                f"{self.name}/steps": float(update.steps + update.descent_steps),
+            },
+            on_step=True,
+            on_epoch=False,
+        )
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.tracker is None:
+            return {}
+        return {"tracker": self.tracker.state_dict(), "tol": self.tracker.tol}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if "tracker" not in state_dict:
+            return
+        weights = state_dict["tracker"]
+        self.tracker = InverseTracker(
+            weights["matrix"], inverse=weights["inverse"], tol=state_dict["tol"]
+        )

@@ -1,0 +1,194 @@
+"""InverseTracker: a drifting stream, jumps, the implicit gradient, state, bad updates, and
+TrackInverse in a real Trainer run."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from conftest import quiet_trainer
+from gdinv_modules import (
+    InverseTracker,
+    MatrixDtypeError,
+    MatrixShapeError,
+    NonFiniteMatrixError,
+    TrackInverse,
+    conditioned_matrix,
+    spd_matrix,
+)
+from gdinv_modules.engine.tracker import refinement_steps_needed
+
+F64 = torch.float64
+
+
+def drift(matrix, eps, generator):
+    """M + eps ||M||_2 N / ||N||_2: a relative step of eps in the spectral norm."""
+    noise = torch.randn(matrix.shape, generator=generator, dtype=matrix.dtype)
+    scale = torch.linalg.matrix_norm(matrix, 2) / torch.linalg.matrix_norm(noise, 2)
+    return matrix + eps * scale[..., None, None] * noise
+
+
+def relative_residual64(inverse, matrix):
+    eye = torch.eye(matrix.shape[-1], dtype=F64)
+    product = inverse.double() @ matrix.double()
+    return torch.linalg.matrix_norm(product - eye) / math.sqrt(matrix.shape[-1])
+
+
+@pytest.mark.parametrize("dtype, tol", [(F64, 1e-10), (torch.float32, 1e-5)])
+def test_a_drifting_stream_takes_at_most_4_steps_per_update(dtype, tol):
+    matrix = conditioned_matrix(32, condition=100.0, dtype=F64)
+    generator = torch.Generator().manual_seed(1)
+    tracker = InverseTracker(matrix.to(dtype))
+    for _ in range(100):
+        matrix = drift(matrix, 1e-3, generator)
+        update = tracker.update(matrix.to(dtype))
+        assert update.steps <= 4 and not update.jumped
+        assert update.residual.item() <= tol
+        # the residual is what it says, measured independently, and it does not creep up
+        assert relative_residual64(tracker.inverse, matrix.to(dtype)).item() <= tol
+    torch.testing.assert_close(
+        tracker.inverse.double(), torch.linalg.inv(matrix), rtol=0, atol=100 * tol
+    )
+
+
+def test_a_batch_is_tracked_per_matrix():
+    batch = spd_matrix(8, condition=20.0, batch_shape=(3,), dtype=F64)
+    tracker = InverseTracker(batch)
+    generator = torch.Generator().manual_seed(2)
+    batch = drift(batch, 1e-3, generator)
+    update = tracker.update(batch)
+    assert update.residual.shape == (3,) and (update.residual <= 1e-10).all()
+    torch.testing.assert_close(update.inverse, torch.linalg.inv(batch), atol=1e-9, rtol=0)
+
+
+def test_a_jump_too_large_for_refinement_is_survived_and_said():
+    matrix = spd_matrix(16, condition=10.0, dtype=F64)
+    tracker = InverseTracker(matrix)
+    jumped = matrix + 20 * torch.eye(16, dtype=F64)  # ||I - X M_new|| far above 1
+    update = tracker.update(jumped)
+    assert update.jumped and update.descent_steps > 0
+    assert update.residual.item() <= 1e-10
+    torch.testing.assert_close(tracker.inverse, torch.linalg.inv(jumped), atol=1e-10, rtol=0)
+
+
+def test_the_gradient_is_linalg_invs_to_1e_8():
+    generator = torch.Generator().manual_seed(3)
+    matrix = conditioned_matrix(6, condition=20.0, batch_shape=(2,), dtype=F64)
+    weights = torch.randn(2, 6, 6, generator=generator, dtype=F64)
+    tracker = InverseTracker(matrix)
+    leaf = matrix.clone().requires_grad_()
+    (tracker(leaf) * weights).sum().backward()
+    ours = leaf.grad
+    reference = matrix.clone().requires_grad_()
+    (torch.linalg.inv(reference) * weights).sum().backward()
+    torch.testing.assert_close(ours, reference.grad, atol=1e-8, rtol=0)
+
+
+def test_a_network_that_outputs_m_trains_through_the_tracked_inverse_as_through_inv():
+    """The same network trained through the tracked inverse and through torch.linalg.inv
+    follows the same trajectory: the tracker's gradient is the inverse's."""
+    features = torch.randn(3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    target = 0.1 * torch.ones(3, 3, dtype=F64)
+    runs = []
+    for through_tracker in (True, False):
+        torch.manual_seed(4)
+        net = nn.Linear(3, 9, dtype=F64)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+
+        def make_matrix(net=net):
+            return net(features).view(3, 3) + 4 * torch.eye(3, dtype=F64)
+
+        tracker = InverseTracker(make_matrix().detach())
+        losses = []
+        for _ in range(30):
+            optimizer.zero_grad()
+            inverse = tracker(make_matrix()) if through_tracker else torch.linalg.inv(make_matrix())
+            loss = (inverse - target).square().sum()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        runs.append(torch.tensor(losses, dtype=F64))
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-10, rtol=0)
+    assert runs[0][-1] < runs[0][0]
+
+
+def test_state_dict_round_trip_continues_from_the_same_inverse():
+    matrix = spd_matrix(8, condition=10.0, dtype=F64)
+    tracker = InverseTracker(matrix)
+    tracker.update(matrix + 1e-3 * torch.eye(8, dtype=F64))
+    restored = InverseTracker(torch.eye(8, dtype=F64), inverse=torch.eye(8, dtype=F64))
+    restored.load_state_dict(tracker.state_dict())
+    assert torch.equal(restored.inverse, tracker.inverse)
+    assert torch.equal(restored.matrix, tracker.matrix)
+    following = matrix + 2e-3 * torch.eye(8, dtype=F64)
+    assert torch.equal(restored.update(following).inverse, tracker.update(following).inverse)
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (torch.eye(5, dtype=F64), MatrixShapeError),
+        (torch.eye(4, dtype=torch.float32), MatrixDtypeError),
+        (torch.full((4, 4), math.nan, dtype=F64), NonFiniteMatrixError),
+    ],
+)
+def test_a_bad_update_is_refused_and_the_last_good_inverse_kept(bad, error):
+    matrix = spd_matrix(4, condition=5.0, dtype=F64)
+    tracker = InverseTracker(matrix)
+    before = tracker.inverse.clone()
+    with pytest.raises(error):
+        tracker.update(bad)
+    assert torch.equal(tracker.inverse, before) and torch.equal(tracker.matrix, matrix)
+
+
+def test_steps_needed_follow_from_squaring():
+    assert refinement_steps_needed(0.05, 1e-10) == 3  # 2.5e-3, 6e-6, 4e-11
+    assert refinement_steps_needed(0.5, 1e-10) == 6
+    assert refinement_steps_needed(1e-12, 1e-10) == 0
+
+
+class Whitening(pl.LightningModule):
+    """Keeps a running covariance of its inputs, as a whitening layer would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4, dtype=F64)
+        self.register_buffer("covariance", torch.eye(4, dtype=F64))
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.covariance.mul_(0.99).add_(0.01 * batch.T @ batch / len(batch))
+        return self.layer(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(5)
+        data = torch.randn(256, 4, generator=generator, dtype=F64) * torch.tensor([1.0, 2, 3, 4])
+        return torch.utils.data.DataLoader(data.to(F64), batch_size=16)
+
+
+def test_track_inverse_in_a_trainer_run_logs_and_checkpoints(tmp_path):
+    model = Whitening()
+    callback = TrackInverse("covariance", every_n_steps=2)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = quiet_trainer(
+        max_steps=40,
+        callbacks=[callback, checkpoint],
+        logger=pl.loggers.CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=True,
+    )
+    trainer.fit(model)
+    torch.testing.assert_close(
+        callback.inverse, torch.linalg.inv(model.covariance), atol=1e-9, rtol=0
+    )
+    logged = trainer.logged_metrics
+    assert logged["covariance/residual"] <= 1e-10 and 0 <= logged["covariance/steps"] <= 4
+    saved = torch.load(checkpoint.last_model_path, weights_only=False)
+    restored = TrackInverse("covariance")
+    restored.load_state_dict(next(v for k, v in saved["callbacks"].items() if "TrackInverse" in k))
+    assert torch.equal(restored.inverse, callback.inverse)
