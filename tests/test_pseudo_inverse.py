@@ -132,3 +132,14 @@ def test_low_rank_kind_in_the_datamodule_trains_to_the_pseudo_inverse():
 def test_full_rank_matrices_get_no_warning(recwarn):
     invert(random_matrix(5, dtype=F64), tol=1e-8)
     assert not [w for w in recwarn if issubclass(w.category, SingularMatrixWarning)]
+
+
+@pytest.mark.parametrize(
+    "shape, formulation, other", [((5, 7), "left", "right"), ((7, 5), "right", "left")]
+)
+def test_a_full_rank_rectangular_m_is_pointed_to_the_formulation_that_inverts_it(
+    shape, formulation, other
+):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.warns(SingularMatrixWarning, match=f"formulation='{other}' gives X with"):
+        invert(matrix, formulation=formulation, max_steps=10)

@@ -341,12 +341,19 @@ class HeavyBallStepper:
         index = tuple(deficient.nonzero()[0].tolist())  # the first deficient matrix
         rank = int(self.matrix_rank[index])
         where = f" at batch index {index}" if index else ""
+        rows, cols = matrix.shape[-2:]
+        other = {"left": ("right", rows, "M X = I"), "right": ("left", cols, "X M = I")}
+        hint = ""
+        if module.formulation in other:
+            name, side, equation = other[module.formulation]
+            if rows != cols and bool((self.matrix_rank == side).all()):
+                hint = f"; M has full rank {side}: formulation='{name}' gives X with {equation}"
         warnings.warn(
             f"M is rank-deficient: {int(deficient.sum())} matrix(es), e.g. rank {rank} of "
             f"{k}{where}; the loss cannot go below (k - rank) / k^2 = "
             f"{loss_floor(torch.tensor(rank), k).item():.4g}, and X tends to the "
             "pseudo-inverse from init='zeros' (to another generalised inverse from a random "
-            "start)",
+            f"start){hint}",
             SingularMatrixWarning,
             stacklevel=4,
         )

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the callback reads LitInverse's state
 
 __all__ = ["RunOutputs", "OUTPUT_FILES"]
 
+# The residual as each formulation measures it: the product E against I, over sqrt(k).
+RESIDUAL_FORMULAS = {"left": "||XM-I||/√k", "right": "||MX-I||/√k", "symmetric": "||E-I||/√k"}
+
 OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
 
 
@@ -113,15 +116,20 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     """The summary as a few printed lines."""
     report = ConvergenceReport(**summary["convergence"])
     rows, cols = summary["matrix_shape"]
+    formulation = summary["hyperparameters"].get("formulation", "left")
+    unset = ""
+    if summary["hyperparameters"].get("tol") is None:
+        unset = f"none set: judged by {summary['dtype']}'s {report.tol:g}"
     return "\n".join(
         [
             f"Inverse of a {rows} x {cols} matrix ({summary['dtype']}, "
             f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.2f} s",
             f"  final loss             {summary['final_loss']:.4e}",
-            f"  residual ||XM-I||/√n   {summary['residual']:.4e}",
+            f"  {'residual ' + RESIDUAL_FORMULAS[formulation]:<23}{summary['residual']:.4e}",
             f"  {'max |X - ' + summary['reference'] + '(M)|':<23}{summary['max_abs_error']:.4e}",
             *report.summary_lines(),
+            *([f"  tol                    {unset}"] if unset else []),
             f"  outputs in             {directory}",
         ]
     )
