@@ -18,7 +18,7 @@ from gdinv_modules import (
     conditioned_matrix,
     spd_matrix,
 )
-from gdinv_modules.engine.tracker import refinement_steps_needed
+from gdinv_modules.engine.tracker import refinement_steps_needed, spectral_norm_estimate
 
 F64 = torch.float64
 
@@ -51,6 +51,25 @@ def test_a_drifting_stream_takes_at_most_4_steps_per_update(dtype, tol):
     torch.testing.assert_close(
         tracker.inverse.double(), torch.linalg.inv(matrix), rtol=0, atol=100 * tol
     )
+
+
+def test_a_larger_drift_is_still_refined_without_descent():
+    """eps = 1e-2 at kappa 50: ||I - XM||_2 <= 0.5, though ||I - XM||_F is several times
+    larger; the spectral estimate lets refinement take it (5 steps) instead of a warm solve."""
+    matrix = conditioned_matrix(48, condition=50.0, dtype=F64)
+    generator = torch.Generator().manual_seed(6)
+    tracker = InverseTracker(matrix)
+    for _ in range(10):
+        matrix = drift(matrix, 1e-2, generator)
+        update = tracker.update(matrix)
+        assert not update.jumped and update.steps <= 6 and update.residual.item() <= 1e-10
+
+
+def test_the_spectral_estimate_is_close_from_below():
+    residual = 0.1 * conditioned_matrix(32, condition=8.0, seed=7, dtype=F64)
+    estimate = spectral_norm_estimate(residual).item()
+    exact = torch.linalg.matrix_norm(residual, 2).item()
+    assert 0.9 * exact <= estimate <= exact * (1 + 1e-12)
 
 
 def test_a_batch_is_tracked_per_matrix():

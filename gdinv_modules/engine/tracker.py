@@ -4,10 +4,11 @@ After M drifts by a relative step :math:`\epsilon` in the spectral norm, the pre
 X has :math:`\lVert I - XM_\text{new}\rVert_2 \le \kappa\epsilon`. Where that is below 1,
 refinement steps :math:`X \leftarrow X + (I - XM)X` square the residual: from 0.05, three steps
 reach 1e-10. So an update counts the steps it needs from the residual it finds (one host sync),
-takes them with none, and checks the result (one more); ``||R||_F < 1`` bounds
-:math:`\lVert R\rVert_2`, so the steps provably converge. A jump that leaves
-:math:`\lVert I - XM\rVert_F \ge 1` falls back to heavy-ball descent warm from the current X,
-then refinement, as :func:`invert` does.
+takes them with none, and checks the result (one more). The steps converge where
+:math:`\lVert R\rVert_2 < 1`; a few power iterations of matrix-vector products estimate it
+(the Frobenius norm overstates it up to :math:`\sqrt n`-fold). A jump that leaves it above 0.9,
+or a refinement whose residual grew after all, falls back to heavy-ball descent warm from the
+current X, then refinement, as :func:`invert` does.
 
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
 M^{-1}`, so :meth:`InverseTracker.forward` returns X with the backward
@@ -31,13 +32,20 @@ from gdinv_modules.core.validation import (
     check_step_dtype,
 )
 from gdinv_modules.engine.inversion import invert, solve
-from gdinv_modules.engine.refinement import SAFE_RESIDUAL, identity_residual
+from gdinv_modules.engine.refinement import identity_residual
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import InverseModule
 
-__all__ = ["InverseTracker", "TrackedUpdate", "refinement_steps_needed"]
+__all__ = [
+    "InverseTracker",
+    "TrackedUpdate",
+    "refinement_steps_needed",
+    "spectral_norm_estimate",
+]
 
-MAX_UPDATE_STEPS = 12  # from a residual of 0.99, 12 squarings pass float64's floor
+MAX_UPDATE_STEPS = 12  # from a residual of 0.9, 12 squarings pass float64's floor
+SPECTRAL_MARGIN = 0.9  # refine where the estimate of ||I - XM||_2 is below this
+POWER_ITERATIONS = 16  # matrix-vector products: O(n^2) each, next to a step's O(n^3)
 
 
 @dataclass
@@ -62,17 +70,42 @@ class TrackedUpdate:
         return self.descent_steps > 0
 
 
-def refinement_steps_needed(residual: float, target: float) -> int:
-    """Squarings that take a residual norm ``residual < 1`` to ``target``:
-    ``ceil(log2(ln target / ln residual))``.
+def refinement_steps_needed(
+    residual: float, target: float, spectral: Optional[float] = None
+) -> int:
+    """Squarings that take a residual of Frobenius norm ``residual`` to ``target``, where its
+    spectral norm is ``spectral < 1`` (default: the Frobenius norm, which bounds it). After t
+    steps :math:`\\lVert R^{2^t}\rVert_F \\le \\lVert R\rVert_2^{2^t - 1}\\lVert R\rVert_F`.
 
     Example:
         >>> refinement_steps_needed(0.05, 1e-10)
         3
+        >>> refinement_steps_needed(2.0, 1e-10, spectral=0.5)
+        6
     """
+    spectral = residual if spectral is None else spectral
     if residual <= target:
         return 0
-    return max(1, math.ceil(math.log2(math.log(target) / math.log(residual))))
+    return max(1, math.ceil(math.log2(1 + math.log(target / residual) / math.log(spectral))))
+
+
+def spectral_norm_estimate(residual: Tensor, iterations: int = POWER_ITERATIONS) -> Tensor:
+    """:math:`\\lVert R\rVert_2` per matrix by power iteration on :math:`R^H R` with vectors
+    (from below, like any Rayleigh quotient; the caller keeps a margin).
+
+    Example:
+        >>> spectral_norm_estimate(torch.diag(torch.tensor([0.5, -0.25]))).item()
+        0.5
+    """
+    generator = torch.Generator().manual_seed(0)
+    vector = torch.rand((*residual.shape[:-1], 1), generator=generator, dtype=torch.float64)
+    vector = vector.to(residual) + 0.5
+    for _ in range(iterations):
+        vector = residual.mH @ (residual @ vector)
+        vector = vector / torch.linalg.vector_norm(vector, dim=(-2, -1), keepdim=True).clamp_min(
+            torch.finfo(torch.float64).tiny
+        )
+    return torch.linalg.vector_norm(residual @ vector, dim=(-2, -1))
 
 
 class _TrackedInverse(torch.autograd.Function):
@@ -155,22 +188,30 @@ class InverseTracker(nn.Module):
         residual = identity_residual(inverse, matrix)
         norm = torch.linalg.matrix_norm(residual)
         n = matrix.shape[-1]
-        worst = norm.max().item()  # the host sync that sizes the update
-        descent_steps = 0
-        if not worst < SAFE_RESIDUAL:  # a jump: heavy ball first, warm, then refinement
+        spectral = spectral_norm_estimate(residual)
+        # the host sync that sizes the update
+        worst, worst_spectral = torch.stack([norm.max(), spectral.max()]).real.tolist()
+        update = None
+        if worst_spectral < SPECTRAL_MARGIN:
+            target = self.tol * math.sqrt(n)
+            steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
+            refined = inverse
+            for _ in range(steps):  # no host sync
+                refined = refined + residual.to(refined.dtype) @ refined
+                residual = identity_residual(refined, matrix)
+            final = torch.linalg.matrix_norm(residual)
+            final_worst = final.max().item()
+            if final_worst <= max(target, worst):  # else the estimate was short: descend
+                update = TrackedUpdate(refined, (final / math.sqrt(n)).real.double().cpu(), steps)
+        if update is None:  # a jump: heavy ball first, warm, then refinement
             module = InverseModule(matrix.clone(), init="zeros")
             module.inverse.copy_(inverse)
             stepper = HeavyBallStepper(module, lr="auto", momentum="auto")
             result, _ = solve(stepper, tol=self.tol, max_steps=self.max_steps)
-            inverse, descent_steps = result.inverse, result.report.steps
-            update = TrackedUpdate(inverse, result.residual, result.refine_steps, descent_steps)
-        else:
-            steps = min(refinement_steps_needed(worst, self.tol * math.sqrt(n)), MAX_UPDATE_STEPS)
-            for _ in range(steps):  # no host sync
-                inverse = inverse + residual.to(inverse.dtype) @ inverse
-                residual = identity_residual(inverse, matrix)
-            final = torch.linalg.matrix_norm(residual) / math.sqrt(n)
-            update = TrackedUpdate(inverse, final.real.double().cpu(), steps)
+            descent_steps = result.report.steps
+            update = TrackedUpdate(
+                result.inverse, result.residual, result.refine_steps, max(1, descent_steps)
+            )
         self.matrix.copy_(matrix)
         self.inverse.copy_(update.inverse)
         update.inverse = self.inverse.clone()  # the caller's: later updates do not change it
