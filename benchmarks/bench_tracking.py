@@ -1,7 +1,8 @@
 """Tracking the inverse of a drifting matrix: steps and time per update, warm, against a cold
 ``invert()`` and ``torch.linalg.inv`` per update, and the residual over a stream of updates.
 
-    python benchmarks/bench_tracking.py [--updates 1000] [--device cuda] [--output results.json]
+    python benchmarks/bench_tracking.py [--updates 1000] [--device cuda] [--dtype float32]
+        [--eps 1e-4 1e-3] [--output results.json]
 
 The stream is M_{t+1} = M_t + eps ||M_t||_2 N_t / ||N_t||_2 (N_t Gaussian), from a matrix with
 condition number 50, for eps in {1e-4, 1e-3, 1e-2}, n in {16, 64, 256} and a batch of 64
@@ -106,12 +107,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--dtype", choices=["float64", "float32"], nargs="+")
+    parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
     args = parser.parse_args()
+    dtypes = [getattr(torch, name) for name in (args.dtype or ["float64", "float32"])]
     device = torch.device(args.device)
     rows: List[Dict] = []
-    for dtype in (torch.float64, torch.float32):
+    for dtype in dtypes:
         for name, n, batch in CASES:
-            for eps in (1e-4, 1e-3, 1e-2):
+            for eps in args.eps:
                 # eps = 1e-2 leaves refinement's reach (kappa eps = 0.5): a tenth as many
                 # updates, each a warm heavy-ball solve
                 count = args.updates if eps < 1e-2 else max(1, args.updates // 10)

@@ -164,3 +164,30 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
     assert exited.value.code in (0, None)
     assert "model:" in capsys.readouterr().out
+
+
+def test_a_misspelt_option_puts_one_error_line_first_and_points_to_help(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(ROOT / "configs" / "seed_random.yaml"), "--model.lrr", "1"])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("error: ") and "lrr" in lines[0]
+    assert lines[1:] == ["see: python train.py fit --help"]
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+def test_subcommands_other_than_fit_are_refused_in_one_line(subcommand, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([subcommand, "--config", str(ROOT / "configs" / "seed_random.yaml")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and subcommand in err.splitlines()[0]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+
+
+def test_a_run_prints_no_lightning_chatter(tmp_path):
+    result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
+    printed = result.stdout + result.stderr
+    for chatter in ("Total params", "LeafSpec", "litlogger", "GPU available"):
+        assert chatter not in printed, chatter
+    assert "after 200 steps" in result.stdout  # our summary stays

@@ -5,8 +5,11 @@ every run also gets :class:`RunOutputs` (configurable under ``outputs:``) and
 :class:`ResumableCheckpoint` (``checkpoint:``).
 """
 
+import logging
+import sys
+import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Set
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -16,7 +19,11 @@ from gdinv_modules.training.datamodule import MatrixDataModule
 from gdinv_modules.training.lit_inverse import LitInverse
 from gdinv_modules.training.run_outputs import RunOutputs
 
-__all__ = ["InverseCLI", "main", "newest_last_checkpoint"]
+__all__ = ["InverseCLI", "main", "newest_last_checkpoint", "OneLineErrorParser"]
+
+HELP_POINTER = "see: python train.py fit --help"
+# Lightning's notices that a user of train.py cannot act on (our own warnings stay).
+KNOWN_HARMLESS = ".*(LeafSpec|litlogger|does not have many workers|log_every_n_steps).*"
 
 
 def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
@@ -34,10 +41,25 @@ def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad option or config: one ``error:`` line that names it, then a pointer to ``--help``,
+    instead of the usage text first."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        sys.stderr.write(f"error: {text}\n{HELP_POINTER}\n")
+        raise SystemExit(2)
+
+
 class InverseCLI(LightningCLI):
     """``LightningCLI`` with callbacks that every run gets: the run's outputs (``outputs:``) and
     resumable checkpoints (``checkpoint:``, ``last.ckpt`` every 1000 steps); ``--ckpt_path
     last`` continues the newest ``last.ckpt`` of any version of the run."""
+
+    @staticmethod
+    def subcommands() -> Dict[str, Set[str]]:
+        """Only ``fit``: an inversion has nothing to validate, test or predict."""
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunOutputs, "outputs")
@@ -53,6 +75,23 @@ class InverseCLI(LightningCLI):
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Run the CLI; an error in the user's input is printed as one line and exits with 2."""
-    with exit_on_user_error():
-        InverseCLI(LitInverse, MatrixDataModule, args=args, auto_configure_optimizers=False)
+    """Run the CLI; an error in the user's input is printed as one line and exits with 2.
+    Lightning's informational chatter (the model summary of a one-parameter model, tips,
+    known-harmless deprecations) is left out; the run's summary and our warnings stay."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch")]
+    levels = [logger.level for logger in loggers]
+    options: Dict[str, Any] = dict(
+        args=args,
+        auto_configure_optimizers=False,
+        parser_class=OneLineErrorParser,
+        trainer_defaults={"enable_model_summary": False},
+    )
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), exit_on_user_error():
+            warnings.filterwarnings("ignore", message=KNOWN_HARMLESS)
+            InverseCLI(LitInverse, MatrixDataModule, **options)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -6,7 +6,7 @@ refinement steps :math:`X \leftarrow X + (I - XM)X` square the residual: from 0.
 reach 1e-10. So an update counts the steps it needs from the residual it finds (one host sync),
 takes them with none, and checks the result (one more). The steps converge where
 :math:`\lVert R\rVert_2 < 1`; a few power iterations of matrix-vector products estimate it
-(the Frobenius norm overstates it up to :math:`\sqrt n`-fold). A jump that leaves it above 0.9,
+(the Frobenius norm overstates it up to :math:`\sqrt n`-fold). A jump that leaves it above 0.99,
 or a refinement whose residual grew after all, falls back to heavy-ball descent warm from the
 current X, then refinement, as :func:`invert` does.
 
@@ -43,8 +43,8 @@ __all__ = [
     "spectral_norm_estimate",
 ]
 
-MAX_UPDATE_STEPS = 12  # from a residual of 0.9, 12 squarings pass float64's floor
-SPECTRAL_MARGIN = 0.9  # refine where the estimate of ||I - XM||_2 is below this
+MAX_UPDATE_STEPS = 12  # from ||R||_2 = 0.99, 12 squarings pass float64's floor
+SPECTRAL_MARGIN = 0.99  # refine where the estimate of ||I - XM||_2 is below this
 POWER_ITERATIONS = 16  # matrix-vector products: O(n^2) each, next to a step's O(n^3)
 
 
