@@ -313,8 +313,9 @@ def _verdict(
     tuner = stepper.tuner
     if tuner is not None and tuner.sigma_min_sq is not None:
         # Polyak's rate for the tuner's estimates: the smallest singular value is never
-        # underestimated, so this rate is never slower than the run's own can become.
-        kappa = (tuner.sigma_max / tuner.sigma_min_sq.sqrt()).max().item()
+        # underestimated, so this rate is never slower than the run's own can become. The
+        # tuner read kappa at its last retune, in the same host sync as its pair.
+        kappa = tuner.condition
         theory = (kappa - 1) / (kappa + 1)
         if gain < STALL_GAIN and theory**span <= 1 / EXPECTED_GAIN:
             return _Stop("stalled", best, rate, steps=steps, max_steps=max_steps)

@@ -96,6 +96,7 @@ class HeavyBallTuner:
                 )
         self.sigma_max = estimate * SIGMA_MAX_MARGIN
         self.sigma_min_sq: Optional[Tensor] = None
+        self.condition = float("inf")  # the largest estimated kappa, as of the last retune
         self.lr: Optional[Tensor] = None  # per matrix, shape (...)
         self.momentum: Optional[Tensor] = None  # per matrix, shape (...)
         self.gradient_scale: Optional[Tensor] = None  # shape (..., 1, 1); None for one matrix
@@ -133,7 +134,10 @@ class HeavyBallTuner:
             lr=self.fixed_lr,
             momentum=self.fixed_momentum,
         )
-        shared_lr, shared_momentum = torch.stack([lr.max(), momentum.max()]).tolist()
+        kappa = (self.sigma_max.square() / self.sigma_min_sq).sqrt().max()
+        shared_lr, shared_momentum, self.condition = torch.stack(
+            [lr.max(), momentum.max(), kappa.to(lr)]
+        ).tolist()  # the retune's one host sync
         param = optimizer.param_groups[0]["params"][0]
         if lr.ndim > 0:
             scale = (lr / shared_lr).to(param.dtype)[..., None, None]
@@ -160,6 +164,7 @@ class HeavyBallTuner:
                 "momentum",
                 "gradient_scale",
                 "next_step",
+                "condition",
             )
         }
 
