@@ -188,6 +188,6 @@ def test_subcommands_other_than_fit_are_refused_in_one_line(subcommand, capsys):
 def test_a_run_prints_no_lightning_chatter(tmp_path):
     result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
     printed = result.stdout + result.stderr
-    for chatter in ("Total params", "LeafSpec", "litlogger", "GPU available"):
+    for chatter in ("Total params", "LeafSpec", "litlogger", "GPU available", "Seed set"):
         assert chatter not in printed, chatter
     assert "after 200 steps" in result.stdout  # our summary stays

@@ -78,7 +78,8 @@ def main(args: Optional[List[str]] = None) -> None:
     """Run the CLI; an error in the user's input is printed as one line and exits with 2.
     Lightning's informational chatter (the model summary of a one-parameter model, tips,
     known-harmless deprecations) is left out; the run's summary and our warnings stay."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch")]
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     options: Dict[str, Any] = dict(
         args=args,
