@@ -1,8 +1,10 @@
 """The command line: ``LightningCLI`` over :class:`LitInverse` and :class:`MatrixDataModule`.
 
 ``python train.py fit --config configs/seed_random.yaml`` runs the post's first experiment;
-every run also gets :class:`RunOutputs` (configurable under ``outputs:``) and
-:class:`ResumableCheckpoint` (``checkpoint:``).
+``python train.py fit --data.kind file --data.path M.npy`` inverts one's own matrix as
+:func:`invert` would: lr and momentum ``auto``, from zeros, to the dtype's tol
+(:data:`RUN_DEFAULTS`), in the file's own precision. Every run also gets :class:`RunOutputs`
+(configurable under ``outputs:``) and :class:`ResumableCheckpoint` (``checkpoint:``).
 """
 
 import logging
@@ -11,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Set
 
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from gdinv_modules.cli.exit import exit_on_user_error
@@ -19,15 +22,49 @@ from gdinv_modules.training.datamodule import MatrixDataModule
 from gdinv_modules.training.lit_inverse import LitInverse
 from gdinv_modules.training.run_outputs import RunOutputs
 
-__all__ = ["InverseCLI", "main", "newest_last_checkpoint", "OneLineErrorParser"]
+__all__ = [
+    "InverseCLI",
+    "main",
+    "newest_last_checkpoint",
+    "OneLineErrorParser",
+    "RUN_DEFAULTS",
+    "run_name",
+]
 
 HELP_POINTER = "see: python train.py fit --help"
+# What a run without a config gets: invert()'s settings (a config states its own, as the
+# post's seed_*.yaml do: lr 0.9, momentum 0.9, the random first guess, no tol).
+RUN_DEFAULTS: Dict[str, Any] = {
+    "model.lr": "auto",
+    "model.momentum": "auto",
+    "model.init": "zeros",
+    "model.tol": "auto",
+    "trainer.max_steps": 100_000,
+}
 # Lightning's notices that a user of train.py cannot act on (our own warnings stay).
-KNOWN_HARMLESS = ".*(LeafSpec|litlogger|does not have many workers|log_every_n_steps).*"
+KNOWN_HARMLESS = (
+    ".*(LeafSpec|litlogger|does not have many workers|log_every_n_steps|No seed found"
+    "|tensorboardX).*"
+)
+
+
+def run_name(config: Namespace) -> str:
+    """The NAME of ``runs/NAME``: the first config file's stem, else the matrix file's, else
+    the matrix kind.
+
+    Example:
+        >>> run_name(Namespace(config=None, data=Namespace(kind="spd", path=None)))
+        'spd'
+    """
+    configs = config.get("config") or []
+    if configs:
+        return Path(str(configs[0])).stem
+    return Path(config.data.path).stem if config.data.path else str(config.data.kind)
 
 
 def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
-    """The newest ``last*.ckpt`` in any ``version_*/checkpoints`` of a run (``runs/NAME``).
+    """The newest ``last*.ckpt`` in ``checkpoints`` or any ``version_*/checkpoints`` of a run
+    (``runs/NAME``, or an ``--outputs.output_dir``).
 
     Each run of ``train.py`` gets a new log directory (``runs/NAME/version_N``), so a run killed
     halfway leaves its checkpoints in ``version_N`` while its restart writes ``version_N+1``.
@@ -37,7 +74,10 @@ def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
         >>> newest_last_checkpoint(Path(tempfile.mkdtemp())) is None
         True
     """
-    found = list(run_root.glob("version_*/checkpoints/last*.ckpt"))
+    found = [
+        *run_root.glob("checkpoints/last*.ckpt"),
+        *run_root.glob("version_*/checkpoints/last*.ckpt"),
+    ]
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
@@ -64,12 +104,40 @@ class InverseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunOutputs, "outputs")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
+        parser.set_defaults(RUN_DEFAULTS)
+
+    def before_instantiate_classes(self) -> None:
+        """One run, one place: without a logger of its own a run logs with a ``CSVLogger`` to
+        ``runs/NAME/version_N`` (NAME: the config's or the matrix file's stem, else the kind);
+        ``--outputs.output_dir DIR`` puts the logger's files, the checkpoints and
+        ``config.yaml`` in DIR, beside the outputs."""
+        config = self.config[self.subcommand]
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="pytorch_lightning.loggers.CSVLogger",
+                init_args=Namespace(save_dir="runs", name=run_name(config)),
+            )
+        output_dir = config.outputs.output_dir
+        if output_dir is None:
+            return
+        config.trainer.default_root_dir = output_dir
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args:
+                init_args.save_dir, init_args.name, init_args.version = output_dir, "", ""
+        if config.get("ckpt_path") == "last":  # a resumed run writes its config.yaml again
+            self.save_config_kwargs["overwrite"] = True
 
     def before_fit(self) -> None:
+        for callback in self.trainer.callbacks:  # before the loggers make their directories
+            if isinstance(callback, RunOutputs):
+                callback.claim(self.trainer)
         config = self.config_init[self.subcommand]
         log_dir = self.trainer.log_dir
         if config.get("ckpt_path") == "last" and log_dir is not None:
-            found = newest_last_checkpoint(Path(log_dir).parent)
+            root = Path(log_dir) if config.outputs.output_dir else Path(log_dir).parent
+            found = newest_last_checkpoint(root)
             if found is not None:
                 config["ckpt_path"] = str(found)
 

@@ -10,7 +10,7 @@ import math
 import pickle
 import zipfile
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.core.errors import MatrixFileError
 
-__all__ = ["load_matrix", "save_matrix", "MATRIX_SUFFIXES", "DEFAULT_MAX_BYTES"]
+__all__ = ["load_matrix", "save_matrix", "file_dtype", "MATRIX_SUFFIXES", "DEFAULT_MAX_BYTES"]
 
 MATRIX_SUFFIXES = (".npy", ".pt", ".csv")
 DEFAULT_MAX_BYTES = 1 << 31  # 2 GiB
@@ -28,19 +28,20 @@ DEFAULT_MAX_BYTES = 1 << 31  # 2 GiB
 def load_matrix(
     path: Union[str, Path],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: Optional[torch.dtype] = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Tensor:
     """Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
 
-    Integer data is converted to ``dtype``; complex, boolean and object data are refused.
+    The data is converted to ``dtype``, by default the file's own precision
+    (:func:`file_dtype`); complex, boolean and object data are refused.
     Every failure raises :class:`~gdinv_modules.core.errors.MatrixFileError` naming the file.
 
     Example:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
         >>> _ = path.write_text("1,2\\n3,4\\n")
-        >>> load_matrix(path)
+        >>> load_matrix(path, dtype=torch.float32)
         tensor([[1., 2.],
                 [3., 4.]])
     """
@@ -180,8 +181,23 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _to_float_tensor(array: Union[Tensor, np.ndarray], path: Path, dtype: torch.dtype) -> Tensor:
+def file_dtype(stored: torch.dtype) -> torch.dtype:
+    """The dtype a file's matrix is inverted in by default: float32 for data of float32 or
+    less (float16, bfloat16), float64 for float64, integers and text (``.csv``).
+
+    Example:
+        >>> file_dtype(torch.float16), file_dtype(torch.int64)
+        (torch.float32, torch.float64)
+    """
+    if stored.is_floating_point and torch.finfo(stored).bits <= 32:
+        return torch.float32
+    return torch.float64
+
+
+def _to_float_tensor(
+    array: Union[Tensor, np.ndarray], path: Path, dtype: Optional[torch.dtype]
+) -> Tensor:
     tensor = array if isinstance(array, Tensor) else torch.from_numpy(np.ascontiguousarray(array))
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise MatrixFileError(f"{path}: holds {tensor.dtype} data; a real matrix is needed")
-    return tensor.to(dtype)
+    return tensor.to(file_dtype(tensor.dtype) if dtype is None else dtype)

@@ -6,6 +6,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Dict, Optional, cast
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
@@ -16,17 +17,14 @@ from gdinv_modules.engine.tracker import InverseTracker
 if TYPE_CHECKING:  # LitInverse installs ConvergenceMonitor, so only for the annotations
     from gdinv_modules.training.lit_inverse import LitInverse
 
-__all__ = ["ConvergenceMonitor", "ResumableCheckpoint", "TrackInverse"]
+__all__ = ["ConvergenceMonitor", "StepLogger", "ResumableCheckpoint", "TrackInverse"]
 
 
 class ConvergenceMonitor(pl.Callback):
     """After every window of steps, stops the Trainer once every matrix's residual is at most
-    ``tol``, and raises :class:`~gdinv_modules.core.errors.DivergenceError` when the loss is
-    not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host sync per
-    window, none per step). ``LitInverse`` installs it with its own ``tol``."""
-
-    def __init__(self, tol: Optional[float]) -> None:
-        self.tol = tol
+    ``LitInverse.tol``, and raises :class:`~gdinv_modules.core.errors.DivergenceError` when the
+    loss is not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host
+    sync per window, none per step). ``LitInverse`` installs it."""
 
     def on_train_batch_end(
         self,
@@ -36,8 +34,58 @@ class ConvergenceMonitor(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if cast("LitInverse", pl_module).stepper.check(self.tol):
+        model = cast("LitInverse", pl_module)
+        if model.stepper.check(model.tol):
             trainer.should_stop = True
+
+
+class StepLogger(pl.Callback):
+    """Writes the values ``LitInverse`` logs to the Trainer's loggers with the optimizer step
+    (``trainer.global_step``, the step of ``losses.csv``) as their step.
+
+    Lightning counts ``log_every_n_steps`` and the logged step in ``training_step`` calls, that
+    is in windows of steps; here both count optimizer steps. A window is written when it holds
+    a multiple of ``log_every_n_steps`` (so every window under Lightning's default of 50 and
+    ``LitInverse``'s window of 100), and the last state always is. The values stay in
+    ``trainer.callback_metrics`` for the progress bar, ``EarlyStopping`` and checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self._previous = 0  # global_step at the end of the window before
+        self._written = -1  # the step last written
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._previous = trainer.global_step
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        every, step = max(trainer.log_every_n_steps, 1), trainer.global_step
+        if step // every > self._previous // every:
+            self.write(trainer)
+        self._previous = step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._written != trainer.global_step:
+            self.write(trainer)
+
+    def write(self, trainer: pl.Trainer) -> None:
+        """Send ``trainer.callback_metrics`` to every logger at step ``global_step`` (one host
+        sync)."""
+        metrics = trainer.callback_metrics
+        if not trainer.loggers or not metrics:
+            return
+        values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
+        row = dict(zip(metrics, values.tolist()))
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=trainer.global_step)
+            logger.save()
+        self._written = trainer.global_step
 
 
 class ResumableCheckpoint(ModelCheckpoint):

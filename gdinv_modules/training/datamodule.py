@@ -44,10 +44,11 @@ def make_matrix(
     condition: float = 100.0,
     rank: Optional[int] = None,
     rows: Optional[int] = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tensor:  # shape: (*batch_shape, n, n), or (*batch_shape, rows, n) for low_rank
     """The matrix of a kind, as :class:`MatrixDataModule` describes them. An option that the
-    kind does not use is refused, not ignored.
+    kind does not use is refused, not ignored. ``dtype=None``: a file's own precision
+    (:func:`~gdinv_modules.io.matrix_io.file_dtype`), float32 for the other kinds.
 
     Example:
         >>> make_matrix("hilbert", n=2, dtype=torch.float64)[1, 1].item()
@@ -63,14 +64,15 @@ def make_matrix(
         raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
     if kind != "low_rank" and (rank is not None or rows is not None):
         raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
-    if kind == "random":
-        return random_matrix(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
-    if kind == "diagonal":
-        return diagonal_matrix(values, n=n, dtype=dtype)
     if kind == "file":
         if path is None:
             raise InvalidOptionError("kind='file' needs a path")
         return load_matrix(path, dtype=dtype)
+    dtype = dtype or torch.float32
+    if kind == "random":
+        return random_matrix(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    if kind == "diagonal":
+        return diagonal_matrix(values, n=n, dtype=dtype)
     if kind == "hilbert":
         return hilbert_matrix(n, dtype=dtype)
     if kind == "orthogonal":
@@ -100,7 +102,9 @@ class MatrixDataModule(pl.LightningDataModule):
         condition: the condition number of ``"spd"``.
         rank: the rank of ``"low_rank"``.
         rows: the number of rows of ``"low_rank"`` (default ``n``).
-        dtype: ``"float32"`` or ``"float64"``.
+        dtype: ``"float32"`` or ``"float64"``; default a file's own precision (float64 stays
+            float64; integers and ``.csv`` text are read as float64), float32 for the other
+            kinds.
         windows_per_epoch: windows of steps in an epoch (a window is one ``training_step``, of
             ``LitInverse.steps_per_window`` optimizer steps).
         batches_per_epoch: deprecated name of ``windows_per_epoch``.
@@ -124,7 +128,7 @@ class MatrixDataModule(pl.LightningDataModule):
         condition: float = 100.0,
         rank: Optional[int] = None,
         rows: Optional[int] = None,
-        dtype: Literal["float32", "float64"] = "float32",
+        dtype: Optional[Literal["float32", "float64"]] = None,
         windows_per_epoch: int = DEFAULT_WINDOWS_PER_EPOCH,
         batches_per_epoch: Optional[int] = None,
     ) -> None:
@@ -133,7 +137,8 @@ class MatrixDataModule(pl.LightningDataModule):
             warn_renamed("MatrixDataModule(batches_per_epoch=...)", "windows_per_epoch")
             windows_per_epoch = batches_per_epoch
         self.save_hyperparameters(ignore=["batches_per_epoch"])
-        check_choice(dtype, tuple(DTYPES), name="dtype")
+        if dtype is not None:
+            check_choice(dtype, tuple(DTYPES), name="dtype")
         self.windows_per_epoch = check_positive_int(windows_per_epoch, name="windows_per_epoch")
         self.matrix: Tensor = check_finite(
             check_matrix(
@@ -147,7 +152,7 @@ class MatrixDataModule(pl.LightningDataModule):
                     condition=condition,
                     rank=rank,
                     rows=rows,
-                    dtype=DTYPES[dtype],
+                    dtype=None if dtype is None else DTYPES[dtype],
                 ),
                 square=False,
             )

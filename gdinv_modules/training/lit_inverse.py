@@ -5,6 +5,7 @@ from typing import Any, Dict, Iterable, List, Literal, Optional, Union, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
@@ -18,8 +19,9 @@ from gdinv_modules.engine.sharding import ShardMode
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import Init, InverseModule
 from gdinv_modules.nn.metric import IdentityMSE
-from gdinv_modules.training.callbacks import ConvergenceMonitor
+from gdinv_modules.training.callbacks import ConvergenceMonitor, StepLogger
 from gdinv_modules.training.compat import count_optimizer_steps
+from gdinv_modules.training.progress import StepProgressBar
 from gdinv_modules.training.ticks import window_ticks
 
 __all__ = ["LitInverse"]
@@ -33,8 +35,9 @@ class LitInverse(pl.LightningModule):
     ``steps_per_window`` of them with no host sync, so ``trainer.global_step`` and
     ``max_steps`` count optimizer steps. After each window it logs ``loss`` (the loss averaged
     over the batch), ``mse`` (the :class:`IdentityMSE` metric of E) and ``residual`` (the
-    largest relative residual in the batch), and a :class:`ConvergenceMonitor` stops the run at
-    ``tol`` and refuses divergence. :attr:`losses` holds the loss of every step, :math:`L(X_t)`
+    largest relative residual in the batch), which the loggers get at the optimizer step
+    (:class:`StepLogger`); a :class:`ConvergenceMonitor` stops the run at ``tol`` and refuses
+    divergence, and the progress bar counts optimizer steps (:class:`StepProgressBar`). :attr:`losses` holds the loss of every step, :math:`L(X_t)`
     before step :math:`t`'s update, kept on the device and in checkpoints.
 
     Args:
@@ -47,9 +50,10 @@ class LitInverse(pl.LightningModule):
         seed: the seed of the random first guess.
         steps_per_window: optimizer steps per ``training_step``.
         loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        tol: stop once every matrix's relative residual is at most ``tol``; ``None`` runs to
-            ``max_steps`` (as the post does). Reports judge convergence by ``tol``, or without
-            one by the dtype's default (1e-5 for float32, 1e-10 for float64).
+        tol: stop once every matrix's relative residual is at most ``tol``; ``"auto"``: the
+            dtype's default (1e-5 for float32, 1e-10 for float64, as :func:`invert`); ``None``
+            runs to ``max_steps`` (as the post does), and reports judge convergence by the
+            dtype's default.
         ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss; the residual checked
             against ``tol`` becomes the bound on the relative distance to its minimiser.
         check_rank: one SVD of M at the start; a rank-deficient M gets a
@@ -85,7 +89,7 @@ class LitInverse(pl.LightningModule):
         seed: int = 314,
         steps_per_window: int = 100,
         loss_every: int = 1,
-        tol: Optional[float] = None,
+        tol: Union[float, Literal["auto"], None] = None,
         ridge: float = 0.0,
         check_rank: bool = True,
         shard: Union[ShardMode, Literal["auto"]] = "batch",
@@ -101,7 +105,7 @@ class LitInverse(pl.LightningModule):
             warn_renamed("shard='auto'", "shard='batch', which it equals")
             shard = "batch"
         check_positive_int(steps_per_window, name="steps_per_window")
-        if tol is not None:
+        if tol is not None and tol != "auto":
             check_positive_float(tol, name="tol")
         HeavyBallStepper.check_options(lr, momentum, ridge, loss_every, shard)
         self.save_hyperparameters(ignore=["matrix", "steps_per_batch"])
@@ -166,10 +170,17 @@ class LitInverse(pl.LightningModule):
         """The step of each row of :attr:`losses`."""
         return self.stepper.history.steps
 
+    @property
+    def tol(self) -> Optional[float]:
+        """The tolerance the run stops at: ``tol``, the dtype's default for ``"auto"``, or
+        ``None`` (no stop before ``max_steps``)."""
+        if self.hparams.tol == "auto":
+            return default_tol(self.module.inverse.dtype)
+        return self.hparams.tol
+
     def report(self) -> ConvergenceReport:
         """The convergence report of the run so far (host syncs: call it at the end)."""
-        tol = self.hparams.tol or default_tol(self.module.inverse.dtype)
-        return self.stepper.report(tol)
+        return self.stepper.report(self.tol or default_tol(self.module.inverse.dtype))
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The product E (see :meth:`InverseModule.forward`)."""
@@ -202,7 +213,12 @@ class LitInverse(pl.LightningModule):
         return self.stepper.optimizer
 
     def configure_callbacks(self) -> List[pl.Callback]:
-        return [ConvergenceMonitor(self.hparams.tol)]
+        """The stop at ``tol``, the loggers' writes at optimizer steps (:class:`StepLogger`) and,
+        in place of Lightning's default progress bar, one counting optimizer steps."""
+        callbacks: List[pl.Callback] = [ConvergenceMonitor(), StepLogger()]
+        if type(self.trainer.progress_bar_callback) is TQDMProgressBar:
+            callbacks.append(StepProgressBar())
+        return callbacks
 
     def on_train_start(self) -> None:
         # A value is synced over the ranks only where there are several.
@@ -223,18 +239,13 @@ class LitInverse(pl.LightningModule):
         product = stepper.measure()
         assert stepper.loss is not None and stepper.residual is not None
         mse = self.metric(stepper.sharding.local_part(product))  # over every rank
-        self.log_dict(
-            {"loss": stepper.loss.mean(), "residual": stepper.residual.max()},
-            on_step=True,
-            on_epoch=False,
-            prog_bar=True,
-        )
-        self.log("mse", mse, on_step=True, on_epoch=False)
+        values = {"loss": stepper.loss.mean(), "residual": stepper.residual.max()}
+        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        self.log("mse", mse, on_step=True, on_epoch=False, logger=False)
         if stepper.tuner is not None:
             group = stepper.optimizer.param_groups[0]
-            self.log_dict(
-                {"lr": group["lr"], "momentum": group["momentum"]}, on_step=True, on_epoch=False
-            )
+            tuned = {"lr": group["lr"], "momentum": group["momentum"]}
+            self.log_dict(tuned, on_step=True, on_epoch=False, logger=False)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = self.stepper.state_dict()

@@ -1,9 +1,10 @@
 """``RunOutputs``: what a finished run leaves in its log directory."""
 
 import json
+import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, cast
 
 import pytorch_lightning as pl
 import torch
@@ -31,19 +32,25 @@ class RunOutputs(pl.Callback):
     """Write a finished run's results into the Trainer's log directory and print a summary.
 
     Files: ``inverse.pt`` and ``inverse.npy`` (the trained X), ``losses.csv`` (the loss of
-    every optimizer step, or of every ``loss_every``-th), ``loss_curve.png`` (log-scale y) and
-    ``summary.json``. They are written atomically, and a directory holding an earlier run's
-    outputs is refused at fit start, before any training.
+    every optimizer step, or of every ``loss_every``-th), ``loss_curve.png``
+    (:func:`~gdinv_modules.io.plotting.plot_run`) and ``summary.json``. They are written
+    atomically. A directory holding an earlier run's outputs is refused at setup, before any
+    training, and a run that fails (an error, not a kill or Ctrl-C, which keep the checkpoints
+    to resume from) takes away every file and directory it made.
 
     Args:
         plot: draw ``loss_curve.png``.
-        output_dir: where to write; default the Trainer's ``log_dir``.
+        output_dir: where to write; default the Trainer's ``log_dir``. ``train.py`` points its
+            logger, checkpoints and ``config.yaml`` there too.
     """
 
     def __init__(self, *, plot: bool = True, output_dir: Optional[str] = None) -> None:
         self.plot = plot
         self.output_dir = output_dir
         self._start: Optional[float] = None
+        self._made: Optional[Path] = None  # the topmost directory this run made
+        self._found: Set[Path] = set()  # what the directory held before the run
+        self._claimed = False
         self.summary: Dict[str, Any] = {}
 
     def directory(self, trainer: pl.Trainer) -> Path:
@@ -51,7 +58,12 @@ class RunOutputs(pl.Callback):
         every rank must call this."""
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def claim(self, trainer: pl.Trainer) -> None:
+        """Refuse a directory that holds an earlier run's outputs, and note what it holds, so
+        that a failed run can take away what it made. ``setup`` calls it; ``train.py`` calls it
+        earlier, before the Trainer's loggers make their directories."""
+        if self._claimed:
+            return
         directory = self.directory(trainer)
         existing = [name for name in OUTPUT_FILES if (directory / name).exists()]
         if existing:  # every rank sees the same files, so every rank stops
@@ -59,7 +71,39 @@ class RunOutputs(pl.Callback):
                 f"{directory} holds an earlier run's outputs ({', '.join(existing)}); choose "
                 "another directory or logger version"
             )
+        top = directory.absolute()
+        while not top.parent.exists():
+            top = top.parent
+        self._made = None if top.exists() else top
+        self._found = set(directory.rglob("*")) if directory.exists() else set()
+        self._claimed = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.claim(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._claimed = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """A failed run leaves nothing behind; an interrupted one keeps its checkpoints."""
+        claimed, self._claimed = self._claimed, False
+        if not claimed or isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+            return
+        if self._made is not None:
+            shutil.rmtree(self._made, ignore_errors=True)
+            return
+        directory = self.directory(trainer)
+        made = sorted(set(directory.rglob("*")) - self._found, key=lambda p: -len(p.parts))
+        for path in made:  # the deepest first, so that a directory is empty when removed
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         directory = self.directory(trainer)
@@ -120,6 +164,8 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     unset = ""
     if summary["hyperparameters"].get("tol") is None:
         unset = f"none set: judged by {summary['dtype']}'s {report.tol:g}"
+    elif summary["hyperparameters"].get("tol") == "auto":
+        unset = f"auto: {summary['dtype']}'s {report.tol:g}"
     return "\n".join(
         [
             f"Inverse of a {rows} x {cols} matrix ({summary['dtype']}, "

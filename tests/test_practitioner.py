@@ -1,0 +1,216 @@
+"""train.py and LitInverse as a practitioner meets them: one's own file without a config, a
+user's Trainer with a logger, one run in one place, and nothing left by a refused run."""
+
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from gdinv_modules import LitInverse
+from gdinv_modules.cli.train import RUN_DEFAULTS, main
+from gdinv_modules.core.matrices import random_matrix
+from gdinv_modules.io.atomic import atomic_path
+from gdinv_modules.io.matrix_io import load_matrix
+from gdinv_modules.training.progress import StepProgressBar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def own_matrix(path: Path) -> np.ndarray:
+    """A 10 x 10 float64 matrix of condition number about 3, saved at ``path``."""
+    matrix = np.random.default_rng(0).standard_normal((10, 10)) + 10 * np.eye(10)
+    if path.suffix == ".npy":
+        np.save(path, matrix)
+    elif path.suffix == ".pt":
+        torch.save(torch.from_numpy(matrix), path)
+    else:
+        np.savetxt(path, matrix, delimiter=",")
+    return matrix
+
+
+def train_py(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def read_rows(path: Path) -> list:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ones_own_file_without_a_config_is_inverted_as_invert_would(tmp_path):
+    matrix = own_matrix(tmp_path / "mine.npy")
+    done = train_py(tmp_path, "--data.kind", "file", "--data.path", "mine.npy")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "mine" / "version_0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["dtype"] == "float64"  # the file's own precision
+    assert summary["hyperparameters"]["lr"] == "auto"
+    assert summary["hyperparameters"]["momentum"] == "auto"
+    assert summary["hyperparameters"]["init"] == "zeros"
+    assert summary["convergence"]["tol"] == 1e-10 and summary["convergence"]["converged"] == [True]
+    assert summary["steps"] <= 200  # stopped at tol, as invert() does, not at 1,000,000 steps
+    inverse = np.load(run / "inverse.npy")
+    assert inverse.dtype == np.float64
+    np.testing.assert_allclose(inverse, np.linalg.inv(matrix), atol=1e-12)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == RUN_DEFAULTS["trainer.max_steps"]
+    assert "tol                    auto: float64's 1e-10" in done.stdout
+    assert "steps:" in done.stderr + done.stdout and "Epoch" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".csv"])
+def test_a_float64_file_stays_float64_and_a_float32_file_float32(tmp_path, suffix):
+    matrix = own_matrix(tmp_path / f"m{suffix}")
+    loaded = load_matrix(tmp_path / f"m{suffix}")
+    assert loaded.dtype == torch.float64
+    np.testing.assert_array_equal(loaded.numpy(), matrix)  # savetxt writes 18 digits
+    np.save(tmp_path / "f32.npy", matrix.astype(np.float32))
+    assert load_matrix(tmp_path / "f32.npy").dtype == torch.float32
+    np.save(tmp_path / "ints.npy", np.arange(4).reshape(2, 2))
+    assert load_matrix(tmp_path / "ints.npy").dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["seed_random.yaml", "seed_diagonal.yaml"])
+def test_the_seed_configs_state_the_posts_settings_themselves(name):
+    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    model = config["model"]
+    assert (model["lr"], model["momentum"], model["init"], model["tol"]) == (
+        0.9,
+        0.9,
+        "random",
+        None,
+    )
+    assert config["trainer"]["max_steps"] == 10_000 and config["data"]["dtype"] == "float32"
+
+
+def test_a_config_without_settings_gets_the_run_defaults(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.kind", "spd", "--data.n", "4", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["lr"] == "auto" and config["model"]["tol"] == "auto"
+    assert config["trainer"]["max_steps"] == 100_000
+
+
+def users_trainer(tmp_path: Path, **options) -> pl.Trainer:
+    return pl.Trainer(
+        logger=CSVLogger(tmp_path),
+        callbacks=[EarlyStopping("loss", patience=1000)],
+        enable_model_summary=False,
+        accelerator="cpu",
+        **options,
+    )
+
+
+def test_a_users_csv_logger_gets_every_window_at_its_optimizer_step(tmp_path):
+    model = LitInverse(random_matrix(4))
+    trainer = users_trainer(tmp_path, max_steps=800)  # Lightning's log_every_n_steps=50
+    trainer.fit(model)
+    rows = read_rows(Path(trainer.log_dir) / "metrics.csv")
+    assert [int(row["step"]) for row in rows] == list(range(100, 801, 100))
+    assert trainer.global_step == 800
+    # the loss logged at step s is L(X_s), the loss of step s in model.losses
+    losses = model.losses.double()
+    for row in rows[:-1]:
+        step = int(row["step"])
+        assert float(row["loss"]) == pytest.approx(float(losses[step]), rel=1e-5)
+    assert {"loss", "residual", "mse"} <= set(rows[0])
+    assert any(isinstance(cb, StepProgressBar) for cb in trainer.callbacks)
+    assert not any(type(cb) is TQDMProgressBar for cb in trainer.callbacks)
+
+
+def test_log_every_n_steps_counts_optimizer_steps_and_the_end_is_always_written(tmp_path):
+    model = LitInverse(random_matrix(4))
+    trainer = users_trainer(tmp_path, max_steps=750, log_every_n_steps=300)
+    trainer.fit(model)
+    rows = read_rows(Path(trainer.log_dir) / "metrics.csv")
+    assert [int(row["step"]) for row in rows] == [300, 600, 750]
+
+
+def test_no_progress_bar_is_added_where_the_user_turned_it_off(tmp_path):
+    trainer = users_trainer(tmp_path, max_steps=100, enable_progress_bar=False)
+    trainer.fit(LitInverse(random_matrix(4)))
+    assert trainer.progress_bar_callback is None
+
+
+def test_the_step_bar_counts_optimizer_steps(tmp_path, capsys):
+    trainer = users_trainer(tmp_path, max_steps=300)
+    trainer.fit(LitInverse(random_matrix(4)))
+    bar = next(cb for cb in trainer.callbacks if isinstance(cb, StepProgressBar))
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (300, 300)
+    printed = capsys.readouterr()
+    assert "steps: 100%" in printed.out + printed.err and "Epoch" not in printed.out + printed.err
+
+
+def test_output_dir_holds_the_whole_run_and_a_second_run_there_is_refused(tmp_path):
+    own_matrix(tmp_path / "mine.npy")
+    args = ("--data.kind", "file", "--data.path", "mine.npy", "--outputs.output_dir", "out")
+    done = train_py(tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    held = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+    assert {
+        "inverse.pt",
+        "inverse.npy",
+        "losses.csv",
+        "loss_curve.png",
+        "summary.json",
+        "metrics.csv",
+        "hparams.yaml",
+        "config.yaml",
+        "checkpoints/last.ckpt",
+    } == held
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lightning_logs").exists()
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    again = train_py(tmp_path, *args)
+    assert again.returncode == 2 and "OutputExistsError" in again.stderr.splitlines()[-1]
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        os.umask(0o077)
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path):
+    own_matrix(tmp_path / "mine.npy")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    diverging = ("--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "5")
+    for where in ([], ["--outputs.output_dir", "new/deeper"], ["--outputs.output_dir", "keep"]):
+        done = train_py(tmp_path, *diverging, "--model.momentum", "0.9", *where)
+        assert done.returncode == 2 and "DivergenceError" in done.stderr.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "mine.npy"]
+    assert [p.name for p in (tmp_path / "keep").iterdir()] == ["notes.txt"]
+
+
+def test_a_run_refused_at_parse_leaves_nothing(tmp_path):
+    own_matrix(tmp_path / "mine.npy")
+    done = train_py(tmp_path, "--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "-1")
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy"]
