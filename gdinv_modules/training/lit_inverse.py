@@ -37,8 +37,9 @@ class LitInverse(pl.LightningModule):
     over the batch), ``mse`` (the :class:`IdentityMSE` metric of E) and ``residual`` (the
     largest relative residual in the batch), which the loggers get at the optimizer step
     (:class:`StepLogger`); a :class:`ConvergenceMonitor` stops the run at ``tol`` and refuses
-    divergence, and the progress bar counts optimizer steps (:class:`StepProgressBar`). :attr:`losses` holds the loss of every step, :math:`L(X_t)`
-    before step :math:`t`'s update, kept on the device and in checkpoints.
+    divergence, and the progress bar counts optimizer steps (:class:`StepProgressBar`).
+    :attr:`losses` holds the loss of every step, :math:`L(X_t)` before step :math:`t`'s update,
+    kept on the device and in checkpoints.
 
     Args:
         matrix: M, shape ``(..., n, n)`` or ``(..., m, n)``. Leave it out to take M from the
