@@ -19,9 +19,11 @@ from pytorch_lightning.loggers import CSVLogger
 
 from gdinv_modules import LitInverse
 from gdinv_modules.cli.train import RUN_DEFAULTS, main
+from gdinv_modules.core.errors import SingularMatrixWarning
 from gdinv_modules.core.matrices import random_matrix
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.matrix_io import load_matrix
+from gdinv_modules.io.plotting import plot_losses, plot_run, run_figure
 from gdinv_modules.training.progress import StepProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +216,62 @@ def test_a_run_refused_at_parse_leaves_nothing(tmp_path):
     done = train_py(tmp_path, "--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "-1")
     assert done.returncode == 2 and done.stderr.startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy"]
+
+
+def post_run(tmp_path: Path) -> LitInverse:
+    model = LitInverse(random_matrix(4))  # the post's M1, lr 0.9, momentum 0.9, no tol
+    users_trainer(tmp_path, max_steps=3000, enable_progress_bar=False).fit(model)
+    return model
+
+
+def lines_by_label(figure) -> dict:
+    return {line.get_label(): line for line in figure.axes[0].get_lines()}
+
+
+def test_the_loss_plot_shows_theory_tol_its_step_and_the_float32_plateau(tmp_path):
+    model = post_run(tmp_path)
+    report = model.report()
+    figure = run_figure(model.losses, report, 4, steps=model.loss_steps, dtype="float32")
+    lines = lines_by_label(figure)
+    axes = figure.axes[0]
+    measured = lines["loss"]
+    np.testing.assert_allclose(measured.get_ydata(), model.losses.double().numpy().ravel())
+    # the theory line falls by the predicted rate squared per step
+    rate = report.predicted_rate[0]
+    theory = lines[f"theory: residual × {rate:.4g} per step"]
+    x, y = theory.get_xdata(), theory.get_ydata()
+    slope = (np.log(y[-1]) - np.log(y[0])) / (x[-1] - x[0])
+    assert slope == pytest.approx(2 * np.log(rate), rel=1e-9)
+    # tol as the loss it means, and the step that reached it (post's run: float32's 1e-5)
+    assert lines["tol 1e-05"].get_ydata()[0] == pytest.approx(1e-10 / 4)
+    reach = report.steps_to_tol[0]
+    assert 600 < reach < 800 and lines[f"tol reached, step {reach}"].get_xdata()[0] == reach
+    # the float32 plateau, measured, and the axis cut shortly after it begins
+    plateau = next(label for label in lines if label.startswith("float32's floor (plateau)"))
+    level = lines[plateau].get_ydata()[0]
+    assert level == pytest.approx(float(model.losses[-300:].double().median()), rel=1e-12)
+    assert 1e-14 < level < 1e-12
+    assert 900 < axes.get_xlim()[1] < 1300
+    assert any("not shown" in text.get_text() for text in axes.texts)
+
+
+def test_a_rank_deficient_runs_plot_takes_its_rank_floor_off(tmp_path):
+    matrix = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # rank 1
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol=1e-10)
+    with pytest.warns(SingularMatrixWarning, match="rank-deficient"):
+        users_trainer(tmp_path, max_steps=400, enable_progress_bar=False).fit(model)
+    report = model.report()
+    figure = run_figure(model.losses, report, 2, steps=model.loss_steps, dtype="float64")
+    axes = figure.axes[0]
+    assert "rank 1 of 2" in axes.get_title() and "0.25 taken off" in axes.get_title()
+    shown = lines_by_label(figure)["loss above the rank floor"].get_ydata()
+    assert shown[0] == pytest.approx(float(model.losses[0]) - 0.25)
+    assert shown.min() >= np.finfo(np.float64).eps * 0.25  # rounding, not spikes to 1e-308
+
+
+def test_train_py_draws_the_run_plot_and_figure_py_keeps_the_posts_look(tmp_path):
+    model = post_run(tmp_path)
+    path = plot_run(model.losses, model.report(), 4, tmp_path / "run.png", dtype="float32")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    post = plot_losses({"a": [1.0, 0.1], "b": [1.0, 0.01]}, tmp_path / "post.png")
+    assert post.exists()

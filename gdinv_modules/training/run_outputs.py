@@ -12,9 +12,9 @@ import torch
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.losses_csv import write_losses_csv
 from gdinv_modules.core.errors import OutputExistsError
-from gdinv_modules.core.functional import identity_mse, relative_residual
+from gdinv_modules.core.functional import identity_mse, product_order
 from gdinv_modules.io.matrix_io import save_matrix
-from gdinv_modules.io.plotting import plot_losses
+from gdinv_modules.io.plotting import plot_run
 from gdinv_modules.core.report import ConvergenceReport
 
 if TYPE_CHECKING:  # the callback reads LitInverse's state
@@ -117,11 +117,14 @@ class RunOutputs(pl.Callback):
         losses = model.losses
         write_losses_csv(losses, directory / "losses.csv", every=model.hparams.loss_every)
         if self.plot:
-            plot_losses(
-                {"loss": losses.reshape(len(losses), -1).mean(dim=1)},
+            module = model.module
+            plot_run(
+                losses,
+                ConvergenceReport(**self.summary["convergence"]),
+                product_order(module.resolve_matrix().shape, module.formulation),
                 directory / "loss_curve.png",
-                title="Loss to the identity per step",
-                steps={"loss": model.loss_steps},
+                steps=model.loss_steps,
+                dtype=self.summary["dtype"],
             )
         with atomic_path(directory / "summary.json") as tmp:
             tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
@@ -142,7 +145,8 @@ def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[s
         return {
             "steps": steps,
             "final_loss": float(identity_mse(product)),
-            "residual": float(relative_residual(product).max()),
+            "residual": max(report.final_residual),  # what tol judged, P in place of I
+
             "reference": reference,
             "max_abs_error": float((pl_module.inverse.double() - exact).abs().max()),
             "wall_time_s": wall_time,
@@ -161,6 +165,9 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     report = ConvergenceReport(**summary["convergence"])
     rows, cols = summary["matrix_shape"]
     formulation = summary["hyperparameters"].get("formulation", "left")
+    formula = RESIDUAL_FORMULAS[formulation]
+    if any(report.loss_floor):  # a rank-deficient M: E is measured against the projector P
+        formula = formula.replace("-I", "-P")
     unset = ""
     if summary["hyperparameters"].get("tol") is None:
         unset = f"none set: judged by {summary['dtype']}'s {report.tol:g}"
@@ -172,7 +179,7 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
             f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.2f} s",
             f"  final loss             {summary['final_loss']:.4e}",
-            f"  {'residual ' + RESIDUAL_FORMULAS[formulation]:<23}{summary['residual']:.4e}",
+            f"  {'residual ' + formula:<23}{summary['residual']:.4e}",
             f"  {'max |X - ' + summary['reference'] + '(M)|':<23}{summary['max_abs_error']:.4e}",
             *report.summary_lines(),
             *([f"  tol                    {unset}"] if unset else []),
