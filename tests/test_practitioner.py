@@ -275,3 +275,16 @@ def test_train_py_draws_the_run_plot_and_figure_py_keeps_the_posts_look(tmp_path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     post = plot_losses({"a": [1.0, 0.1], "b": [1.0, 0.01]}, tmp_path / "post.png")
     assert post.exists()
+
+
+def test_fit_help_shows_our_options_first_in_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    for markup in (":math:", ":class:", ":func:", "``"):
+        assert markup not in text, markup
+    ours = [text.index(option) for option in ("--model.lr", "--data.kind", "--outputs.output_dir")]
+    assert max(ours) < text.index("--trainer.accelerator") < text.index("--trainer.max_steps")
+    assert text.startswith("usage: train.py fit [--config FILE]")
+    assert len(text[: text.index("\n\n")].splitlines()) == 3  # not 86 lines of every option
+    assert "--model.matrix" not in text and "η > 0" in text

@@ -8,6 +8,7 @@
 """
 
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -29,9 +30,30 @@ __all__ = [
     "OneLineErrorParser",
     "RUN_DEFAULTS",
     "run_name",
+    "plain_help",
 ]
 
 HELP_POINTER = "see: python train.py fit --help"
+FIT_USAGE = (
+    "usage: train.py fit [--config FILE] [--model.OPTION VALUE] [--data.OPTION VALUE]\n"
+    "                    [--outputs.OPTION VALUE] [--checkpoint.OPTION VALUE]\n"
+    "                    [--trainer.OPTION VALUE] [--ckpt_path last|PATH] [--print_config]"
+)
+TRAINER_SECTION = "Customize every aspect of training"  # Lightning's Trainer options
+ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`(~?)([^`]*)`")
+MATH = re.compile(r":math:`([^`]*)`")
+LITERAL = re.compile(r"``([^`]*)``")
+MATRIX_OPTION = re.compile(r"^  --model\.matrix\b.*\n(?:^ {6,}.*\n)*", re.MULTILINE)
+TEX_SYMBOLS = {
+    "\\lVert ": "||",
+    "\\rVert": "||",
+    "\\lambda": "λ",
+    "\\beta": "β",
+    "\\eta": "η",
+    "\\sigma": "σ",
+    "\\le ": "≤ ",
+    "\\ge ": "≥ ",
+}
 # What a run without a config gets: invert()'s settings (a config states its own, as the
 # post's seed_*.yaml do: lr 0.9, momentum 0.9, the random first guess, no tol).
 RUN_DEFAULTS: Dict[str, Any] = {
@@ -81,9 +103,35 @@ def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
+def plain_help(text: str) -> str:
+    """The help text without reStructuredText markup: ``:class:`~a.B``` reads ``B``,
+    ``:math:`\\beta``` reads ``β``, a literal loses its double backquotes.
+
+    Example:
+        >>> plain_help("lr :math:`\\eta > 0`, :class:`~gdinv_modules.HeavyBallTuner`, ``'auto'``")
+        "lr η > 0, HeavyBallTuner, 'auto'"
+    """
+    text = ROLE.sub(lambda m: m.group(2).split(".")[-1] if m.group(1) else m.group(2), text)
+    text = MATH.sub(lambda m: m.group(1), text)
+    for command, symbol in TEX_SYMBOLS.items():
+        text = text.replace(command, symbol)
+    return LITERAL.sub(lambda m: m.group(1), text)
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config: one ``error:`` line that names it, then a pointer to ``--help``,
-    instead of the usage text first."""
+    instead of the usage text first. ``fit --help`` shows the project's options first, then
+    Lightning's Trainer, in plain text (:func:`plain_help`)."""
+
+    def format_help(self) -> str:
+        sections = re.split(r"\n\n(?=\S)", super().format_help())
+        trainer = [s for s in sections if s.startswith(TRAINER_SECTION)]
+        if trainer:  # the fit subcommand: its long usage line gives way to a short one
+            sections = [s for s in sections if s not in trainer and not s.startswith("usage:")]
+            sections = [FIT_USAGE, *sections, *trainer]
+        # M itself comes from --data, never from the command line: its entries only confuse.
+        text = MATRIX_OPTION.sub("", "\n\n".join(sections))
+        return plain_help(text)
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())

@@ -146,7 +146,6 @@ def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[s
             "steps": steps,
             "final_loss": float(identity_mse(product)),
             "residual": max(report.final_residual),  # what tol judged, P in place of I
-
             "reference": reference,
             "max_abs_error": float((pl_module.inverse.double() - exact).abs().max()),
             "wall_time_s": wall_time,
