@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,11 @@ def test_fit_help_shows_our_options_first_in_plain_text(capsys):
     assert text.startswith("usage: train.py fit [--config FILE]")
     assert len(text[: text.index("\n\n")].splitlines()) == 3  # not 86 lines of every option
     assert "--model.matrix" not in text and "η > 0" in text
+
+
+def test_lightnings_logging_interval_warning_is_not_raised_for_windows(tmp_path, recwarn):
+    trainer = users_trainer(tmp_path, max_steps=200, enable_progress_bar=False)
+    trainer.fit(LitInverse(random_matrix(4)))
+    assert not [w for w in recwarn if "logging interval" in str(w.message)]
+    with pytest.warns(UserWarning, match="logging interval"):  # the filter ended with fit
+        warnings.warn("10 is smaller than the logging interval", UserWarning)

@@ -1,5 +1,6 @@
 """``LitInverse``: trains an :class:`InverseModule` under a Lightning ``Trainer``."""
 
+import warnings
 from contextlib import ExitStack
 from typing import Any, Dict, Iterable, List, Literal, Optional, Union, cast
 
@@ -201,6 +202,10 @@ class LitInverse(pl.LightningModule):
             )
         if stage == "fit":  # last, so that an error above leaves the global setting alone
             self._fit_context.enter_context(cuda_matmul_precision(tf32=self.hparams.tf32))
+            # Lightning warns when an epoch has fewer training_steps than log_every_n_steps;
+            # StepLogger counts that interval in optimizer steps, so the warning does not apply.
+            self._fit_context.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
     def teardown(self, stage: str) -> None:
         self._fit_context.close()
