@@ -296,4 +296,4 @@ def test_lightnings_logging_interval_warning_is_not_raised_for_windows(tmp_path,
     trainer.fit(LitInverse(random_matrix(4)))
     assert not [w for w in recwarn if "logging interval" in str(w.message)]
     with pytest.warns(UserWarning, match="logging interval"):  # the filter ended with fit
-        warnings.warn("10 is smaller than the logging interval", UserWarning)
+        warnings.warn("10 is smaller than the logging interval", UserWarning, stacklevel=1)
