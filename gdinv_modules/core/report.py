@@ -15,6 +15,7 @@ __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step
 
 # The exact operator spectrum of "symmetric" is an SVD of an n^2 x n^2 matrix: small n only.
 SYMMETRIC_THEORY_MAX_N = 24
+RESOLUTION_ULPS = 4  # a loss above a rank floor is known to this many ulps of the floor
 
 
 def residual_history(losses: Tensor, n: int) -> Tensor:  # shape: (steps, ...) -> (steps, ...)
@@ -87,8 +88,11 @@ class ConvergenceReport:
     singular values (the nonzero ones of a rank-deficient M; with a ridge each
     :math:`\sigma^2` gains :math:`\lambda k^2`); ``polyak_rate`` the best any fixed pair could
     do, ``(kappa-1)/(kappa+1)``. For a rank-deficient M, rates and steps are those of the loss
-    above its floor ``loss_floor``. With a ridge the history holds no distance to the minimiser,
-    so ``steps_to_tol`` and ``measured_rate`` are left out (``None``). :func:`invert` adds the
+    above its floor ``loss_floor``, resolved to 4 ulps of the floor in the loss's dtype: where
+    ``tol`` asks for less, ``steps_to_tol`` is ``None`` (the loss cannot tell) while
+    ``converged`` comes from the residual measured at the end. With a ridge the history holds
+    no distance to the minimiser, so ``steps_to_tol`` and ``measured_rate`` are left out
+    (``None``). :func:`invert` adds the
     refinement steps it took after descent and why descent stopped (``descent_stop``:
     ``"tol"``, ``"stalled"`` at the dtype's floor, ``"budget"``: too slow for ``max_steps``, or
     ``"max_steps"``).
@@ -137,7 +141,11 @@ class ConvergenceReport:
         count = math.prod(batch)
         floor = torch.zeros(batch, dtype=torch.float64) if rank is None else loss_floor(rank, k)
         floor = floor.cpu()
-        residuals = residual_history((losses.double().cpu() - floor).clamp_min(0), k)
+        # The loss resolves its excess over a floor only to the rounding of the floor: below
+        # that the residual is unknown, not small (a difference of two equal losses is 0).
+        resolution = RESOLUTION_ULPS * torch.finfo(losses.dtype).eps * floor
+        excess = torch.maximum(losses.double().cpu() - floor, resolution)
+        residuals = residual_history(excess, k)
         first = first_step_below(residuals, tol).reshape(-1)
         final = final_residual.double().reshape(-1).cpu()
         lr = torch.as_tensor(lr, dtype=torch.float64).expand(batch).reshape(-1).cpu()
