@@ -20,7 +20,7 @@ THIRD_PARTY = {  # what each layer may import, besides the standard library and 
     "engine": set(),
     "io": {"numpy", "matplotlib"},
     "training": {"pytorch_lightning"},
-    "cli": {"pytorch_lightning", "jsonargparse"},
+    "cli": {"pytorch_lightning", "jsonargparse", "yaml"},
 }
 
 

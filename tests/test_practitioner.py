@@ -297,3 +297,14 @@ def test_lightnings_logging_interval_warning_is_not_raised_for_windows(tmp_path,
     assert not [w for w in recwarn if "logging interval" in str(w.message)]
     with pytest.warns(UserWarning, match="logging interval"):  # the filter ended with fit
         warnings.warn("10 is smaller than the logging interval", UserWarning, stacklevel=1)
+
+
+def test_a_malformed_config_gets_one_line_naming_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  lr: 0.9\n lrr: 1\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(bad)])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"error: {bad}, line 3, column 2: ")
+    assert lines[1:] == ["see: python train.py fit --help"]

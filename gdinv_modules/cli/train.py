@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Set
 
+import yaml
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -190,6 +191,29 @@ class InverseCLI(LightningCLI):
                 config["ckpt_path"] = str(found)
 
 
+def check_config_files(args: List[str]) -> None:
+    """A config file that is not valid YAML: one ``error:`` line naming the file, the line and
+    the column, and exit 2 (the parser's own message names only ``<unicode string>``)."""
+    for index, arg in enumerate(args):
+        if arg in ("-c", "--config") and index + 1 < len(args):
+            name = args[index + 1]
+        elif arg.startswith("--config="):
+            name = arg.partition("=")[2]
+        else:
+            continue
+        path = Path(name)
+        if not path.is_file():
+            continue  # the parser names a missing file itself
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            sys.stderr.write(f"error: {path}{where}: {problem}\n{HELP_POINTER}\n")
+            raise SystemExit(2) from None
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Run the CLI; an error in the user's input is printed as one line and exits with 2.
     Lightning's informational chatter (the model summary of a one-parameter model, tips,
@@ -203,6 +227,7 @@ def main(args: Optional[List[str]] = None) -> None:
         parser_class=OneLineErrorParser,
         trainer_defaults={"enable_model_summary": False},
     )
+    check_config_files(sys.argv[1:] if args is None else args)
     try:
         for logger in loggers:
             logger.setLevel(logging.WARNING)
