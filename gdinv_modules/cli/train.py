@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Set
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -124,8 +124,8 @@ class OneLineErrorParser(LightningArgumentParser):
     instead of the usage text first. ``fit --help`` shows the project's options first, then
     Lightning's Trainer, in plain text (:func:`plain_help`)."""
 
-    def format_help(self) -> str:
-        sections = re.split(r"\n\n(?=\S)", super().format_help())
+    def format_help(self, *args: Any, **kwargs: Any) -> str:
+        sections = re.split(r"\n\n(?=\S)", super().format_help(*args, **kwargs))
         trainer = [s for s in sections if s.startswith(TRAINER_SECTION)]
         if trainer:  # the fit subcommand: its long usage line gives way to a short one
             sections = [s for s in sections if s not in trainer and not s.startswith("usage:")]
