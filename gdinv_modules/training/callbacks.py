@@ -26,13 +26,8 @@ class ConvergenceMonitor(pl.Callback):
     loss is not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host
     sync per window, none per step). ``LitInverse`` installs it."""
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def on_train_batch_end(  # type: ignore[override]
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
     ) -> None:
         model = cast("LitInverse", pl_module)
         if model.stepper.check(model.tol):
@@ -162,13 +157,8 @@ class TrackInverse(pl.Callback):
             raise InvalidOptionError(f"TrackInverse: {self.attribute!r} is not a tensor")
         return value.detach()
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def on_train_batch_end(  # type: ignore[override]
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
     ) -> None:
         if trainer.global_step % self.every_n_steps:
             return
