@@ -109,9 +109,8 @@ def run_figure(
     # The loss above a floor is resolved to the dtype's rounding of the floor, no finer.
     tiny = max(torch.finfo(torch.float64).tiny, torch.finfo(losses.dtype).eps * floor)
     values = values.clamp_min(tiny)
-    shown = values
     label = "loss" if not floor else "loss above the rank floor"
-    axes.plot(x.numpy(), shown.numpy(), label=label)
+    axes.plot(x.numpy(), values.numpy(), label=label)
     axes.set_yscale("log")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss ||E - I||²/k²" if not floor else "loss - (k - r)/k²")

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
+from gdinv_modules.core.deprecation import warn_renamed
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.validation import check_positive_int
 from gdinv_modules.engine.tracker import InverseTracker
@@ -24,13 +25,19 @@ class ConvergenceMonitor(pl.Callback):
     """After every window of steps, stops the Trainer once every matrix's residual is at most
     ``LitInverse.tol``, and raises :class:`~gdinv_modules.core.errors.DivergenceError` when the
     loss is not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host
-    sync per window, none per step). ``LitInverse`` installs it."""
+    sync per window, none per step). ``LitInverse`` installs it. (``tol=`` here is
+    deprecated: give it to ``LitInverse``.)"""
+
+    def __init__(self, tol: Optional[float] = None) -> None:
+        if tol is not None:
+            warn_renamed("ConvergenceMonitor(tol=...)", "LitInverse(tol=...)")
+        self.tol = tol
 
     def on_train_batch_end(  # type: ignore[override]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
     ) -> None:
         model = cast("LitInverse", pl_module)
-        if model.stepper.check(model.tol):
+        if model.stepper.check(model.tol if self.tol is None else self.tol):
             trainer.should_stop = True
 
 
