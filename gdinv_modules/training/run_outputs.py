@@ -12,7 +12,7 @@ import torch
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.losses_csv import write_losses_csv
 from gdinv_modules.core.errors import OutputExistsError
-from gdinv_modules.core.functional import identity_mse, product_order
+from gdinv_modules.core.functional import identity_mse
 from gdinv_modules.io.matrix_io import save_matrix
 from gdinv_modules.io.plotting import plot_run
 from gdinv_modules.core.report import ConvergenceReport
@@ -111,17 +111,17 @@ class RunOutputs(pl.Callback):
             return
         model = cast("LitInverse", pl_module)
         wall_time = time.perf_counter() - (self._start or time.perf_counter())
-        self.summary = run_summary(model, trainer.global_step, wall_time)
+        report = model.report()  # an SVD of M: once, for the summary and the plot
+        self.summary = run_summary(model, report, trainer.global_step, wall_time)
         save_matrix(model.inverse, directory / "inverse.pt")
         save_matrix(model.inverse, directory / "inverse.npy")
         losses = model.losses
         write_losses_csv(losses, directory / "losses.csv", every=model.hparams.loss_every)
         if self.plot:
-            module = model.module
             plot_run(
                 losses,
-                ConvergenceReport(**self.summary["convergence"]),
-                product_order(module.resolve_matrix().shape, module.formulation),
+                report,
+                model.module.size,
                 directory / "loss_curve.png",
                 steps=model.loss_steps,
                 dtype=self.summary["dtype"],
@@ -131,12 +131,13 @@ class RunOutputs(pl.Callback):
         print(format_summary(self.summary, directory))
 
 
-def run_summary(pl_module: "LitInverse", steps: int, wall_time: float) -> Dict[str, Any]:
+def run_summary(
+    pl_module: "LitInverse", report: ConvergenceReport, steps: int, wall_time: float
+) -> Dict[str, Any]:
     """The numbers that tell how a run went (host syncs here, once, at the end)."""
     module = pl_module.module
     with torch.no_grad():
         product = module()
-        report = pl_module.report()
         full_rank = all(floor == 0 for floor in report.loss_floor)
         reference = (
             "inv" if full_rank and module.matrix_shape[0] == module.matrix_shape[1] else "pinv"
