@@ -1,6 +1,7 @@
 """LitInverse under a Trainer: the post reproduced, accuracy, batches, and Lightning's tools."""
 
 import csv
+import warnings
 
 import pytorch_lightning as pl
 
@@ -10,7 +11,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from conftest import first_below, quiet_trainer
-from gdinv_modules import InvalidOptionError, LitInverse, MatrixDataModule
+from gdinv_modules import DivergenceError, InvalidOptionError, LitInverse, MatrixDataModule
 from gdinv_modules.core.functional import identity_mse, loss_and_gradient
 from gdinv_modules.core.matrices import (
     diagonal_matrix,
@@ -274,5 +275,19 @@ def test_tf32_only_when_asked_and_the_global_setting_is_restored(m1, tf32, expec
         quiet_trainer(max_steps=10, callbacks=[record]).fit(LitInverse(m1, tf32=tf32))
         assert record.seen == expected
         assert matmul.fp32_precision == ("tf32" if not tf32 else "ieee")
+    finally:
+        matmul.fp32_precision = before
+
+
+def test_a_failed_fit_restores_the_tf32_setting_and_the_warning_filters(m1):
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    filters = list(warnings.filters)
+    try:
+        with pytest.raises(DivergenceError):
+            quiet_trainer(max_steps=1000).fit(LitInverse(m1, lr=50.0, tf32=True))
+        assert matmul.fp32_precision == "ieee"
+        assert warnings.filters == filters
     finally:
         matmul.fp32_precision = before

@@ -25,7 +25,8 @@ class ConvergenceMonitor(pl.Callback):
     """After every window of steps, stops the Trainer once every matrix's residual is at most
     ``LitInverse.tol``, and raises :class:`~gdinv_modules.core.errors.DivergenceError` when the
     loss is not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host
-    sync per window, none per step). ``LitInverse`` installs it. (``tol=`` here is
+    sync per window, none per step); a fit that fails still tears ``LitInverse`` down (its TF32
+    setting and warning filter end with the fit). ``LitInverse`` installs it. (``tol=`` here is
     deprecated: give it to ``LitInverse``.)"""
 
     def __init__(self, tol: Optional[float] = None) -> None:
@@ -39,6 +40,13 @@ class ConvergenceMonitor(pl.Callback):
         model = cast("LitInverse", pl_module)
         if model.stepper.check(model.tol if self.tol is None else self.tol):
             trainer.should_stop = True
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning skips the module's teardown when fit fails: without it the fit's settings
+        # (TF32, its warning filter) would outlive the failed fit.
+        pl_module.teardown("fit")
 
 
 class StepLogger(pl.Callback):
