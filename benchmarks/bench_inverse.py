@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional
 import pytorch_lightning as pl
 import torch
 
-from gdinv_modules import DivergenceError, LitInverse, default_tol, invert
+from gdinv_modules import DivergenceError, LitInverse, invert
+from gdinv_modules.core.functional import default_tol
 from gdinv_modules.core.functional import relative_residual
 from gdinv_modules.core.matrices import (
     conditioned_matrix,
@@ -136,7 +137,7 @@ def bench_matrix(name: str, matrix: torch.Tensor, budget: int, auto_budget: int)
     row["lit_post_over_bare_per_step"] = row["lit_post_us_per_step"] / row["bare_sgd_us_per_step"]
     seconds, result = timed(lambda: invert(matrix, tol=tol, max_steps=auto_budget, refine=False))
     row["auto_converged"] = bool(result.converged)
-    row["auto_steps_to_tol"] = int(result.steps) if row["auto_converged"] else None
+    row["auto_steps_to_tol"] = int(result.steps_to_tol) if row["auto_converged"] else None
     row["auto_s"] = seconds
     row["auto_us_per_step"] = 1e6 * seconds / len(result.losses)
     row["auto_over_inv_time"] = seconds / inv_time
@@ -196,7 +197,7 @@ def precision_panel(n: int, kappas: List[float], device: str) -> List[Dict]:
             descent = invert(matrix, refine=False)
             row["descent_stop"] = descent.report.descent_stop
             row["descent_steps_needed"] = (
-                int(descent.steps.max()) if bool(descent.converged) else None
+                int(descent.steps_to_tol.max()) if bool(descent.converged) else None
             )
             row["descent_steps_run"] = descent.report.steps
             bare = bare_step_seconds(matrix)
@@ -204,7 +205,7 @@ def precision_panel(n: int, kappas: List[float], device: str) -> List[Dict]:
             steps = result.report.steps + result.refine_steps
             row.update(
                 steps=result.report.steps,
-                refine_steps=result.refine_steps,
+                refine_steps=result.report.refine_steps,
                 converged=bool(result.converged),
                 bare_step_us=1e6 * bare,
                 invert_s=seconds,
@@ -240,7 +241,7 @@ def m1_float64_speedup() -> Dict:
     return {
         "post_10000_steps_s": post_seconds,
         "auto_to_1e-6_s": auto_seconds,
-        "auto_steps": int(result.steps),
+        "auto_steps": int(result.steps_to_tol),
         "speedup": post_seconds / auto_seconds,
     }
 

@@ -55,7 +55,7 @@ def bench(name: str, n: int, batch: Tuple[int, ...], dtype, eps: float, updates:
     began = time.perf_counter()
     for matrix in matrices:
         update = tracker.update(matrix)
-        steps.append(update.steps)
+        steps.append(update.refine_steps)
         jumps += update.jumped
         residuals.append(update.residual.max().item())
     synchronize(device)

@@ -5,14 +5,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import quiet_trainer
-from gdinv_modules import (
-    ConvergenceError,
-    ConvergenceWarning,
-    DivergenceError,
-    InvalidOptionError,
-    LitInverse,
-    invert,
-)
+from gdinv_modules import ConvergenceError, ConvergenceWarning, DivergenceError, LitInverse, invert
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import (
     diagonal_matrix,
     hilbert_matrix,
@@ -21,7 +15,7 @@ from gdinv_modules.core.matrices import (
     spd_matrix,
 )
 from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
-from gdinv_modules.engine.reference import heavy_ball_steps
+from reference import heavy_ball_steps
 
 F64 = torch.float64
 
@@ -52,7 +46,7 @@ def test_auto_reaches_tol_within_125_percent_of_polyaks_optimal_steps(name, make
     result = invert(matrix, tol=1e-10, refine=False)  # descent alone
     reference = polyak_reference_steps(matrix, 1e-10)
     assert bool(result.converged)
-    assert int(result.steps) <= 1.25 * reference, (int(result.steps), reference)
+    assert int(result.steps_to_tol) <= 1.25 * reference, (int(result.steps_to_tol), reference)
     torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-8, rtol=0)
 
 
@@ -60,7 +54,7 @@ def test_orthogonal_matrix_takes_a_handful_of_steps():
     """kappa = 1: Polyak's exact pair inverts in one step; the tuner's 1% safety margin on
     sigma_max costs a few more (the only case where 1.25 times the optimum is out of reach)."""
     result = invert(random_orthogonal(16, dtype=F64), tol=1e-10, refine=False)
-    assert bool(result.converged) and int(result.steps) <= 6
+    assert bool(result.converged) and int(result.steps_to_tol) <= 6
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
@@ -119,7 +113,7 @@ def test_mixed_batch_converges_per_matrix():
         ]
     )
     result = invert(batch, tol=1e-10)
-    assert result.converged.all() and result.steps.shape == (3,)
+    assert result.converged.all() and result.steps_to_tol.shape == (3,)
     for index in range(3):
         exact = torch.linalg.inv(batch[index])
         scale = exact.abs().max().item()
@@ -245,17 +239,17 @@ def test_invert_warns_or_raises_when_not_converged():
     matrix = random_matrix(32, dtype=F64)
     with pytest.warns(ConvergenceWarning, match="did not reach tol.*max_steps=50 ran out"):
         result = invert(matrix, max_steps=50, refine=False)
-    assert not bool(result.converged) and int(result.steps) == 50
+    assert not bool(result.converged) and int(result.steps_to_tol) == 50
     assert result.losses.shape == (50,)
     with pytest.raises(ConvergenceError, match="did not reach tol"):
-        invert(matrix, max_steps=50, check=True, refine=False)
+        invert(matrix, max_steps=50, check_errors=True, refine=False)
 
 
 def test_invert_keeps_dtype_and_returns_per_matrix_fields():
     batch = spd_matrix(5, condition=5.0, batch_shape=(2, 3))
     result = invert(batch)
     assert result.inverse.dtype == torch.float32 and result.inverse.shape == (2, 3, 5, 5)
-    assert result.residual.shape == result.converged.shape == result.steps.shape == (2, 3)
+    assert result.residual.shape == result.converged.shape == result.steps_to_tol.shape == (2, 3)
     assert result.converged.all() and (result.residual <= 1e-5).all()
 
 

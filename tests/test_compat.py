@@ -32,10 +32,3 @@ def test_counted_steps_are_global_steps_and_max_steps_stops_on_them():
     trainer.fit(model)
     assert trainer.global_step == 15
     assert model.weight.item() == 1.0  # counted, not taken
-
-
-def test_convergence_monitor_still_takes_a_tol_with_a_warning():
-    from gdinv_modules import ConvergenceMonitor
-
-    with pytest.warns(DeprecationWarning, match=r"LitInverse\(tol=...\)"):
-        assert ConvergenceMonitor(1e-3).tol == 1e-3

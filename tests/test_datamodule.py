@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gdinv_modules import (
-    InvalidOptionError,
-    MatrixDataModule,
-    MatrixFileError,
-    NonFiniteMatrixError,
-    load_matrix,
-    make_matrix,
-    save_matrix,
-)
+from gdinv_modules import MatrixDataModule, load_matrix, save_matrix
+from gdinv_modules.core.errors import InvalidOptionError, MatrixFileError, NonFiniteMatrixError
+from gdinv_modules.io.matrix_io import make_matrix
 
 
 def test_random_kind_is_the_posts_m1(m1):

@@ -27,7 +27,7 @@ def run_worker(tmp_path: Path, shard: str, devices: int, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict:
-    return run_worker(tmp_path_factory.mktemp("single"), "auto", 1)
+    return run_worker(tmp_path_factory.mktemp("single"), "batch", 1)
 
 
 @pytest.mark.parametrize("shard", ["batch", "columns"])
@@ -51,7 +51,7 @@ def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
 def test_a_batch_split_replaying_cuda_graphs_gives_the_single_process_result(tmp_path):
     """Each rank records its slice's steps; the gathers between windows write X and the
     momentum buffer in place, where the recorded steps read them (CUDA graphs emulated)."""
-    single = run_worker(tmp_path, "auto", 1, "eager")
+    single = run_worker(tmp_path, "batch", 1, "eager")
     distributed = run_worker(tmp_path, "batch", 2, "graph")
     assert distributed["batch"]["mode"] == "batch" and distributed["batch"]["replays"] > 0
     assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdinv_modules import LitInverse, OutputExistsError
+from gdinv_modules import LitInverse
+from gdinv_modules.core.errors import OutputExistsError
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.io.losses_csv import read_losses_csv

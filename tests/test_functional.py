@@ -5,14 +5,13 @@ import math
 import pytest
 import torch
 
+from gdinv_modules.core.formulation import FORMULATIONS, LEFT, RIGHT
 from gdinv_modules.core.functional import (
-    FORMULATIONS,
-    inverse_product,
     identity_mse,
     identity_sse,
+    inverse_product,
     loss_and_gradient,
     relative_residual,
-    scaled_product,
 )
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
@@ -43,7 +42,7 @@ def test_relative_residual_is_frobenius_over_sqrt_n():
     assert relative_residual(torch.eye(5)).item() == 0.0
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("formulation", list(FORMULATIONS))
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 2)])
 def test_closed_form_gradient_equals_autograd(formulation, batch_shape):
     m = random_matrix(5, seed=3, batch_shape=batch_shape, dtype=torch.float64)
@@ -67,15 +66,17 @@ def test_gradient_vanishes_at_the_inverse():
     "left_shape, right_shape",
     [((3, 4), (4, 5)), ((6, 3, 4), (6, 4, 5)), ((2, 3, 3, 4), (2, 3, 4, 5)), ((3, 4), (6, 4, 5))],
 )
-def test_scaled_product_is_alpha_times_the_product(left_shape, right_shape):
+def test_the_gradient_applies_its_scale_in_the_product(left_shape, right_shape):
     generator = torch.Generator().manual_seed(5)
-    left = torch.randn(left_shape, generator=generator, dtype=torch.float64)
-    right = torch.randn(right_shape, generator=generator, dtype=torch.float64)
+    error = torch.randn(left_shape, generator=generator, dtype=torch.float64)
+    matrix_h = torch.randn(right_shape, generator=generator, dtype=torch.float64)
+    matrix = matrix_h.mH  # the gradient multiplies by M^H: left is error @ M^H
     # A power of 2 scales exactly, wherever BLAS applies it; other scales round once more.
-    assert torch.equal(scaled_product(left, right, 0.125), (left * 0.125) @ right)
-    torch.testing.assert_close(scaled_product(left, right, 0.3), 0.3 * (left @ right))
-    transposed = scaled_product(right.mT, left.mT, 0.25)  # non-contiguous operands
-    assert torch.equal(transposed, (0.25 * right.mT) @ left.mT)
+    assert torch.equal(LEFT.gradient(error, matrix, 0.125), (error * 0.125) @ matrix_h)
+    torch.testing.assert_close(LEFT.gradient(error, matrix, 0.3), 0.3 * (error @ matrix_h))
+    # right is M^H @ error, here with non-contiguous operands
+    transposed = RIGHT.gradient(error.mT, matrix_h.mT.mH, 0.25)
+    assert torch.equal(transposed, (0.25 * matrix_h.mT) @ error.mT)
 
 
 def test_loss_and_gradient_leave_their_inputs_alone():

@@ -4,14 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gdinv_modules import (
-    GDInvError,
-    InvalidOptionError,
-    InverseModule,
-    MatrixDtypeError,
-    MatrixShapeError,
-    NonFiniteMatrixError,
-)
+from gdinv_modules import GDInvError, InverseModule, NotReadyError
+from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError, NonFiniteMatrixError
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 
@@ -41,7 +35,7 @@ def test_parameter_and_buffer_keep_shape_dtype_and_device():
     assert module.inverse.shape == m.shape == module.matrix.shape
     assert module.inverse.dtype == torch.float64 == module.matrix.dtype
     assert module.inverse.device == m.device
-    assert module.size == 3 and module.batch_shape == (2, 5)
+    assert module.order == 3 and module.batch_shape == (2, 5)
     assert dict(module.named_buffers()).keys() == {"matrix"}
     assert torch.count_nonzero(module.inverse) == 0
 
@@ -76,7 +70,7 @@ def test_built_from_size_takes_the_matrix_at_call_time():
     assert module.inverse.shape == (2, 4, 4) and module.inverse.dtype == torch.float64
     m = random_matrix(4, batch_shape=(2,), dtype=torch.float64)
     assert torch.equal(module(m), module.inverse @ m)
-    with pytest.raises(InvalidOptionError, match="pass the matrix"):
+    with pytest.raises(NotReadyError, match="pass the matrix"):
         module()
 
 
@@ -174,11 +168,11 @@ def test_symmetric_formulation_refuses_a_rectangular_matrix():
 def test_rectangular_matrix_gives_an_n_by_m_inverse():
     tall = random_matrix(5, seed=1)[:, :3]  # 5 x 3
     left = InverseModule(tall)
-    assert left.inverse.shape == (3, 5) and left().shape == (3, 3) and left.size == 3
+    assert left.inverse.shape == (3, 5) and left().shape == (3, 3) and left.order == 3
     right = InverseModule(tall.T.contiguous(), formulation="right")
     assert right.inverse.shape == (5, 3) and right().shape == (3, 3)
     from_size = InverseModule(size=(5, 3), formulation="right", batch_shape=(2,))
-    assert from_size.inverse.shape == (2, 3, 5) and from_size.size == 5
+    assert from_size.inverse.shape == (2, 3, 5) and from_size.order == 5
     assert from_size(torch.rand(2, 5, 3)).shape == (2, 5, 5)
 
 

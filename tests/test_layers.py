@@ -3,14 +3,12 @@
 import ast
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import gdinv_modules
-from conftest import quiet_trainer
 
 PACKAGE = Path(gdinv_modules.__file__).parent
 LAYERS = ["core", "nn", "engine", "io", "training", "cli"]  # each may import those before it
@@ -88,76 +86,42 @@ def test_the_top_level_imports_neither_lightning_nor_matplotlib():
     assert "pytorch_lightning" in loaded_after("from gdinv_modules import LitInverse")
 
 
-def test_the_public_names_of_the_flat_layout_still_import_from_the_top():
-    names = """invert InverseResult InverseModule IdentityMSE LitInverse MatrixDataModule
-    make_matrix ConvergenceMonitor ConvergenceReport HeavyBallTuner ResumableCheckpoint RunOutputs
-    default_tol load_matrix save_matrix GDInvError InvalidOptionError MatrixDtypeError
-    MatrixFileError MatrixShapeError NonFiniteMatrixError OutputExistsError DivergenceError
-    ConvergenceError ConvergenceWarning SingularMatrixWarning""".split()
-    assert set(names) <= set(gdinv_modules.__all__)
+def test_the_public_api_is_one_list_of_the_names_a_user_needs():
+    names = set(gdinv_modules.__all__)
+    assert 18 <= len(names) <= 26 and len(names) == len(gdinv_modules.__all__)
     for name in gdinv_modules.__all__:
         assert getattr(gdinv_modules, name) is not None
+    assert {"invert", "InverseModule", "InverseTracker", "LitInverse", "GDInvError"} <= names
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         gdinv_modules.nothing  # noqa: B018
 
 
-def test_an_old_module_path_imports_the_new_module_with_a_warning():
-    code = (
-        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-        "try:\n    from gdinv_modules.matrices import random_matrix\n"
-        "except DeprecationWarning as warning:\n    print(warning)\n"
-        "warnings.simplefilter('ignore')\n"
-        "import gdinv_modules.matrices as old, gdinv_modules.core.matrices as new\n"
-        "print(old is new, old.random_matrix is new.random_matrix)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
-        "module gdinv_modules.matrices is deprecated; use gdinv_modules.core.matrices",
-        "True True",
-    ]
+def test_there_are_no_import_cycles_inside_the_package():
+    graph = {}
+    for layer, path in layer_files():
+        module = f"gdinv_modules.{layer}.{path.stem}"
+        graph[module] = {
+            imported for imported, _ in imports_of(path) if imported.startswith("gdinv_modules.")
+        }
+    # type-checking-only imports count too: a cycle there is one a reader has to untangle
+    for layer, path in layer_files():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gdinv_modules."):
+                graph[f"gdinv_modules.{layer}.{path.stem}"].add(node.module)
+
+    def reaches(start, goal, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [module for module in graph if reaches(module, module, {module})]
+    assert cycles == []
 
 
-def test_renamed_functions_and_attributes_warn_and_still_work(m1):
-    from gdinv_modules.core import functional, rank
-    from gdinv_modules import InverseModule
-
-    module = InverseModule(m1)
-    with pytest.warns(DeprecationWarning, match="use InverseModule.inverse"):
-        assert module.approx is module.inverse
-    with pytest.warns(DeprecationWarning, match="functional.inverse_product"):
-        assert functional.identity_estimate is functional.inverse_product
-    with pytest.warns(DeprecationWarning, match="product_target"):
-        assert rank.estimate_target is rank.product_target
-
-
-def test_renamed_options_warn_and_keep_their_meaning(m2):
-    from gdinv_modules import LitInverse, MatrixDataModule
-
-    with pytest.warns(DeprecationWarning, match="steps_per_window"):
-        model = LitInverse(m2, steps_per_batch=7)
-    assert model.hparams.steps_per_window == 7 and "steps_per_batch" not in model.hparams
-    with pytest.warns(DeprecationWarning, match="shard='batch'"):
-        assert LitInverse(m2, shard="auto").hparams.shard == "batch"
-    with pytest.warns(DeprecationWarning, match="windows_per_epoch"):
-        data = MatrixDataModule("diagonal", batches_per_epoch=3)
-    assert len(data.train_dataloader()) == 3
-
-
-def test_a_checkpoint_written_before_the_renames_loads(m1, tmp_path):
-    from gdinv_modules import LitInverse
-
-    model = LitInverse(m1)
-    trainer = quiet_trainer(max_steps=200)
-    trainer.fit(model)
-    path = tmp_path / "new.ckpt"
-    trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
-    state = checkpoint["state_dict"]
-    state["inverse_module.approx"] = state.pop("inverse_module.inverse")  # as it was written
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # loading the old key warns no one: it is ours to map
-        restored = LitInverse.load_from_checkpoint(tmp_path / "old.ckpt")
-    assert torch.equal(restored.inverse, model.inverse)
-    assert torch.equal(restored.losses, model.losses)
+def test_old_names_are_gone():
+    for old in ("gdinv_modules.matrices", "gdinv_modules.core.deprecation", "gdinv_modules.cli.exit"):
+        with pytest.raises(ModuleNotFoundError):
+            __import__(old)
+    assert not hasattr(gdinv_modules.InverseModule, "approx")

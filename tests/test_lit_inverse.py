@@ -11,7 +11,8 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from conftest import first_below, quiet_trainer
-from gdinv_modules import DivergenceError, InvalidOptionError, LitInverse, MatrixDataModule
+from gdinv_modules import DivergenceError, LitInverse, MatrixDataModule, NotReadyError
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.functional import identity_mse, loss_and_gradient
 from gdinv_modules.core.matrices import (
     diagonal_matrix,
@@ -166,7 +167,7 @@ def test_a_different_matrix_from_the_datamodule_is_refused(m1):
 
 
 def test_without_any_matrix_the_error_says_where_to_give_one():
-    with pytest.raises(InvalidOptionError, match="LitInverse has no matrix"):
+    with pytest.raises(NotReadyError, match="LitInverse has no matrix"):
         quiet_trainer(max_steps=10).fit(LitInverse())
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from gdinv_modules import IdentityMSE, MatrixShapeError
+from gdinv_modules import IdentityMSE
+from gdinv_modules.core.errors import MatrixShapeError
 from gdinv_modules.core.matrices import random_matrix
 
 

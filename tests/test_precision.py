@@ -2,21 +2,15 @@
 torch.linalg.inv's contract (empty input, complex, strides, dtypes)."""
 
 import math
+import re
 import warnings
 
 import pytest
 import torch
 
-from gdinv_modules import (
-    ConvergenceError,
-    ConvergenceWarning,
-    InvalidOptionError,
-    MatrixDtypeError,
-    conditioned_matrix,
-    invert,
-    spd_matrix,
-)
-from gdinv_modules.engine.inversion import check_window
+from gdinv_modules import ConvergenceError, ConvergenceWarning, conditioned_matrix, invert, spd_matrix
+from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
+from gdinv_modules.engine.policy import window_length
 from gdinv_modules.engine.refinement import refine, safe_start
 
 F64 = torch.float64
@@ -45,14 +39,14 @@ def test_descent_stops_within_max_4_or_5_percent_of_the_step_that_reached_tol(ka
     matrix = conditioned(24, kappa, batch_shape=batch, dtype=dtype)
     result = invert(matrix, refine=False)
     assert result.converged.all()
-    reached = int(result.steps.max())  # the step at which the last matrix reached tol
+    reached = int(result.steps_to_tol.max())  # the step at which the last matrix reached tol
     run = result.report.steps
     assert reached <= run <= reached + max(4, math.ceil(0.05 * reached)), (reached, run)
 
 
 def test_windows_are_powers_of_2_at_most_2_5_percent_of_the_run():
     for steps in range(0, 50_000, 37):
-        window = check_window(steps)
+        window = window_length(steps)
         assert window & (window - 1) == 0 and 4 <= window <= max(4, steps / 40)
 
 
@@ -80,7 +74,7 @@ def test_the_report_counts_descent_and_refinement_steps_apart():
     matrix = conditioned(32, 100.0, seed=3)
     result = invert(matrix)
     descent_only = invert(matrix, refine=False)
-    assert result.refine_steps == result.report.refine_steps > 0
+    assert result.report.refine_steps > 0
     assert result.report.descent_stop == "tol" and descent_only.report.refine_steps == 0
     # descent hands over at ||I - XM||_F <= 1/4, long before it would reach 1e-10 alone
     assert result.report.steps < descent_only.report.steps / 2
@@ -115,23 +109,37 @@ def test_a_batch_refines_each_matrix_to_its_own_floor():
 # --- no silent grind ----------------------------------------------------------------------
 
 
-def test_a_float32_stall_stops_far_below_max_steps_and_names_float64():
+def test_a_float32_stall_stops_far_below_max_steps_and_names_measured_remedies():
     matrix = conditioned(32, 400.0, dtype=torch.float32, seed=7)
-    with pytest.warns(ConvergenceWarning, match="stopped falling.*float32's floor; use float64"):
+    advice = r"stopped falling.*float32's floor.*refine=True, which reaches (\S+) here.*float64"
+    with pytest.warns(ConvergenceWarning, match=advice) as caught:
         result = invert(matrix, refine=False)
     assert result.report.descent_stop == "stalled"
     assert result.report.steps < 20_000  # of max_steps=100,000
+    measured = float(re.search(advice, str(caught[0].message)).group(1))
+    refined = invert(matrix)  # the remedy named, taken: it reaches what the message said
+    assert refined.residual.item() <= 1e-5 and refined.residual.item() <= 2 * measured
     with pytest.raises(ConvergenceError, match="float32's floor"):
-        invert(matrix, refine=False, check=True)
+        invert(matrix, refine=False, check_errors=True)
 
 
-def test_a_float64_floor_names_ridge():
-    # heavy ball's float64 floor near 0.3 eps kappa^2 = 6e-12 lies far above this tol
+def test_a_float64_floor_that_refinement_cannot_pass_names_ridge():
+    # heavy ball's float64 floor near 0.3 eps kappa^2 = 6e-12, refinement's near 1e-15: both
+    # lie far above this tol, so neither refine=True nor a wider dtype is offered
     matrix = conditioned(16, 300.0, seed=11)
-    with pytest.warns(ConvergenceWarning, match="float64's floor, and no wider dtype helps.*ridge"):
-        result = invert(matrix, refine=False, tol=1e-14)
+    with pytest.warns(ConvergenceWarning, match="float64's floor.*no wider dtype helps.*ridge") as caught:
+        result = invert(matrix, refine=False, tol=1e-17)
+    assert "refine=True" not in str(caught[0].message)
     assert result.report.descent_stop == "stalled"
     assert result.report.steps < 20_000  # of max_steps=100,000
+
+
+def test_advice_never_names_an_option_already_in_effect():
+    matrix = conditioned(16, 300.0, seed=11)
+    with pytest.warns(ConvergenceWarning) as caught:
+        invert(matrix, tol=1e-17)  # refine is on: its own floor is the cause
+    message = str(caught[0].message)
+    assert "refine=True" not in message and "rounding of X in float64" in message
 
 
 def test_a_hopeless_condition_for_the_budget_stops_early_and_names_ridge():
@@ -195,5 +203,5 @@ def test_half_dtypes_are_refused_naming_the_supported_ones(dtype):
 def test_an_unknown_option_names_the_closest_one():
     with pytest.raises(InvalidOptionError, match="no option 'tolerance'; did you mean 'tol'"):
         invert(torch.eye(2), tolerance=1e-3)
-    with pytest.warns(DeprecationWarning, match="device"):
-        assert invert(torch.eye(2, dtype=F64), accelerator="cpu").converged
+    with pytest.raises(InvalidOptionError, match="no option 'moment'; did you mean 'momentum'"):
+        invert(torch.eye(2), moment=0.5)

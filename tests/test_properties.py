@@ -9,16 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import quiet_trainer
-from gdinv_modules import (
-    ConvergenceWarning,
-    GDInvError,
-    InverseModule,
-    LitInverse,
-    MatrixDtypeError,
-    MatrixShapeError,
-    NonFiniteMatrixError,
-    invert,
-)
+from gdinv_modules import ConvergenceWarning, GDInvError, InverseModule, LitInverse, invert
+from gdinv_modules.core.errors import MatrixDtypeError, MatrixShapeError, NonFiniteMatrixError
 
 # Valid input is drawn most often, so that most examples exercise a full run.
 DTYPES = [torch.float32, torch.float64] * 3 + [torch.complex64, torch.complex128]

@@ -7,16 +7,20 @@ from conftest import first_below, quiet_trainer
 from gdinv_modules import (
     DivergenceError,
     HeavyBallStepper,
-    InvalidOptionError,
     InverseModule,
     LitInverse,
+    NotReadyError,
     SingularMatrixWarning,
+    StepOptions,
 )
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import low_rank_matrix, spd_matrix
+
+AUTO = StepOptions(lr="auto", momentum="auto")
 
 
 def test_the_posts_run_without_a_trainer(m1):
-    stepper = HeavyBallStepper(InverseModule(m1), lr=0.9, momentum=0.9)
+    stepper = HeavyBallStepper(InverseModule(m1), StepOptions(lr=0.9, momentum=0.9))
     for _ in range(100):
         stepper.run(100)
     losses = stepper.history.losses
@@ -30,7 +34,7 @@ def test_the_same_trajectory_as_lit_inverse_bit_for_bit(options):
     options = {"lr": 0.1, "momentum": 0.5, **options}
     model = LitInverse(matrix, init="zeros", **options)
     quiet_trainer(max_steps=700).fit(model)
-    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), **options)
+    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), StepOptions(**options))
     for size in (300, 1, 399):  # any windows: the trajectory does not depend on them
         stepper.run(size)
     assert torch.equal(stepper.history.losses, model.losses)
@@ -39,13 +43,13 @@ def test_the_same_trajectory_as_lit_inverse_bit_for_bit(options):
 
 def test_a_state_dict_continues_the_same_trajectory():
     matrix = spd_matrix(6, condition=50.0, dtype=torch.float64)
-    whole = HeavyBallStepper(InverseModule(matrix), lr="auto", momentum="auto")
+    whole = HeavyBallStepper(InverseModule(matrix), AUTO)
     whole.run(400)
-    half = HeavyBallStepper(InverseModule(matrix), lr="auto", momentum="auto")
+    half = HeavyBallStepper(InverseModule(matrix), AUTO)
     half.run(200)
     module = InverseModule(matrix)
     module.load_state_dict(half.module.state_dict())
-    resumed = HeavyBallStepper(module, lr="auto", momentum="auto")
+    resumed = HeavyBallStepper(module, AUTO)
     resumed.load_state_dict(half.state_dict())
     resumed.run(200)
     assert resumed.steps == 400
@@ -55,7 +59,7 @@ def test_a_state_dict_continues_the_same_trajectory():
 
 def test_check_stops_at_tol_and_measures_the_residual_against_inv():
     matrix = spd_matrix(16, condition=10.0, dtype=torch.float64)
-    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), lr="auto", momentum="auto")
+    stepper = HeavyBallStepper(InverseModule(matrix, init="zeros"), AUTO)
     windows = 0
     while not stepper.check(1e-10):
         stepper.run(10)
@@ -73,7 +77,9 @@ def test_check_stops_at_tol_and_measures_the_residual_against_inv():
 
 
 def test_check_refuses_divergence_naming_the_stable_bound():
-    stepper = HeavyBallStepper(InverseModule(spd_matrix(4, condition=10.0)), lr=10.0, momentum=0.5)
+    stepper = HeavyBallStepper(
+        InverseModule(spd_matrix(4, condition=10.0)), StepOptions(lr=10.0, momentum=0.5)
+    )
     stepper.run(100)
     with pytest.raises(DivergenceError, match=r"diverged at step 100.*lr < \(1 \+ momentum\)"):
         stepper.check(1e-5)
@@ -87,7 +93,9 @@ def test_a_singular_matrix_warns_once_at_start():
 
 
 def test_the_stepper_needs_a_module_that_holds_m():
-    with pytest.raises(InvalidOptionError, match="holds M"):
+    with pytest.raises(NotReadyError, match="holds M"):
         HeavyBallStepper(InverseModule(size=3))
     with pytest.raises(InvalidOptionError, match="lr"):
-        HeavyBallStepper(InverseModule(torch.eye(2)), lr=-1.0)
+        HeavyBallStepper(InverseModule(torch.eye(2)), StepOptions(lr=-1.0))
+    with pytest.raises(InvalidOptionError, match="no option 'moment'; did you mean 'momentum'"):
+        StepOptions.from_mapping({"moment": 0.5}, owner="HeavyBallStepper")

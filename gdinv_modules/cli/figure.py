@@ -8,11 +8,18 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from gdinv_modules.cli.exit import exit_on_user_error
-from gdinv_modules.io.plotting import POST_LABELS, POST_TITLE, plot_losses
+from gdinv_modules.core.errors import exit_on_user_error
 from gdinv_modules.io.losses_csv import read_losses_table
+from gdinv_modules.io.plotting import plot_losses
 
-__all__ = ["main"]
+__all__ = ["main", "POST_TITLE", "POST_LABELS"]
+
+# The post's figure: its title and legend.
+POST_TITLE = (
+    "How fast does the gradient algorithm converge?\n"
+    "Answer: It depends, for the Simple Diagonal Matrix it converges faster"
+)
+POST_LABELS = ("Random Matrix, Momentum=0.9", "Simple Diagonal Matrix, Momentum=0.9")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

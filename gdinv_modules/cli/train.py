@@ -18,7 +18,7 @@ import yaml  # type: ignore[import-untyped]
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from gdinv_modules.cli.exit import exit_on_user_error
+from gdinv_modules.core.errors import exit_on_user_error
 from gdinv_modules.training.callbacks import ResumableCheckpoint
 from gdinv_modules.training.datamodule import MatrixDataModule
 from gdinv_modules.training.lit_inverse import LitInverse
@@ -55,13 +55,16 @@ TEX_SYMBOLS = {
     "\\le ": "≤ ",
     "\\ge ": "≥ ",
 }
-# What a run without a config gets: invert()'s settings (a config states its own, as the
-# post's seed_*.yaml do: lr 0.9, momentum 0.9, the random first guess, no tol).
+# What a run without a config gets: invert()'s settings and its stopping policy (a config
+# states its own, as the post's seed_*.yaml do: lr 0.9, momentum 0.9, the random first guess,
+# no tol, no refinement, windows of 100 steps).
 RUN_DEFAULTS: Dict[str, Any] = {
     "model.lr": "auto",
     "model.momentum": "auto",
     "model.init": "zeros",
     "model.tol": "auto",
+    "model.refine": True,
+    "model.steps_per_window": "auto",
     "trainer.max_steps": 100_000,
 }
 # Lightning's notices that a user of train.py cannot act on (our own warnings stay).

@@ -1,8 +1,16 @@
-"""The exceptions and warnings the library raises.
+"""The exceptions and warnings the library raises, and how a warning finds the user's line.
 
 Every error about bad input subclasses :class:`GDInvError`, itself a :class:`ValueError`, so
-``except ValueError`` keeps working and ``except GDInvError`` catches exactly ours.
+``except ValueError`` keeps working and ``except GDInvError`` catches exactly ours. An object
+asked for something before it can give it (a module with no matrix yet) raises
+:class:`NotReadyError`, a :class:`RuntimeError`.
 """
+
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Type
 
 __all__ = [
     "GDInvError",
@@ -13,9 +21,12 @@ __all__ = [
     "InvalidOptionError",
     "OutputExistsError",
     "DivergenceError",
+    "NotReadyError",
     "ConvergenceError",
     "ConvergenceWarning",
     "SingularMatrixWarning",
+    "warn_user",
+    "exit_on_user_error",
 ]
 
 
@@ -51,8 +62,12 @@ class DivergenceError(GDInvError):
     """The loss became non-finite or grew without bound: the step size is past the stable bound."""
 
 
+class NotReadyError(RuntimeError):
+    """An object was asked for what it does not hold yet (a matrix, a first update)."""
+
+
 class ConvergenceError(RuntimeError):
-    """The run ended before every matrix reached the tolerance (``invert(..., check=True)``)."""
+    """The run ended before every matrix reached the tolerance (``invert(check_errors=True)``)."""
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -62,3 +77,58 @@ class ConvergenceWarning(RuntimeWarning):
 class SingularMatrixWarning(ConvergenceWarning):
     """M is rank-deficient (or rectangular without full rank): the loss has a floor above 0 and
     X tends to a pseudo-inverse."""
+
+
+# Frames of these packages are never "the user's line" a warning points at.
+_INTERNAL = ("gdinv_modules", "pytorch_lightning", "lightning", "lightning_fabric", "torch")
+
+
+def _internal_roots() -> tuple:
+    roots = []
+    for name in _INTERNAL:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            roots.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    roots.append(os.path.dirname(os.path.abspath(contextmanager.__code__.co_filename)) + os.sep)
+    return tuple(roots)
+
+
+def warn_user(message: str, category: Type[Warning]) -> None:
+    """Warn with ``message``, attributed to the first frame outside this package, Lightning,
+    torch and the standard library: the user's line, also when a Trainer calls us.
+
+    Example:
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_user("M is singular", SingularMatrixWarning)
+        >>> caught[0].category.__name__
+        'SingularMatrixWarning'
+    """
+    roots = _internal_roots()
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(roots):
+        frame, level = frame.f_back, level + 1
+    if frame is None:  # called from internal code only (a Lightning worker, a test harness)
+        level = 2
+    warnings.warn(message, category, stacklevel=level)
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a :class:`GDInvError` raised inside into ``error: NAME: message`` on stderr and
+    exit code 2: a user's error on the command line, without a traceback.
+
+    Example:
+        >>> try:
+        ...     with exit_on_user_error():
+        ...         raise InvalidOptionError("lr must be > 0")
+        ... except SystemExit as done:
+        ...     done.code
+        2
+    """
+    try:
+        yield
+    except GDInvError as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,60 +1,51 @@
 r"""The math of inversion by gradient descent, as pure functions on tensors.
 
 For an approximate inverse :math:`X` (``(..., n, m)``) of :math:`M` (``(..., m, n)``; square
-in the post) the product :math:`E`, which training drives to the identity, is one of three
-formulations:
-
-.. math::
-    E_\text{left} = X M, \qquad E_\text{right} = M X, \qquad
-    E_\text{symmetric} = \tfrac12 (X M + M X),
-
-and the loss of each matrix is the mean squared error to the identity over the :math:`k^2`
-entries of the product, its order :math:`k` (:math:`k = n` for ``left``, :math:`m` for ``right``),
+in the post) the product :math:`E`, which training drives to the identity, is :math:`XM` (the
+formulation ``"left"``), :math:`MX` (``"right"``) or their average (``"symmetric"``), of order
+k (:mod:`gdinv_modules.core.formulation`). The loss of each matrix is the mean squared error
+to the identity over the :math:`k^2` entries of the product,
 :math:`L(X) = \lVert E - I \rVert_F^2 / k^2`, plus :math:`\lambda \lVert X \rVert_F^2` with a
-ridge (Tikhonov) term. A batch is a set of independent problems:
-its objective is the *sum* of the per-matrix losses, so every matrix follows the trajectory it
-would follow alone. The gradient has a closed form (two matrix products, four for symmetric):
+ridge (Tikhonov) term. A batch is a set of independent problems: its objective is the *sum*
+of the per-matrix losses, so every matrix follows the trajectory it would follow alone. The
+gradient has a closed form, :math:`\tfrac{2}{k^2} \mathcal{A}^*(E - I)`, e.g.
+:math:`\tfrac{2}{k^2} (XM - I) M^H` for ``left`` (two matrix products), plus
+:math:`2 \lambda X` with a ridge.
 
-.. math::
-    \nabla L_\text{left} = \tfrac{2}{k^2} (XM - I) M^\top, \quad
-    \nabla L_\text{right} = \tfrac{2}{k^2} M^\top (MX - I), \quad
-    \nabla L_\text{symmetric} = \tfrac{1}{k^2} \big(R M^\top + M^\top R\big),\ R = E - I,
-
-plus :math:`2 \lambda X` with a ridge.
+The words: *the error* is the matrix :math:`E - I`; *the residual* is the number
+:math:`\lVert E - I\rVert_F / \sqrt{k}` per matrix, what ``tol`` bounds.
 """
 
 import math
-from typing import Literal, Optional, Sequence, Tuple, get_args
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.deprecation import renamed_attributes
 from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.formulation import Formulation, as_formulation
 
 __all__ = [
-    "FORMULATIONS",
-    "Formulation",
+    "Tol",
+    "default_tol",
+    "resolve_tol",
+    "wide_dtype",
+    "inverse_shape",
     "inverse_product",
     "identity_error",
-    "identity_mse",
     "identity_sse",
+    "identity_mse",
     "relative_residual",
-    "loss_and_gradient",
-    "product_order",
     "inverse_loss",
-    "inverse_shape",
-    "scaled_product",
-    "default_tol",
-    "wide_dtype",
+    "loss_and_gradient",
+    "squared_norm",
 ]
 
-Formulation = Literal["left", "right", "symmetric"]
-FORMULATIONS: Tuple[Formulation, ...] = get_args(Formulation)
+Tol = Union[float, Literal["auto"], None]
 
 
 def default_tol(dtype: torch.dtype) -> float:
-    """The tolerance on the relative residual that a dtype can reach: 1e-10 for float64 and
+    """The tolerance on the residual that a dtype can reach: 1e-10 for float64 and
     complex128, 1e-5 for float32 and complex64, 1e-2 for the half types.
 
     Example:
@@ -68,24 +59,31 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-2
 
 
+def resolve_tol(tol: Tol, dtype: torch.dtype) -> Optional[float]:
+    """``tol`` as a number: ``"auto"`` is the dtype's :func:`default_tol`; ``None`` stays
+    ``None`` (no stop at a tolerance).
+
+    Example:
+        >>> resolve_tol("auto", torch.float32), resolve_tol(1e-3, torch.float32)
+        (1e-05, 0.001)
+    """
+    if tol == "auto":
+        return default_tol(dtype)
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
+        raise InvalidOptionError(f"tol must be a finite number > 0, 'auto' or None, got {tol!r}")
+    return float(tol)
+
+
 def wide_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype to accumulate a residual in: float64, or complex128 for complex dtypes.
+    """The dtype to accumulate an error in: float64, or complex128 for complex dtypes.
 
     Example:
         >>> wide_dtype(torch.float32), wide_dtype(torch.complex64)
         (torch.float64, torch.complex128)
     """
     return torch.complex128 if dtype.is_complex else torch.float64
-
-
-def product_order(matrix_shape: Sequence[int], formulation: Formulation = "left") -> int:
-    """``k``, the order of the product E: M's columns for ``left``, its rows for ``right``.
-
-    Example:
-        >>> product_order((5, 3), "left"), product_order((5, 3), "right")
-        (3, 5)
-    """
-    return matrix_shape[-2] if formulation == "right" else matrix_shape[-1]
 
 
 def inverse_shape(matrix_shape: Sequence[int]) -> Tuple[int, ...]:
@@ -101,10 +99,9 @@ def inverse_shape(matrix_shape: Sequence[int]) -> Tuple[int, ...]:
 def inverse_product(
     inverse: Tensor,  # shape: (..., n, m)
     matrix: Tensor,  # shape: (..., m, n)
-    formulation: Formulation = "left",
+    formulation: Union[str, Formulation] = "left",
 ) -> Tensor:  # shape: (..., k, k)
-    """The product E of X (``inverse``) and M (``matrix``) that training drives to the identity;
-    differentiable in both.
+    """The product E of X (``inverse``) and M (``matrix``); differentiable in both.
 
     Example:
         >>> m = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
@@ -112,15 +109,11 @@ def inverse_product(
         tensor([[1., 0.],
                 [0., 1.]])
     """
-    if formulation == "left":
-        return inverse @ matrix
-    if formulation == "right":
-        return matrix @ inverse
-    return (inverse @ matrix + matrix @ inverse) / 2
+    return as_formulation(formulation).product(inverse, matrix)
 
 
 def identity_error(product: Tensor) -> Tensor:  # shape: (..., k, k) -> (..., k, k)
-    """``E - I``, the identity broadcast over the leading dimensions.
+    """The error ``E - I``, the identity broadcast over the leading dimensions.
 
     Example:
         >>> identity_error(torch.eye(2))
@@ -146,7 +139,7 @@ def identity_mse(
     *,
     reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor:  # shape: () for "mean", (...) for "none"
-    r"""Mean squared error of the product E to the identity.
+    r"""Mean squared error of the product E to the identity: the metric.
 
     ``reduction="none"`` gives one value per matrix, :math:`\lVert E - I \rVert_F^2 / k^2`;
     ``"mean"`` the mean over all entries of the batch.
@@ -165,7 +158,7 @@ def relative_residual(
     product: Tensor,  # shape: (..., k, k)
     target: Optional[Tensor] = None,  # shape: (..., k, k)
 ) -> Tensor:  # shape: (...)
-    r"""Relative residual :math:`\lVert E - T \rVert_F / \sqrt{k}`, one value per matrix.
+    r"""The residual :math:`\lVert E - T \rVert_F / \sqrt{k}`, one value per matrix.
 
     ``T`` is the identity by default: the residual is then the root mean square of the error's
     singular values, 1 for ``E = 0`` and 0 at the inverse. For a rank-deficient M pass the
@@ -206,7 +199,7 @@ def inverse_loss(
 def loss_and_gradient(
     inverse: Tensor,  # shape: (..., n, m)
     matrix: Tensor,  # shape: (..., m, n)
-    formulation: Formulation = "left",
+    formulation: Union[str, Formulation] = "left",
     ridge: float = 0.0,
     *,
     columns: Optional[slice] = None,
@@ -233,66 +226,27 @@ def loss_and_gradient(
         >>> part
         tensor(0.2500)
     """
-    k = product_order(matrix.shape, formulation)
+    form = as_formulation(formulation)
+    k = form.order(matrix.shape)
     offset = 0
     if columns is not None:
-        if formulation == "symmetric":
-            raise InvalidOptionError("a column split needs formulation 'left' or 'right'")
-        offset = columns.start or 0
-        matrix = matrix[..., :, columns] if formulation == "left" else matrix[..., columns, :]
-        offset = -offset if formulation == "left" else offset
-    error = inverse_product(inverse, matrix, formulation)
+        matrix = form.columns_of(matrix, columns)
+        offset = form.identity_offset(columns)
+    error = form.product(inverse, matrix)
     error.diagonal(offset, dim1=-2, dim2=-1).sub_(1)  # E - I in place: the product is ours
-    scale = 2.0 / (k * k)
     loss = inverse_loss(error, inverse, ridge, order=k)
-    matrix_t = matrix.mH  # the conjugate transpose: M^T for real M
-    if formulation == "left":
-        gradient = scaled_product(error, matrix_t, scale)
-    elif formulation == "right":
-        gradient = scaled_product(matrix_t, error, scale)
-    else:
-        gradient = scaled_product(error, matrix_t, scale / 2)
-        gradient += scaled_product(matrix_t, error, scale / 2)
+    gradient = form.gradient(error, matrix, 2.0 / (k * k))
     if ridge:
         gradient += (2 * ridge) * inverse
     return loss, gradient
 
 
-def scaled_product(
-    left: Tensor,  # shape: (..., a, b)
-    right: Tensor,  # shape: (..., b, c)
-    alpha: float,
-) -> Tensor:  # shape: (..., a, c)
-    """``alpha * (left @ right)``, the scale applied by the matrix product itself (BLAS's
-    alpha), so no extra pass over the result; equal bit for bit when ``alpha`` is a power of 2.
+def squared_norm(tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (...), float64
+    """Squared Frobenius norms, summed in float64 (the tuner's Rayleigh quotients need them
+    accurate to well below float32's resolution).
 
     Example:
-        >>> scaled_product(torch.eye(2), torch.ones(2, 3), 0.5)
-        tensor([[0.5000, 0.5000, 0.5000],
-                [0.5000, 0.5000, 0.5000]])
+        >>> squared_norm(torch.ones(2, 3)).item()
+        6.0
     """
-    unused = left.new_empty(())  # beta=0: the "input" term is ignored, never read
-    if left.ndim == 2 and right.ndim == 2:
-        return torch.addmm(unused, left, right, beta=0, alpha=alpha)
-    batch = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
-    if left.shape[:-2] != batch or right.shape[:-2] != batch:
-        return (left @ right).mul_(alpha)  # broadcast batches: a flat view would copy
-    product = torch.baddbmm(
-        unused,
-        left.reshape(-1, *left.shape[-2:]),
-        right.reshape(-1, *right.shape[-2:]),
-        beta=0,
-        alpha=alpha,
-    )
-    return product.reshape(*batch, left.shape[-2], right.shape[-1])
-
-
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        "identity_estimate": "inverse_product",
-        "estimate_size": "product_order",
-        "approx_shape": "inverse_shape",
-    },
-    globals(),
-)
+    return tensor.abs().double().square().sum(dim=(-2, -1))

@@ -12,27 +12,42 @@ Moore-Penrose pseudo-inverse :math:`M^+`. The ``right`` formulation is the same 
 :math:`MX \to MM^+`, the projector onto M's column space.
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.deprecation import renamed_attributes
-from gdinv_modules.core.functional import Formulation, product_order, wide_dtype
+from gdinv_modules.core.formulation import Formulation, as_formulation
+from gdinv_modules.core.functional import wide_dtype
 
-__all__ = ["product_target", "loss_floor"]
+__all__ = ["product_target", "loss_floor", "rank_cutoff"]
+
+
+def rank_cutoff(sigma_max: Tensor, dtype: torch.dtype, shape: Tuple[int, int]) -> Tensor:
+    """The singular value below which M counts as rank-deficient: ``sigma_max * eps`` of M's
+    dtype, where the SVD runs in a wider dtype than M (float32 input: its values are exact in
+    float64, and refinement with X stored in float32 inverts M while ``kappa * eps < 1``); times
+    ``max(m, n)`` where M is already float64, for the SVD's own rounding (numpy's rule).
+
+    Example:
+        >>> rank_cutoff(torch.tensor(1.0), torch.float32, (7, 7)).item() == 2.0**-23
+        True
+    """
+    eps = torch.finfo(dtype).eps
+    factor = 1 if wide_dtype(dtype) != dtype else max(shape)
+    return sigma_max * (eps * factor)
 
 
 def product_target(
     matrix: Tensor,
-    formulation: Formulation = "left",
+    formulation: Union[str, Formulation] = "left",
     *,
     svd: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:  # shapes: (..., m, n) -> (...), (..., k, k) or None
     """The rank of each matrix, and the projector the product tends to (``None`` where every
     matrix of the batch has full rank k, so the target is the identity).
 
-    One SVD, in float64, at the start of a run; pass ``svd`` (``torch.linalg.svd(M.double(),
+    One SVD, in float64, at the start of a run, with :func:`rank_cutoff`; pass ``svd`` (``torch.linalg.svd(M.double(),
     full_matrices=False)``) to reuse one already taken.
 
     Example:
@@ -41,16 +56,15 @@ def product_target(
         (1, tensor([[0.5000, 0.5000],
                 [0.5000, 0.5000]]))
     """
-    k = product_order(matrix.shape, formulation)
+    form = as_formulation(formulation)
+    k = form.order(matrix.shape)
     wide = matrix.to(wide_dtype(matrix.dtype))
     u, s, vh = torch.linalg.svd(wide, full_matrices=False) if svd is None else svd
-    eps = torch.finfo(matrix.real.dtype).eps
-    tolerance = s[..., :1] * max(matrix.shape[-2:]) * eps
-    keep = s > tolerance
+    keep = s > rank_cutoff(s[..., :1], matrix.dtype, tuple(matrix.shape[-2:]))
     rank = keep.sum(dim=-1)
     if bool((rank == k).all()):
         return rank, None
-    basis = u if formulation == "right" else vh.mH
+    basis = form.projector_basis(u, vh)
     kept = basis * keep[..., None, :].to(basis.dtype)
     projector = kept @ kept.mH
     identity = torch.eye(k, dtype=projector.dtype, device=projector.device)
@@ -67,5 +81,3 @@ def loss_floor(rank: Tensor, k: int) -> Tensor:  # shape: (...) -> (...)
     """
     return (k - rank).double() / (k * k)
 
-
-__getattr__ = renamed_attributes(__name__, {"estimate_target": "product_target"}, globals())

@@ -2,19 +2,19 @@
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import Formulation, product_order
+from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.rank import loss_floor
-from gdinv_modules.core.theory import heavy_ball_rate, operator_singular_values, polyak_parameters
+from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
 
 __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
 
-# The exact operator spectrum of "symmetric" is an SVD of an n^2 x n^2 matrix: small n only.
-SYMMETRIC_THEORY_MAX_N = 24
+# An operator spectrum that is not M's is an SVD of an n^2 x n^2 matrix: small n only.
+OPERATOR_SVD_MAX_N = 24
 RESOLUTION_ULPS = 4  # a loss above a rank floor is known to this many ulps of the floor
 
 
@@ -121,7 +121,7 @@ class ConvergenceReport:
         cls,
         losses: Tensor,  # shape: (steps, ...)
         matrix: Tensor,  # shape: (..., n, n)
-        formulation: Formulation,
+        formulation: Union[str, Formulation],
         lr: Tensor,  # shape: (...) or ()
         momentum: Tensor,  # shape: (...) or ()
         tol: float,
@@ -136,7 +136,8 @@ class ConvergenceReport:
         """The report of a run from its loss history: ``losses[i]`` is the loss before step
         ``i * loss_every`` (so ``steps_to_tol`` is the first *recorded* step at or below tol);
         ``steps``, the optimizer steps taken, defaults to ``len(losses) * loss_every``."""
-        k = product_order(matrix.shape, formulation)
+        form = as_formulation(formulation)
+        k = form.order(matrix.shape)
         batch = matrix.shape[:-2]
         count = math.prod(batch)
         floor = torch.zeros(batch, dtype=torch.float64) if rank is None else loss_floor(rank, k)
@@ -154,13 +155,13 @@ class ConvergenceReport:
         sigma_max = sigma_min = predicted = polyak = rate = nan
         if not ridge:
             rate = measured_rate(residuals, tol, loss_every).reshape(-1)
-        if formulation != "symmetric" or k <= SYMMETRIC_THEORY_MAX_N:
-            if singular_values is None or formulation == "symmetric":
-                singular_values = operator_singular_values(matrix, formulation)
+        if form.spectrum_is_ms or k <= OPERATOR_SVD_MAX_N:
+            if singular_values is None or not form.spectrum_is_ms:
+                singular_values = form.operator_singular_values(matrix)
             singular = singular_values.double().reshape(count, -1).cpu()
-            # Drop M's zero singular values: those directions never move. (For "symmetric" the
-            # operator's spectrum is not M's, and only a square M is allowed.)
-            if rank is not None and formulation != "symmetric":
+            # Drop M's zero singular values: those directions never move. (Where the operator's
+            # spectrum is not M's, only a square M is allowed.)
+            if rank is not None and form.spectrum_is_ms:
                 kept = rank.reshape(count, 1).cpu().clamp_min(1)
                 index = torch.arange(singular.shape[-1])[None, :]
                 smallest = singular.gather(1, kept - 1)
@@ -189,6 +190,34 @@ class ConvergenceReport:
             rank=[None] * count if rank is None else rank.reshape(-1).tolist(),
             loss_floor=floor.reshape(-1).tolist(),
             ridge=ridge,
+        )
+
+    @classmethod
+    def empty(cls, tol: float, batch_shape: Sequence[int] = ()) -> "ConvergenceReport":
+        """The report of a run with nothing to do: an empty M, or an empty batch.
+
+        Example:
+            >>> ConvergenceReport.empty(1e-5, (2,)).converged
+            [True, True]
+        """
+        count = math.prod(batch_shape)
+        none: List[Optional[float]] = [None] * count
+        return cls(
+            tol=tol,
+            steps=0,
+            converged=[True] * count,
+            steps_to_tol=[0] * count,
+            final_residual=[0.0] * count,
+            measured_rate=none,
+            predicted_rate=none,
+            polyak_rate=none,
+            lr=[math.nan] * count,
+            momentum=[math.nan] * count,
+            sigma_max=none,
+            sigma_min=none,
+            rank=[0] * count,
+            loss_floor=[0.0] * count,
+            descent_stop="empty",
         )
 
     def to_dict(self) -> Dict[str, Any]:

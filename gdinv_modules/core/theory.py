@@ -15,16 +15,16 @@ values :math:`\sigma_i` of M). With the loss :math:`\lVert \mathcal{A}(X) - I \r
   rate of :math:`(\kappa - 1)/(\kappa + 1)`.
 """
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import Formulation, inverse_shape, wide_dtype
+from gdinv_modules.core.formulation import Formulation, as_formulation
+from gdinv_modules.core.functional import inverse_shape, wide_dtype
 
 __all__ = [
-    "normal_operator",
-    "operator_singular_values",
+    "power_norm",
     "power_sigma_max",
     "stable_lr_bound",
     "polyak_parameters",
@@ -38,84 +38,68 @@ __all__ = [
 MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
 
 
-def normal_operator(
-    v: Tensor, matrix: Tensor, formulation: Formulation = "left"
-) -> Tensor:  # shapes: (..., n, m), (..., m, n) -> (..., n, m)
-    r""":math:`\mathcal{A}^* \mathcal{A}(V)`, whose eigenvalues are the :math:`a_i^2`.
+def power_norm(
+    operator: Callable[[Tensor], Tensor],
+    start: Tensor,  # shape: (..., a, b), nonzero
+    *,
+    iterations: int,
+    rtol: Optional[float] = None,
+) -> Tensor:  # shape: (...), float64
+    r"""The square root of the largest eigenvalue of a positive semi-definite ``operator``
+    (:math:`A^*A`, so the result is :math:`\lVert A\rVert_2`), per matrix, by power iteration
+    from ``start``; norms run over the last two dimensions.
+
+    The Rayleigh quotient never overestimates: callers keep a margin. With ``rtol`` it stops
+    once every estimate moved by less than ``rtol`` (checked every 8 iterations: one host sync
+    each); without, it takes ``iterations`` with no host sync.
 
     Example:
-        >>> normal_operator(torch.eye(2), 2 * torch.eye(2))
-        tensor([[4., 0.],
-                [0., 4.]])
+        >>> r = torch.diag(torch.tensor([0.5, -0.25], dtype=torch.float64))
+        >>> power_norm(lambda v: r.mH @ (r @ v), torch.ones(2, 1, dtype=torch.float64),
+        ...            iterations=32).item()
+        0.5
     """
-    if formulation == "left":
-        return v @ matrix @ matrix.mH
-    if formulation == "right":
-        return matrix.mH @ (matrix @ v)
-    image = (v @ matrix + matrix @ v) / 2
-    return (image @ matrix.mH + matrix.mH @ image) / 2
-
-
-def operator_singular_values(
-    matrix: Tensor, formulation: Formulation = "left"
-) -> Tensor:  # shape: (..., n, n) -> (..., k)
-    r"""The exact singular values of :math:`\mathcal{A}`, largest first (an SVD; for reports).
-
-    For ``symmetric`` the operator is the :math:`n^2 \times n^2` matrix
-    :math:`(I \otimes M + M^\top \otimes I)/2`, so keep n small there.
-
-    Example:
-        >>> operator_singular_values(torch.diag(torch.tensor([1.0, 3.0])), "symmetric").tolist()
-        [3.0, 2.0, 2.0, 1.0]
-    """
-    work = matrix.to(wide_dtype(matrix.dtype))
-    if formulation != "symmetric":
-        return torch.linalg.svdvals(work)
-    n = matrix.shape[-1]
-    eye = torch.eye(n, dtype=work.dtype, device=work.device)
-    # vec(XM) = (M^T kron I) vec(X) and vec(MX) = (I kron M) vec(X), vec stacking columns.
-    operators = torch.stack(
-        [
-            (torch.kron(m.mT.contiguous(), eye) + torch.kron(eye, m)) / 2
-            for m in work.reshape(-1, n, n)
-        ]
-    )
-    return torch.linalg.svdvals(operators).reshape(*work.shape[:-2], n * n)
+    tiny = torch.finfo(torch.float64).tiny
+    v = start / torch.linalg.vector_norm(start, dim=(-2, -1), keepdim=True).clamp_min(tiny)
+    estimate = torch.zeros(start.shape[:-2], dtype=torch.float64, device=start.device)
+    for iteration in range(iterations):
+        image = operator(v)
+        quotient = (image.conj() * v).sum(dim=(-2, -1)).real.double()  # <v, A*A v>, |v| = 1
+        previous, estimate = estimate, quotient.clamp_min(0).sqrt()
+        norm = torch.linalg.vector_norm(image, dim=(-2, -1), keepdim=True)
+        v = torch.where(norm > 0, image / norm.clamp_min(tiny), v)
+        if rtol is not None and iteration % 8 == 7:
+            if bool(((estimate - previous).abs() <= rtol * estimate).all()):
+                break
+    return estimate
 
 
 def power_sigma_max(
     matrix: Tensor,
-    formulation: Formulation = "left",
+    formulation: Union[str, Formulation] = "left",
     *,
     iterations: int = 64,
     rtol: float = 1e-6,
     seed: int = 0,
-) -> Tensor:  # shape: (..., n, n) -> (...)
-    r"""Estimate :math:`a_\max` per matrix by power iteration on :math:`\mathcal{A}^*\mathcal{A}`.
-
-    Each iteration costs the operator's products (two for ``left``/``right``); it stops once
-    every estimate moved by less than ``rtol`` (checked every 8 iterations: one host sync each).
-    The Rayleigh quotient never overestimates; callers add a safety margin.
+) -> Tensor:  # shape: (..., m, n) -> (...)
+    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm` on :math:`\mathcal{A}^*\mathcal{A}`
+    (two matrix products an iteration for ``left``/``right``), in the wide dtype.
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
         >>> round(power_sigma_max(m).item(), 6)
         5.0
     """
+    form = as_formulation(formulation)
     work = matrix.to(wide_dtype(matrix.dtype))
     generator = torch.Generator().manual_seed(seed)
-    shape = inverse_shape(work.shape)
-    v = torch.rand(shape, generator=generator, dtype=torch.float64).to(work) + 0.5
-    v = v / torch.linalg.matrix_norm(v)[..., None, None]
-    estimate = torch.zeros(work.shape[:-2], dtype=torch.float64, device=work.device)
-    for iteration in range(iterations):
-        image = normal_operator(v, work, formulation)
-        quotient = (image.conj() * v).sum(dim=(-2, -1)).real  # <v, A*A v>, v of norm 1
-        previous, estimate = estimate, quotient.clamp_min(0).sqrt()
-        norm = torch.linalg.matrix_norm(image)[..., None, None]
-        v = torch.where(norm > 0, image / norm.clamp_min(torch.finfo(torch.float64).tiny), v)
-        if iteration % 8 == 7 and bool(((estimate - previous).abs() <= rtol * estimate).all()):
-            break
+    start = torch.rand(inverse_shape(work.shape), generator=generator, dtype=torch.float64)
+    estimate = power_norm(
+        lambda v: form.normal_operator(v, work),
+        start.to(work) + 0.5,
+        iterations=iterations,
+        rtol=rtol,
+    )
     return estimate.to(matrix.real.dtype)
 
 
@@ -208,18 +192,24 @@ def heavy_ball_rate(
     return modulus.amax(dim=-1)
 
 
-def stable_bound_advice(sigma_max: float, momentum: float, k: int) -> str:
-    """The sentence every message about a step size past the stable bound ends with.
-
+def stable_bound_advice(sigma_max: float, momentum: float, k: int, *, auto: bool = False) -> str:
+    """The sentence every message about a step size past the stable bound ends with; ``auto``:
+    lr is chosen already, so the advice is not to choose it.
 
     Example:
         >>> print(stable_bound_advice(2.0, 0.5, 4))
         heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = 6 for this M ...
     """
     bound = stable_lr_bound(torch.tensor(sigma_max), torch.tensor(momentum), k).item()
+    remedy = (
+        "lr='auto' chose past it, so M changed under the run or X was written from outside; "
+        "check both"
+        if auto
+        else "lower lr or use lr='auto'"
+    )
     return (
         f"heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = {bound:.4g} for "
-        f"this M (sigma_max = {sigma_max:.4g}, k = {k}); lower lr or use lr='auto'"
+        f"this M (sigma_max = {sigma_max:.4g}, k = {k}); {remedy}"
     )
 
 

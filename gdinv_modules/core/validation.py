@@ -1,8 +1,8 @@
 """Checks on user input, raising the named errors of :mod:`gdinv_modules.core.errors`."""
 
-from typing import Sequence, TypeVar
-
+import difflib
 import math
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ __all__ = [
     "check_positive_float",
     "check_non_negative_float",
     "check_momentum",
+    "check_known",
 ]
 
 T = TypeVar("T")
@@ -135,3 +136,23 @@ def check_non_negative_float(value: object, *, name: str) -> float:
     ):
         raise InvalidOptionError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def check_known(options: Mapping[str, object], known: Iterable[str], *, owner: str) -> None:
+    """Raise :class:`InvalidOptionError` for the first name of ``options`` not in ``known``,
+    naming the closest known one.
+
+    Example:
+        >>> check_known({"tolerance": 1e-3}, ["tol", "max_steps"], owner="invert()")
+        Traceback (most recent call last):
+        ...
+        gdinv_modules.core.errors.InvalidOptionError: invert() has no option 'tolerance'; did you mean 'tol'?
+    """
+    names = list(known)
+    for name in options:
+        if name in names:
+            continue
+        close = [o for o in names if name.startswith(o) or o.startswith(name)]
+        close = close or difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; the options are {names}"
+        raise InvalidOptionError(f"{owner} has no option {name!r}{hint}")

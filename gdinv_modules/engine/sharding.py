@@ -1,17 +1,18 @@
-r"""Splitting one inversion across the ranks of a distributed run (Lightning's DDP).
+r"""Splitting one inversion across the processes of a distributed run (Lightning's DDP).
 
 Two splits, both exact:
 
-- ``"batch"``: a batch of independent matrices is cut into one contiguous slice per rank;
-  each rank steps its own slice, and at the end of every ``training_step`` the ranks gather
-  X, the momentum buffer and the losses, so every rank holds the whole state (checkpoints
+- ``"batch"``: a batch of independent matrices is cut into one contiguous slice per process;
+  each process steps its own slice, and at the end of every ``training_step`` the processes gather
+  X, the momentum buffer and the losses, so every process holds the whole state (checkpoints
   and reports need nothing else).
 - ``"columns"``: the loss is a sum over the product's columns (``left``: :math:`X M_{:,j}`
   against :math:`e_j`; ``right``: rows, :math:`M_{i,:} X` against :math:`e_i^\top`), so each
-  rank takes a slice of them and the partial gradients are summed with one all-reduce per
+  process takes a slice of them and the partial gradients are summed with one all-reduce per
   step: the same step as the full-batch run, to rounding.
 
-With one process, or for the ``symmetric`` formulation, nothing is split (``"none"``).
+With one process nothing is split (``"none"``); a formulation without a column split
+(``symmetric``) is split by batch only.
 """
 
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gdinv_modules.core.functional import Formulation, inverse_product, loss_and_gradient
+from gdinv_modules.core.formulation import Formulation
+from gdinv_modules.core.functional import loss_and_gradient, squared_norm
 
-__all__ = ["Sharding", "ShardMode", "SHARD_MODES", "squared_norm"]
+__all__ = ["Sharding", "ShardMode", "SHARD_MODES"]
 
 ShardMode = Literal["batch", "columns", "none"]
 SHARD_MODES: Tuple[str, ...] = get_args(ShardMode)
@@ -31,51 +33,64 @@ SHARD_MODES: Tuple[str, ...] = get_args(ShardMode)
 
 @dataclass
 class Sharding:
-    """One rank's part of the work.
+    """One process's part of the work.
 
     Example:
-        >>> Sharding.plan("batch", batch_count=3, k=4, formulation="left", world=2, rank=1)
-        Sharding(mode='batch', world=2, rank=1, size=3, start=2, stop=3)
+        >>> from gdinv_modules.core.formulation import LEFT
+        >>> Sharding.plan("batch", batch_count=3, k=4, formulation=LEFT, world_size=2,
+        ...               global_rank=1)
+        Sharding(mode='batch', world_size=2, global_rank=1, size=3, start=2, stop=3)
     """
 
     mode: str
-    world: int
-    rank: int
+    world_size: int  # processes
+    global_rank: int  # this process
     size: int  # matrices (batch) or columns (columns) to split
-    start: int  # this rank's first
+    start: int  # this process's first
     stop: int
 
     @property
     def chunk(self) -> int:
-        """The largest slice over the ranks (slices are padded to it when gathered)."""
-        return max(high - low for low, high in map(self.bounds, range(self.world)))
+        """The largest slice over the processes (slices are padded to it when gathered)."""
+        return max(high - low for low, high in map(self.bounds, range(self.world_size)))
 
-    def bounds(self, rank: int) -> Tuple[int, int]:
-        """The slice ``[start, stop)`` of a rank."""
-        edges = [round(self.size * index / self.world) for index in range(self.world + 1)]
-        return edges[rank], edges[rank + 1]
+    def bounds(self, global_rank: int) -> Tuple[int, int]:
+        """The slice ``[start, stop)`` of a process."""
+        world = self.world_size
+        edges = [round(self.size * index / world) for index in range(world + 1)]
+        return edges[global_rank], edges[global_rank + 1]
 
     @classmethod
     def plan(
-        cls, mode: str, *, batch_count: int, k: int, formulation: Formulation, world: int, rank: int
+        cls,
+        mode: str,
+        *,
+        batch_count: int,
+        k: int,
+        formulation: Formulation,
+        world_size: int,
+        global_rank: int,
     ) -> "Sharding":
-        """Choose the split: ``"batch"`` splits the batch if every rank gets a matrix, else the
-        columns; ``symmetric`` and single-process runs are not split."""
-        if world == 1 or formulation == "symmetric" or mode == "none":
-            return cls("none", world, rank, 0, 0, 0)
-        if mode == "batch":
-            mode = "batch" if batch_count >= world else "columns"
-        plan = cls(mode, world, rank, batch_count if mode == "batch" else k, 0, 0)
-        plan.start, plan.stop = plan.bounds(rank)
+        """Choose the split: ``"batch"`` splits the batch if every process gets a matrix,
+        else the columns; single-process runs are not split, nor is a formulation without a
+        column split where the columns would be."""
+        if mode == "batch" and batch_count < world_size:
+            mode = "columns"
+        if world_size == 1 or mode == "none" or (
+            mode == "columns" and not formulation.allows_column_split
+        ):
+            return cls("none", world_size, global_rank, 0, 0, 0)
+        plan = cls(mode, world_size, global_rank, batch_count if mode == "batch" else k, 0, 0)
+        plan.start, plan.stop = plan.bounds(global_rank)
         return plan
 
     def loss_and_gradient(
         self, inverse: Tensor, matrix: Tensor, formulation: Formulation, ridge: float = 0.0
     ) -> Tuple[Tensor, Tensor]:
-        """This rank's part of the per-matrix loss, and the gradient of the whole loss.
+        """This process's part of the per-matrix loss, and the gradient of the whole loss.
 
-        ``"batch"``: the losses of this rank's matrices, and a gradient that is zero outside
-        them. ``"columns"``: the partial losses of this rank's columns (summed over the ranks at
+        ``"batch"``: the losses of this process's matrices, and a gradient that is zero outside
+        them. ``"columns"``: the partial losses of this process's columns (summed over the processes at
         the end of the step's batch) and the full gradient (summed now).
         """
         if self.mode == "none":
@@ -96,15 +111,15 @@ class Sharding:
     ) -> Tuple[Tensor, Tensor]:
         columns = slice(self.start, self.stop)
         loss, gradient = loss_and_gradient(inverse, matrix, formulation, columns=columns)
-        if ridge:  # counted once over the ranks
-            loss = loss + ridge * inverse.square().sum(dim=(-2, -1)) / self.world
-            gradient += (2 * ridge / self.world) * inverse
+        if ridge:  # counted once over the processes
+            loss = loss + ridge * inverse.square().sum(dim=(-2, -1)) / self.world_size
+            gradient += (2 * ridge / self.world_size) * inverse
         return loss, gradient
 
     def data_sample(
         self, inverse: Tensor, matrix: Tensor, formulation: Formulation, target: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
-        """For the tuner, per matrix over all ranks: the loss above its floor (no ridge) and the
+        """For the tuner, per matrix over all processes: the loss above its floor (no ridge) and the
         squared norm of its gradient."""
         if self.mode == "columns":
             loss, gradient = self._column_part(inverse, matrix, formulation, 0.0)
@@ -116,7 +131,7 @@ class Sharding:
         local = self._local if batch else (lambda tensor: tensor)
         loss, gradient = loss_and_gradient(local(inverse), local(matrix), formulation)
         if target is not None:
-            product = inverse_product(local(inverse), local(matrix), formulation)
+            product = formulation.product(local(inverse), local(matrix))
             loss = (product - local(target)).abs().square().mean(dim=(-2, -1))
         norms = squared_norm(gradient)
         if batch:
@@ -127,42 +142,37 @@ class Sharding:
     def _column_excess(
         self, inverse: Tensor, matrix: Tensor, formulation: Formulation, target: Tensor
     ) -> Tensor:
-        columns = slice(self.start, self.stop)
-        product = inverse_product(inverse, matrix, formulation)
-        part = (
-            (product - target)[..., :, columns]
-            if formulation == "left"
-            else (product - target)[..., columns, :]
-        )
+        product = formulation.product(inverse, matrix)
+        part = formulation.columns_of(product - target, slice(self.start, self.stop))
         k = product.shape[-1]
         return part.abs().square().sum(dim=(-2, -1)) / (k * k)
 
     def sum(self, tensor: Tensor) -> Tensor:
-        """Sum over the ranks (a no-op without a split)."""
+        """Sum over the processes (a no-op without a split)."""
         if self.mode != "none":
             dist.all_reduce(tensor)
         return tensor
 
     def gather(self, local: Tensor) -> Tensor:  # shape: (stop - start, ...) -> (count, ...)
-        """Concatenate every rank's slice along dimension 0 (a no-op without a split)."""
+        """Concatenate every process's slice along dimension 0 (a no-op without a split)."""
         if self.mode == "none":
             return local
         padded = local.new_zeros((self.chunk, *local.shape[1:]))
         padded[: len(local)] = local
-        parts: List[Tensor] = [torch.empty_like(padded) for _ in range(self.world)]
+        parts: List[Tensor] = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
-        bounds = [self.bounds(rank) for rank in range(self.world)]
+        bounds = [self.bounds(index) for index in range(self.world_size)]
         return torch.cat([part[: high - low] for part, (low, high) in zip(parts, bounds)])
 
     def gather_batch(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b), whole batch
-        """Replace every rank's stale copy of the other slices by their owners' values."""
+        """Replace every process's stale copy of the other slices by their owners' values."""
         if self.mode != "batch":
             return tensor
         return self.gather(self._local(tensor)).reshape(tensor.shape)
 
     def local_part(self, product: Tensor) -> Tensor:  # shape: (..., k, k)
-        """This rank's share of a product for a metric whose states are summed over the ranks:
-        its slice of the batch; under a column split every rank holds the same whole product
+        """This process's share of a product for a metric whose states are summed over the processes:
+        its slice of the batch; under a column split every process holds the same whole product
         and passes it all, which leaves the mean unchanged."""
         return self._local(product) if self.mode == "batch" else product
 
@@ -172,11 +182,6 @@ class Sharding:
         return cls("none", 1, 0, 0, 0, 0)
 
     def _local(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (stop - start, a, b)
-        """This rank's matrices of a batch, flattened to one batch dimension (a view)."""
+        """This process's matrices of a batch, flattened to one batch dimension (a view)."""
         return tensor.reshape(-1, *tensor.shape[-2:])[self.start : self.stop]
 
-
-def squared_norm(gradient: Tensor) -> Tensor:  # shape: (..., a, b) -> (...)
-    """Squared Frobenius norms, summed in float64 (the tuner's Rayleigh quotients need them
-    accurate to well below float32's resolution)."""
-    return gradient.abs().double().square().sum(dim=(-2, -1))

@@ -13,33 +13,33 @@ divergence. ``LitInverse`` and ``invert`` drive this object; so can a plain loop
 """
 
 import math
-import warnings
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.errors import DivergenceError, InvalidOptionError, SingularMatrixWarning
+from gdinv_modules.core.errors import (
+    DivergenceError,
+    NonFiniteMatrixError,
+    NotReadyError,
+    SingularMatrixWarning,
+    warn_user,
+)
 from gdinv_modules.core.functional import (
     identity_error,
     inverse_loss,
     loss_and_gradient,
     relative_residual,
+    squared_norm,
     wide_dtype,
 )
 from gdinv_modules.core.rank import loss_floor, product_target
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.core.theory import power_sigma_max, ridge_error_bound, stable_bound_advice
-from gdinv_modules.core.validation import (
-    check_choice,
-    check_momentum,
-    check_non_negative_float,
-    check_positive_float,
-    check_positive_int,
-    check_step_dtype,
-)
+from gdinv_modules.core.validation import check_step_dtype
 from gdinv_modules.engine.history import LossHistory
-from gdinv_modules.engine.sharding import SHARD_MODES, Sharding, ShardMode, squared_norm
+from gdinv_modules.engine.options import StepOptions
+from gdinv_modules.engine.sharding import Sharding
 from gdinv_modules.engine.step_graph import StepGraph
 from gdinv_modules.engine.tuner import HeavyBallTuner
 from gdinv_modules.nn.inverse_module import InverseModule
@@ -48,24 +48,14 @@ __all__ = ["HeavyBallStepper", "GROWTH_LIMIT"]
 
 GROWTH_LIMIT = 1e8  # a loss this many times its first value has diverged
 
-Auto = Literal["auto"]
-
 
 class HeavyBallStepper:
     r"""Takes heavy-ball steps on an :class:`InverseModule`'s X towards the inverse of its M.
 
     Args:
         module: the module whose parameter X is stepped; it must hold M (built from a matrix).
-        lr: the learning rate :math:`\eta > 0`, or ``"auto"`` (a :class:`HeavyBallTuner`).
-        momentum: the momentum :math:`0 \le \beta < 1`, or ``"auto"``.
-        ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss.
-        loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        check_rank: take one SVD of M at :meth:`start`; a rank-deficient M gets a
-            :class:`SingularMatrixWarning`, and its residual is measured against the projector
-            the product tends to.
-        shard: how the ranks of a distributed run split the steps (:class:`Sharding`).
-        cuda_graph: on a CUDA device, record a window of steps once in a CUDA graph and replay
-            it (:class:`StepGraph`); ignored elsewhere and under a column split.
+        options: lr, momentum, ridge and the rest (:class:`StepOptions`; default the post's
+            fixed pair, lr 0.9 and momentum 0.9).
 
     Attributes:
         optimizer: the ``torch.optim.SGD`` over X (fused where X is contiguous).
@@ -75,35 +65,21 @@ class HeavyBallStepper:
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
-        >>> stepper = HeavyBallStepper(InverseModule(m, init="zeros"), lr="auto", momentum="auto")
+        >>> options = StepOptions(lr="auto", momentum="auto")
+        >>> stepper = HeavyBallStepper(InverseModule(m, init="zeros"), options)
         >>> while not stepper.check(tol=1e-10):
         ...     _ = stepper.run(20)
         >>> stepper.steps, torch.allclose(stepper.module.inverse, torch.linalg.inv(m))
         (40, True)
     """
 
-    # The keyword arguments, in the order of the signature (LitInverse forwards its own).
-    OPTIONS = ("lr", "momentum", "ridge", "loss_every", "check_rank", "shard", "cuda_graph")
-
-    def __init__(
-        self,
-        module: InverseModule,
-        *,
-        lr: Union[float, Auto] = 0.9,
-        momentum: Union[float, Auto] = 0.9,
-        ridge: float = 0.0,
-        loss_every: int = 1,
-        check_rank: bool = True,
-        shard: ShardMode = "batch",
-        cuda_graph: bool = False,
-    ) -> None:
-        self.check_options(lr, momentum, ridge, loss_every, shard)
+    def __init__(self, module: InverseModule, options: StepOptions = StepOptions()) -> None:
         if module.matrix is None:
-            raise InvalidOptionError("HeavyBallStepper needs an InverseModule that holds M")
+            raise NotReadyError("HeavyBallStepper needs an InverseModule that holds M")
         check_step_dtype(module.inverse.dtype)
         self.module = module
-        self.lr, self.momentum, self.ridge = lr, momentum, ridge
-        self.check_rank, self.shard, self.cuda_graph = check_rank, shard, cuda_graph
+        self.options = options
+        lr, momentum = options.lr, options.momentum
         inverse = module.inverse
         # fused: one kernel updates the momentum buffer and X (three passes otherwise); bit for
         # bit the same on the CPU. It reads X, its gradient and the buffer as flat memory, so X
@@ -115,7 +91,7 @@ class HeavyBallStepper:
             momentum=0.0 if momentum == "auto" else momentum,
             fused=True if inverse.is_contiguous() and not inverse.is_complex() else None,
         )
-        self.history = LossHistory(loss_every)
+        self.history = LossHistory(options.loss_every)
         self.steps = 0
         self.tuner: Optional[HeavyBallTuner] = None
         self._tuner_state: Optional[Dict[str, Any]] = None  # restored, for the next start
@@ -130,55 +106,38 @@ class HeavyBallStepper:
         self.replayed = False  # whether the last window ran from a CUDA graph
         self.started = False
 
-    @staticmethod
-    def check_options(
-        lr: Union[float, Auto],
-        momentum: Union[float, Auto],
-        ridge: float,
-        loss_every: int,
-        shard: str,
-    ) -> None:
-        """Raise :class:`InvalidOptionError` for a value the stepper cannot take."""
-        if lr != "auto":
-            check_positive_float(lr, name="lr (a number, or 'auto')")
-        if momentum != "auto":
-            check_momentum(momentum, name="momentum (a number, or 'auto')")
-        check_non_negative_float(ridge, name="ridge")
-        check_positive_int(loss_every, name="loss_every")
-        check_choice(shard, SHARD_MODES, name="shard")
-
     @property
     def matrix(self) -> Tensor:  # shape: (..., m, n)
         """M, where the module holds it now."""
         return self.module.resolve_matrix()
 
     @property
-    def auto(self) -> bool:
-        """Whether lr or momentum is chosen automatically."""
-        return "auto" in (self.lr, self.momentum)
+    def ridge(self) -> float:
+        """The Tikhonov weight of the loss (:attr:`options`)."""
+        return self.options.ridge
 
-    def start(self, *, world: int = 1, rank: int = 0) -> None:
-        """Prepare a run on the module's device: the split over ``world`` processes, the rank
-        check (once), the tuner's spectral estimates (once) and the CUDA graph. :meth:`run`
-        starts a single-process run by itself."""
-        module = self.module
+    def start(self, *, world_size: int = 1, global_rank: int = 0) -> None:
+        """Prepare a run on the module's device: the split over ``world_size`` processes, the
+        rank check (once), the tuner's spectral estimates (once) and the CUDA graph.
+        :meth:`run` starts a single-process run by itself."""
+        module, options = self.module, self.options
         self.sharding = Sharding.plan(
-            self.shard,
+            options.shard,
             batch_count=module.batch_shape.numel(),
-            k=module.size,
+            k=module.order,
             formulation=module.formulation,
-            world=world,
-            rank=rank,
+            world_size=world_size,
+            global_rank=global_rank,
         )
         graph_fits = StepGraph.supports(module.inverse.device) and self.sharding.mode != "columns"
-        if self.cuda_graph and graph_fits and self.step_graph is None:
+        if options.cuda_graph and graph_fits and self.step_graph is None:
             self.step_graph = StepGraph(module.inverse.device)
-        if self.check_rank and self.matrix_rank is None:
+        if options.check_rank and self.matrix_rank is None:
             self._check_rank()
-        if self.auto and self.tuner is None:
+        if options.auto and self.tuner is None:
             fixed = {
-                "lr": None if self.lr == "auto" else float(self.lr),
-                "momentum": None if self.momentum == "auto" else float(self.momentum),
+                "lr": None if options.lr == "auto" else float(options.lr),
+                "momentum": None if options.momentum == "auto" else float(options.momentum),
             }
             self.tuner = HeavyBallTuner(
                 self.matrix,
@@ -321,12 +280,20 @@ class HeavyBallStepper:
         return tol is not None and worst_residual <= tol
 
     def _divergence_message(self, loss: float, first_loss: float) -> str:
+        matrix = self.matrix
+        if not bool(torch.isfinite(matrix).all()):
+            raise NonFiniteMatrixError(
+                f"M holds NaN or infinite entries at step {self.steps}: it changed during the "
+                "run (the steps never write it); the loss is not finite because M is not"
+            )
         group = self.optimizer.param_groups[0]
-        sigma_max = power_sigma_max(self.matrix, self.module.formulation).double().max().item()
+        sigma_max = power_sigma_max(matrix, self.module.formulation).double().max().item()
         return (
             f"the run diverged at step {self.steps}: loss {loss:.3e} (first {first_loss:.3e}) "
             f"with lr={group['lr']:g}, momentum={group['momentum']:g}; "
-            + stable_bound_advice(sigma_max, group["momentum"], self.module.size)
+            + stable_bound_advice(
+                sigma_max, group["momentum"], self.module.order, auto=self.options.lr == "auto"
+            )
         )
 
     def _check_rank(self) -> None:
@@ -336,32 +303,40 @@ class HeavyBallStepper:
         self.matrix_rank, self.target = product_target(matrix, module.formulation, svd=svd)
         if self.target is None:
             return
-        k = module.size
+        k = module.order
         deficient = self.matrix_rank < k
         index = tuple(deficient.nonzero()[0].tolist())  # the first deficient matrix
         rank = int(self.matrix_rank[index])
         where = f" at batch index {index}" if index else ""
         rows, cols = matrix.shape[-2:]
-        other = {"left": ("right", rows, "M X = I"), "right": ("left", cols, "X M = I")}
         hint = ""
-        if module.formulation in other:
-            name, side, equation = other[module.formulation]
+        other = module.formulation.other_side
+        if other is not None:
+            side = other[0].order((rows, cols))  # the rank the other side needs
             if rows != cols and bool((self.matrix_rank == side).all()):
-                hint = f"; M has full rank {side}: formulation='{name}' gives X with {equation}"
-        warnings.warn(
+                hint = f"; M has full rank {side}: formulation='{other[0]}' gives X with {other[1]}"
+        if wide_dtype(matrix.dtype) != matrix.dtype:
+            singular = self.singular_values[index]
+            if bool(singular[-1] > singular[0] * torch.finfo(torch.float64).eps * max(rows, cols)):
+                kappa = (singular[0] / singular[-1]).item()
+                hint += (
+                    f"; M has full rank in float64 (condition number {kappa:.3g}, past "
+                    f"1/eps of {str(matrix.dtype).replace('torch.', '')}): convert it to "
+                    f"{str(wide_dtype(matrix.dtype)).replace('torch.', '')} for its inverse"
+                )
+        warn_user(
             f"M is rank-deficient: {int(deficient.sum())} matrix(es), e.g. rank {rank} of "
             f"{k}{where}; the loss cannot go below (k - rank) / k^2 = "
             f"{loss_floor(torch.tensor(rank), k).item():.4g}, and X tends to the "
             "pseudo-inverse from init='zeros' (to another generalised inverse from a random "
             f"start){hint}",
             SingularMatrixWarning,
-            stacklevel=4,
         )
 
     def _exact_sigma_max(self) -> Optional[Tensor]:  # shape: (...)
         """M's largest singular value from the rank check's SVD, where it is the product's
         operator's (``left`` and ``right``); else ``None``."""
-        if self.singular_values is None or self.module.formulation == "symmetric":
+        if self.singular_values is None or not self.module.formulation.spectrum_is_ms:
             return None
         return self.singular_values[..., 0]
 
@@ -400,11 +375,11 @@ class HeavyBallStepper:
         state: Dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "loss_history": self.history.losses.detach().cpu(),
-            "steps_taken": self.steps,
+            "steps": self.steps,
         }
         tuner_state = self.tuner.state_dict() if self.tuner is not None else self._tuner_state
         if tuner_state is not None:
-            state["auto_tuner"] = tuner_state
+            state["tuner"] = tuner_state
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -414,7 +389,7 @@ class HeavyBallStepper:
         history = state.get("loss_history")
         if history is not None:
             self.history.restore(history)
-        self.steps = state.get("steps_taken", self.steps)
-        self._tuner_state = state.get("auto_tuner")
+        self.steps = state.get("steps", self.steps)
+        self._tuner_state = state.get("tuner")
         if self.tuner is not None and self._tuner_state is not None:
             self.tuner.load_state_dict(self._tuner_state)

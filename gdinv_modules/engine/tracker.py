@@ -8,7 +8,8 @@ takes them with none, and checks the result (one more). The steps converge where
 :math:`\lVert R\rVert_2 < 1`; a few power iterations of matrix-vector products estimate it
 (the Frobenius norm overstates it up to :math:`\sqrt n`-fold). A jump that leaves it above 0.99,
 or a refinement whose residual grew after all, falls back to heavy-ball descent warm from the
-current X, then refinement, as :func:`invert` does.
+current X, then refinement, under the :class:`StoppingPolicy` of :func:`invert` (and its
+:class:`ConvergenceWarning` where it misses ``tol``).
 
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
 M^{-1}`, so :meth:`InverseTracker.forward` returns X with the backward
@@ -22,17 +23,25 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from gdinv_modules.core.errors import MatrixDtypeError, MatrixShapeError
-from gdinv_modules.core.functional import default_tol
+from gdinv_modules.core.errors import (
+    ConvergenceWarning,
+    InvalidOptionError,
+    MatrixDtypeError,
+    MatrixShapeError,
+    warn_user,
+)
+from gdinv_modules.core.functional import Tol, resolve_tol
+from gdinv_modules.core.theory import power_norm
 from gdinv_modules.core.validation import (
     check_finite,
     check_matrix,
-    check_positive_float,
     check_positive_int,
     check_step_dtype,
 )
-from gdinv_modules.engine.inversion import invert, solve
-from gdinv_modules.engine.refinement import identity_residual
+from gdinv_modules.engine.inversion import invert
+from gdinv_modules.engine.options import StepOptions
+from gdinv_modules.engine.policy import StoppingPolicy, converge
+from gdinv_modules.engine.refinement import correction, refine_counted
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import InverseModule
 
@@ -55,27 +64,27 @@ class TrackedUpdate:
     Attributes:
         inverse: X for the new M, shape ``(..., n, n)``.
         residual: per matrix, ``||XM - I||_F / sqrt(n)`` measured in float64, shape ``(...)``.
-        steps: the refinement steps this update took (the batch takes them together).
-        descent_steps: the heavy-ball steps of a jump too large for refinement alone, else 0.
+        refine_steps: the refinement steps this update took (the batch takes them together).
+        steps: the heavy-ball (descent) steps of a jump too large for refinement alone, else 0.
     """
 
     inverse: Tensor
     residual: Tensor
-    steps: int
-    descent_steps: int = 0
+    refine_steps: int
+    steps: int = 0
 
     @property
     def jumped(self) -> bool:
         """Whether M moved too far for refinement alone (heavy ball ran first)."""
-        return self.descent_steps > 0
+        return self.steps > 0
 
 
 def refinement_steps_needed(
     residual: float, target: float, spectral: Optional[float] = None
 ) -> int:
-    """Squarings that take a residual of Frobenius norm ``residual`` to ``target``, where its
-    spectral norm is ``spectral < 1`` (default: the Frobenius norm, which bounds it). After t
-    steps :math:`\\lVert R^{2^t}\rVert_F \\le \\lVert R\rVert_2^{2^t - 1}\\lVert R\rVert_F`.
+    r"""Squarings that take a correction of Frobenius norm ``residual`` to ``target``, where
+    its spectral norm is ``spectral < 1`` (default: the Frobenius norm, which bounds it). After
+    t steps :math:`\lVert C^{2^t}\rVert_F \le \lVert C\rVert_2^{2^t - 1}\lVert C\rVert_F`.
 
     Example:
         >>> refinement_steps_needed(0.05, 1e-10)
@@ -89,23 +98,22 @@ def refinement_steps_needed(
     return max(1, math.ceil(math.log2(1 + math.log(target / residual) / math.log(spectral))))
 
 
-def spectral_norm_estimate(residual: Tensor, iterations: int = POWER_ITERATIONS) -> Tensor:
-    """:math:`\\lVert R\rVert_2` per matrix by power iteration on :math:`R^H R` with vectors
-    (from below, like any Rayleigh quotient; the caller keeps a margin).
+def spectral_norm_estimate(
+    current: Tensor, iterations: int = POWER_ITERATIONS
+) -> Tensor:  # shape: (..., n, n) -> (...)
+    r""":math:`\lVert C\rVert_2` per matrix by :func:`power_norm` on :math:`C^H C` with
+    vectors, O(n^2) an iteration (from below, like any Rayleigh quotient; the caller keeps a
+    margin).
 
     Example:
         >>> spectral_norm_estimate(torch.diag(torch.tensor([0.5, -0.25]))).item()
         0.5
     """
     generator = torch.Generator().manual_seed(0)
-    vector = torch.rand((*residual.shape[:-1], 1), generator=generator, dtype=torch.float64)
-    vector = vector.to(residual) + 0.5
-    for _ in range(iterations):
-        vector = residual.mH @ (residual @ vector)
-        vector = vector / torch.linalg.vector_norm(vector, dim=(-2, -1), keepdim=True).clamp_min(
-            torch.finfo(torch.float64).tiny
-        )
-    return torch.linalg.vector_norm(residual @ vector, dim=(-2, -1))
+    start = torch.rand((*current.shape[:-1], 1), generator=generator, dtype=torch.float64)
+    return power_norm(
+        lambda v: current.mH @ (current @ v), start.to(current) + 0.5, iterations=iterations
+    )
 
 
 class _TrackedInverse(torch.autograd.Function):
@@ -140,7 +148,7 @@ class InverseTracker(nn.Module):
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
         >>> tracker = InverseTracker(m)
         >>> step = tracker.update(m + 1e-3 * torch.eye(2, dtype=torch.float64))
-        >>> step.steps <= 3 and bool(step.residual <= 1e-10)
+        >>> step.refine_steps <= 3 and bool(step.residual <= 1e-10)
         True
     """
 
@@ -152,22 +160,22 @@ class InverseTracker(nn.Module):
         matrix: Tensor,
         *,
         inverse: Optional[Tensor] = None,
-        tol: Optional[float] = None,
+        tol: Tol = "auto",
         max_steps: int = 100_000,
     ) -> None:
         super().__init__()
         check_finite(check_matrix(matrix))
         check_step_dtype(matrix.dtype)
-        self.tol = check_positive_float(
-            default_tol(matrix.dtype) if tol is None else tol, name="tol"
-        )
+        self.tol = resolve_tol(tol, matrix.dtype)
+        if self.tol is None:
+            raise InvalidOptionError("InverseTracker stops at a tolerance: give tol, or 'auto'")
         self.max_steps = check_positive_int(max_steps, name="max_steps")
         self.register_buffer("matrix", matrix.detach().clone())
         if inverse is None:
             first = invert(matrix.detach(), tol=self.tol, max_steps=max_steps)
             self.register_buffer("inverse", first.inverse.detach().clone())
             self.last = TrackedUpdate(
-                self.inverse.clone(), first.residual, first.refine_steps, first.report.steps
+                self.inverse.clone(), first.residual, first.report.refine_steps, first.report.steps
             )
         else:  # a known X, e.g. restored: the next update refines from it
             self.register_buffer("inverse", inverse.detach().to(self.matrix).clone())
@@ -185,38 +193,42 @@ class InverseTracker(nn.Module):
         """
         matrix = self._checked(matrix).detach()
         inverse = self.inverse
-        residual = identity_residual(inverse, matrix)
-        norm = torch.linalg.matrix_norm(residual)
+        current = correction(inverse, matrix)
+        norm = torch.linalg.matrix_norm(current)
         n = matrix.shape[-1]
-        spectral = spectral_norm_estimate(residual)
+        spectral = spectral_norm_estimate(current)
         # the host sync that sizes the update
         worst, worst_spectral = torch.stack([norm.max(), spectral.max()]).real.tolist()
         update = None
         if worst_spectral < SPECTRAL_MARGIN:
             target = self.tol * math.sqrt(n)
             steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
-            refined = inverse
-            for _ in range(steps):  # no host sync
-                refined = refined + residual.to(refined.dtype) @ refined
-                residual = identity_residual(refined, matrix)
-            final = torch.linalg.matrix_norm(residual)
+            refined, current = refine_counted(inverse, matrix, steps)  # no host sync
+            final = torch.linalg.matrix_norm(current)
             final_worst = final.max().item()
             if final_worst <= max(target, worst):  # else the estimate was short: descend
                 update = TrackedUpdate(refined, (final / math.sqrt(n)).real.double().cpu(), steps)
         if update is None:  # a jump: heavy ball first, warm, then refinement
-            module = InverseModule(matrix.clone(), init="zeros")
-            module.inverse.copy_(inverse)
-            stepper = HeavyBallStepper(module, lr="auto", momentum="auto")
-            result, _ = solve(stepper, tol=self.tol, max_steps=self.max_steps)
-            descent_steps = result.report.steps
-            update = TrackedUpdate(
-                result.inverse, result.residual, result.refine_steps, max(1, descent_steps)
-            )
+            update = self._jump(matrix, inverse)
         self.matrix.copy_(matrix)
         self.inverse.copy_(update.inverse)
         update.inverse = self.inverse.clone()  # the caller's: later updates do not change it
         self.last = update
         return update
+
+    def _jump(self, matrix: Tensor, inverse: Tensor) -> TrackedUpdate:
+        """Warm heavy ball, then refinement, under :func:`invert`'s policy and warning."""
+        module = InverseModule(matrix.clone(), init="zeros")
+        module.inverse.copy_(inverse)
+        stepper = HeavyBallStepper(module, StepOptions(lr="auto", momentum="auto"))
+        policy = StoppingPolicy(stepper, tol=self.tol, max_steps=self.max_steps, refine=True)
+        outcome = converge(policy)
+        if outcome.message:
+            warn_user(outcome.message, ConvergenceWarning)
+        report = outcome.report
+        return TrackedUpdate(
+            module.inverse.detach(), outcome.residual, report.refine_steps, max(1, report.steps)
+        )
 
     def forward(self, matrix: Tensor) -> Tensor:  # shape: (..., n, n) -> (..., n, n)
         """Update to ``matrix``, then return X as a differentiable function of it: the

@@ -14,11 +14,10 @@ r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral es
   0, 4, 8, ... with gaps growing like t/8: a handful of host syncs per run, none per step.
 - Given ``sigma_max`` exactly (M's largest singular value, which the rank check's SVD has
   computed already for ``left`` and ``right``), it takes no power iteration; the margin stays
-  (without it, float32 runs stalled above tol: kappa 100, n = 24, seen here).
+  (float32 runs stall above tol without it; ``benchmarks/RESULTS.md``).
   The smallest is still estimated as the run goes, even where the SVD knows it: Polyak's
   exact pair from the first step shows heavy ball's transient, a residual that grows about
-  kappa/5-fold before it falls (seen: 4.3 after 2048 steps at kappa 1000), which the rising
-  momentum of the estimate avoids.
+  kappa/5-fold before it falls, which the rising momentum of the estimate avoids.
 - A ridge :math:`\lambda` adds :math:`\lambda k^2` to every :math:`a_i^2`; a rank-deficient M
   is measured on the part of the residual that can still shrink (the caller passes the loss
   above the floor).
@@ -27,13 +26,13 @@ r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral es
   gradient is scaled by its share, its momentum buffer rescaled when that share changes.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
 
 from gdinv_modules.core.errors import DivergenceError
-from gdinv_modules.core.functional import Formulation, product_order
+from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.theory import (
     MAX_MOMENTUM,
     power_sigma_max,
@@ -70,14 +69,14 @@ class HeavyBallTuner:
     def __init__(
         self,
         matrix: Tensor,
-        formulation: Formulation,
+        formulation: Union[str, Formulation],
         *,
         lr: Optional[float] = None,
         momentum: Optional[float] = None,
         ridge: float = 0.0,
         sigma_max: Optional[Tensor] = None,
     ) -> None:
-        self.k = product_order(matrix.shape, formulation)
+        self.k = as_formulation(formulation).order(matrix.shape)
         self.fixed_lr = lr
         self.fixed_momentum = momentum
         self.ridge_term = ridge * self.k * self.k

@@ -1,4 +1,5 @@
-"""Reading matrices from files and writing them back, safely.
+"""Matrices from files and of a kind: reading and writing them safely, and
+:func:`make_matrix`, the matrix a ``MatrixDataModule`` (and ``train.py``'s ``--data``) names.
 
 ``load_matrix`` reads ``.npy``, ``.pt`` and ``.csv`` files and never unpickles: numpy with
 ``allow_pickle=False``, torch with ``weights_only=True``. A ``.npy`` header is read first, so a
@@ -10,16 +11,34 @@ import math
 import pickle
 import zipfile
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.errors import InvalidOptionError, MatrixFileError
+from gdinv_modules.core.matrices import (
+    diagonal_matrix,
+    hilbert_matrix,
+    low_rank_matrix,
+    random_matrix,
+    random_orthogonal,
+    spd_matrix,
+)
+from gdinv_modules.core.validation import check_choice, check_positive_int
 from gdinv_modules.io.atomic import atomic_path
-from gdinv_modules.core.errors import MatrixFileError
 
-__all__ = ["load_matrix", "save_matrix", "file_dtype", "MATRIX_SUFFIXES", "DEFAULT_MAX_BYTES"]
+__all__ = [
+    "load_matrix",
+    "save_matrix",
+    "make_matrix",
+    "file_dtype",
+    "MatrixKind",
+    "MATRIX_KINDS",
+    "MATRIX_SUFFIXES",
+    "DEFAULT_MAX_BYTES",
+]
 
 MATRIX_SUFFIXES = (".npy", ".pt", ".csv")
 DEFAULT_MAX_BYTES = 1 << 31  # 2 GiB
@@ -201,3 +220,59 @@ def _to_float_tensor(
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise MatrixFileError(f"{path}: holds {tensor.dtype} data; a real matrix is needed")
     return tensor.to(file_dtype(tensor.dtype) if dtype is None else dtype)
+
+
+MatrixKind = Literal["random", "diagonal", "file", "hilbert", "orthogonal", "spd", "low_rank"]
+MATRIX_KINDS: Tuple[str, ...] = get_args(MatrixKind)
+RANDOM_KINDS = ("random", "orthogonal", "spd", "low_rank")
+
+
+def make_matrix(
+    kind: MatrixKind = "random",
+    *,
+    n: int = 4,
+    seed: int = 314,
+    batch_shape: Sequence[int] = (),
+    values: Optional[Sequence[float]] = None,
+    path: Optional[str] = None,
+    condition: float = 100.0,
+    rank: Optional[int] = None,
+    rows: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:  # shape: (*batch_shape, n, n), or (*batch_shape, rows, n) for low_rank
+    """The matrix of a kind, as :class:`MatrixDataModule` describes them. An option that the
+    kind does not use is refused, not ignored. ``dtype=None``: a file's own precision
+    (:func:`~gdinv_modules.io.matrix_io.file_dtype`), float32 for the other kinds.
+
+    Example:
+        >>> make_matrix("hilbert", n=2, dtype=torch.float64)[1, 1].item()
+        0.3333333333333333
+    """
+    check_choice(kind, MATRIX_KINDS, name="kind")
+    check_positive_int(n, name="n")
+    if tuple(batch_shape) and kind not in RANDOM_KINDS:
+        raise InvalidOptionError(f"batch_shape is for the random kinds, not kind={kind!r}")
+    if kind != "file" and path is not None:
+        raise InvalidOptionError(f"path is for kind='file', not kind={kind!r}")
+    if kind != "diagonal" and values is not None:
+        raise InvalidOptionError(f"values are for kind='diagonal', not kind={kind!r}")
+    if kind != "low_rank" and (rank is not None or rows is not None):
+        raise InvalidOptionError(f"rank and rows are for kind='low_rank', not kind={kind!r}")
+    if kind == "file":
+        if path is None:
+            raise InvalidOptionError("kind='file' needs a path")
+        return load_matrix(path, dtype=dtype)
+    dtype = dtype or torch.float32
+    if kind == "random":
+        return random_matrix(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    if kind == "diagonal":
+        return diagonal_matrix(values, n=n, dtype=dtype)
+    if kind == "hilbert":
+        return hilbert_matrix(n, dtype=dtype)
+    if kind == "orthogonal":
+        return random_orthogonal(n, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    if kind == "low_rank":
+        if rank is None:
+            raise InvalidOptionError("kind='low_rank' needs a rank")
+        return low_rank_matrix(n, rank, rows=rows, seed=seed, batch_shape=batch_shape, dtype=dtype)
+    return spd_matrix(n, condition=condition, seed=seed, batch_shape=batch_shape, dtype=dtype)

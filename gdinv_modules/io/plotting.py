@@ -16,16 +16,10 @@ from torch import Tensor
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.io.atomic import atomic_path
 
-__all__ = ["plot_losses", "plot_run", "run_figure", "POST_TITLE", "POST_LABELS"]
+__all__ = ["plot_losses", "plot_run", "run_figure"]
 
 PLATEAU_SPAN = 10.0  # a loss within this factor of the run's last tenth is on the plateau
 CUT_MARGIN = 0.25  # the axis runs this fraction past the step that ends the descent
-
-POST_TITLE = (
-    "How fast does the gradient algorithm converge?\n"
-    "Answer: It depends, for the Simple Diagonal Matrix it converges faster"
-)
-POST_LABELS = ("Random Matrix, Momentum=0.9", "Simple Diagonal Matrix, Momentum=0.9")
 
 
 def plot_losses(

@@ -1,22 +1,24 @@
 """``InverseModule``: the approximate inverse of a matrix as a trainable ``nn.Module``."""
 
-from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union, get_args
+from typing import Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 from torch import Tensor, nn
 
-from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError
+from gdinv_modules.core import validation
+from gdinv_modules.core.errors import (
+    InvalidOptionError,
+    MatrixDtypeError,
+    MatrixShapeError,
+    NotReadyError,
+)
+from gdinv_modules.core.formulation import Formulation, FormulationName, as_formulation
 from gdinv_modules.core.functional import (
-    FORMULATIONS,
-    Formulation,
+    identity_error,
+    inverse_loss,
     inverse_shape,
-    product_order,
-    inverse_product,
-    identity_mse,
     relative_residual,
 )
-from gdinv_modules.core import validation
-from gdinv_modules.core.deprecation import warn_renamed
 from gdinv_modules.core.validation import check_choice, check_matrix, check_positive_int
 
 __all__ = ["InverseModule", "Init", "INITS", "initial_inverse"]
@@ -105,13 +107,13 @@ class InverseModule(nn.Module):
         batch_shape: Sequence[int] = (),
         dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
-        formulation: Formulation = "left",
+        formulation: Union[FormulationName, Formulation] = "left",
         init: Init = "random",
         seed: int = 314,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        self.formulation: Formulation = check_choice(formulation, FORMULATIONS, name="formulation")
+        self.formulation: Formulation = as_formulation(formulation)
         check_choice(init, INITS, name="init")
         self.check_finite = check_finite
         if matrix is not None:
@@ -129,7 +131,9 @@ class InverseModule(nn.Module):
             check_positive_int(rows, name="size")
             check_positive_int(cols, name="size")
             if self._needs_square and rows != cols:
-                raise MatrixShapeError(f"formulation 'symmetric' needs a square M, got size {size}")
+                raise MatrixShapeError(
+                    f"formulation '{self.formulation}' needs a square M, got size {size}"
+                )
             for dim in batch_shape:
                 check_positive_int(dim, name="batch_shape entries")
             dtype = torch.float32 if dtype is None else dtype
@@ -143,7 +147,7 @@ class InverseModule(nn.Module):
 
     @property
     def _needs_square(self) -> bool:
-        return self.formulation == "symmetric"
+        return self.formulation.needs_square
 
     @property
     def matrix_shape(self) -> Tuple[int, int]:
@@ -151,32 +155,20 @@ class InverseModule(nn.Module):
         return self.inverse.shape[-1], self.inverse.shape[-2]
 
     @property
-    def size(self) -> int:
+    def order(self) -> int:
         """``k``, the order of the product E (``n`` for a square M)."""
-        return product_order(self.matrix_shape, self.formulation)
+        return self.formulation.order(self.matrix_shape)
 
     @property
     def batch_shape(self) -> torch.Size:
         """The leading (batch) dimensions of the parameter."""
         return self.inverse.shape[:-2]
 
-    @property
-    def approx(self) -> nn.Parameter:
-        """Deprecated name of :attr:`inverse`."""
-        warn_renamed("InverseModule.approx", "InverseModule.inverse")
-        return self.inverse
-
-    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
-        old = prefix + "approx"  # checkpoints written before X was renamed
-        if old in state_dict and prefix + "inverse" not in state_dict:
-            state_dict[prefix + "inverse"] = state_dict.pop(old)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
     def resolve_matrix(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., m, n)
         """The matrix to use: the one passed (checked against the parameter), else the buffer."""
         if matrix is None:
             if self.matrix is None:
-                raise InvalidOptionError(
+                raise NotReadyError(
                     "this InverseModule was built from a size: pass the matrix at call time"
                 )
             return self.matrix
@@ -206,11 +198,12 @@ class InverseModule(nn.Module):
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
         """The product E; gradients flow into ``inverse`` and a passed ``matrix``."""
-        return inverse_product(self.inverse, self.resolve_matrix(matrix), self.formulation)
+        return self.formulation.product(self.inverse, self.resolve_matrix(matrix))
 
-    def loss(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (...)
-        """The mean squared error to the identity, one value per matrix (differentiable)."""
-        return identity_mse(self(matrix), reduction="none")
+    def loss(self, matrix: Optional[Tensor] = None, *, ridge: float = 0.0) -> Tensor:  # (...)
+        r"""The loss per matrix, :math:`\lVert E - I\rVert_F^2 / k^2 + \lambda \lVert X\rVert_F^2`
+        (differentiable)."""
+        return inverse_loss(identity_error(self(matrix)), self.inverse, ridge)
 
     @torch.no_grad()
     def residual(
@@ -223,5 +216,5 @@ class InverseModule(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"matrix_shape={self.matrix_shape}, batch_shape={tuple(self.batch_shape)}, "
-            f"formulation={self.formulation!r}, dtype={self.inverse.dtype}"
+            f"formulation='{self.formulation}', dtype={self.inverse.dtype}"
         )

@@ -1,94 +1,20 @@
-"""Callbacks: stop an inversion run at the tolerance, resumable checkpoints, and the tracked
-inverse of a tensor of any LightningModule."""
+"""Callbacks for your own Trainer: resumable checkpoints, and the tracked inverse of a tensor
+of any LightningModule. (``LitInverse`` installs its own, in :mod:`lit_callbacks`.)"""
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Optional, cast
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from gdinv_modules.core.deprecation import warn_renamed
-from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.errors import InvalidOptionError, NotReadyError
+from gdinv_modules.core.functional import Tol
 from gdinv_modules.core.validation import check_positive_int
 from gdinv_modules.engine.tracker import InverseTracker
 
-if TYPE_CHECKING:  # LitInverse installs ConvergenceMonitor, so only for the annotations
-    from gdinv_modules.training.lit_inverse import LitInverse
-
-__all__ = ["ConvergenceMonitor", "StepLogger", "ResumableCheckpoint", "TrackInverse"]
-
-
-class ConvergenceMonitor(pl.Callback):
-    """After every window of steps, stops the Trainer once every matrix's residual is at most
-    ``LitInverse.tol``, and raises :class:`~gdinv_modules.core.errors.DivergenceError` when the
-    loss is not finite or has grown without bound (:meth:`HeavyBallStepper.check`: one host
-    sync per window, none per step); a fit that fails still tears ``LitInverse`` down (its TF32
-    setting and warning filter end with the fit). ``LitInverse`` installs it. (``tol=`` here is
-    deprecated: give it to ``LitInverse``.)"""
-
-    def __init__(self, tol: Optional[float] = None) -> None:
-        if tol is not None:
-            warn_renamed("ConvergenceMonitor(tol=...)", "LitInverse(tol=...)")
-        self.tol = tol
-
-    def on_train_batch_end(  # type: ignore[override]
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
-    ) -> None:
-        model = cast("LitInverse", pl_module)
-        if model.stepper.check(model.tol if self.tol is None else self.tol):
-            trainer.should_stop = True
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        # Lightning skips the module's teardown when fit fails: without it the fit's settings
-        # (TF32, its warning filter) would outlive the failed fit.
-        pl_module.teardown("fit")
-
-
-class StepLogger(pl.Callback):
-    """Writes the values ``LitInverse`` logs to the Trainer's loggers with the optimizer step
-    (``trainer.global_step``, the step of ``losses.csv``) as their step.
-
-    Lightning counts ``log_every_n_steps`` and the logged step in ``training_step`` calls, that
-    is in windows of steps; here both count optimizer steps. A window is written when it holds
-    a multiple of ``log_every_n_steps`` (so every window under Lightning's default of 50 and
-    ``LitInverse``'s window of 100), and the last state always is. The values stay in
-    ``trainer.callback_metrics`` for the progress bar, ``EarlyStopping`` and checkpoints.
-    """
-
-    def __init__(self) -> None:
-        self._previous = 0  # global_step at the end of the window before
-        self._written = -1  # the step last written
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._previous = trainer.global_step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
-        every, step = max(trainer.log_every_n_steps, 1), trainer.global_step
-        if step // every > self._previous // every:
-            self.write(trainer)
-        self._previous = step
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._written != trainer.global_step:
-            self.write(trainer)
-
-    def write(self, trainer: pl.Trainer) -> None:
-        """Send ``trainer.callback_metrics`` to every logger at step ``global_step`` (one host
-        sync)."""
-        metrics = trainer.callback_metrics
-        if not trainer.loggers or not metrics:
-            return
-        values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
-        row = dict(zip(metrics, values.tolist()))
-        for logger in trainer.loggers:
-            logger.log_metrics(row, step=trainer.global_step)
-            logger.save()
-        self._written = trainer.global_step
+__all__ = ["ResumableCheckpoint", "TrackInverse"]
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -144,7 +70,7 @@ class TrackInverse(pl.Callback):
         attribute: str,
         *,
         every_n_steps: int = 1,
-        tol: Optional[float] = None,
+        tol: Tol = "auto",
         name: Optional[str] = None,
     ) -> None:
         self.attribute = attribute
@@ -157,7 +83,7 @@ class TrackInverse(pl.Callback):
     def inverse(self) -> Tensor:  # shape: (..., n, n)
         """The inverse of the tensor as of the last update."""
         if self.tracker is None:
-            raise InvalidOptionError(f"TrackInverse({self.attribute!r}) has not updated yet")
+            raise NotReadyError(f"TrackInverse({self.attribute!r}) has not updated yet")
         return self.tracker.inverse
 
     def tensor(self, pl_module: pl.LightningModule) -> Tensor:
@@ -186,7 +112,7 @@ class TrackInverse(pl.Callback):
         pl_module.log_dict(
             {
                 f"{self.name}/residual": update.residual.max().item(),
-                f"{self.name}/steps": float(update.steps + update.descent_steps),
+                f"{self.name}/steps": float(update.refine_steps + update.steps),
             },
             on_step=True,
             on_epoch=False,

@@ -1,8 +1,8 @@
 """``LitInverse``: trains an :class:`InverseModule` under a Lightning ``Trainer``."""
 
 import warnings
-from contextlib import ExitStack
-from typing import Any, Dict, Iterable, List, Literal, Optional, Union, cast
+from contextlib import ExitStack, contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Union, cast
 
 import pytorch_lightning as pl
 import torch
@@ -10,22 +10,45 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
-from gdinv_modules.core.deprecation import warn_renamed
-from gdinv_modules.core.errors import InvalidOptionError
-from gdinv_modules.core.functional import Formulation, default_tol
+from gdinv_modules.core.errors import (
+    ConvergenceWarning,
+    InvalidOptionError,
+    NotReadyError,
+    warn_user,
+)
+from gdinv_modules.core.formulation import FormulationName
+from gdinv_modules.core.functional import Tol, default_tol, resolve_tol
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.core.validation import check_positive_float, check_positive_int
-from gdinv_modules.engine.precision import cuda_matmul_precision
+from gdinv_modules.core.validation import check_positive_int
+from gdinv_modules.engine.options import StepOptions
+from gdinv_modules.engine.policy import Outcome, Stop, StoppingPolicy, Window
 from gdinv_modules.engine.sharding import ShardMode
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import Init, InverseModule
 from gdinv_modules.nn.metric import IdentityMSE
-from gdinv_modules.training.callbacks import ConvergenceMonitor, StepLogger
 from gdinv_modules.training.compat import count_optimizer_steps
+from gdinv_modules.training.datamodule import window_ticks
+from gdinv_modules.training.lit_callbacks import ConvergenceMonitor, StepLogger
 from gdinv_modules.training.progress import StepProgressBar
-from gdinv_modules.training.ticks import window_ticks
 
-__all__ = ["LitInverse"]
+__all__ = ["LitInverse", "cuda_matmul_precision"]
+
+
+@contextmanager
+def cuda_matmul_precision(*, tf32: bool) -> Iterator[None]:
+    """Set whether CUDA float32 matrix products may use TF32, and restore the setting after.
+
+    Example:
+        >>> with cuda_matmul_precision(tf32=False):
+        ...     pass
+    """
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
 
 
 class LitInverse(pl.LightningModule):
@@ -36,9 +59,12 @@ class LitInverse(pl.LightningModule):
     ``steps_per_window`` of them with no host sync, so ``trainer.global_step`` and
     ``max_steps`` count optimizer steps. After each window it logs ``loss`` (the loss averaged
     over the batch), ``mse`` (the :class:`IdentityMSE` metric of E) and ``residual`` (the
-    largest relative residual in the batch), which the loggers get at the optimizer step
-    (:class:`StepLogger`); a :class:`ConvergenceMonitor` stops the run at ``tol`` and refuses
-    divergence, and the progress bar counts optimizer steps (:class:`StepProgressBar`).
+    largest residual in the batch), which the loggers get at the optimizer step
+    (:class:`StepLogger`). The run stops, warns and refines by :func:`invert`'s
+    :class:`StoppingPolicy`: at ``tol``, at a stall or an exhausted budget (with the same
+    :class:`ConvergenceWarning`), with a :class:`DivergenceError` where the loss diverges, and
+    with refinement steps at the end of the fit where ``refine`` is on. The progress bar
+    counts optimizer steps (:class:`StepProgressBar`).
     :attr:`losses` holds the loss of every step, :math:`L(X_t)` before step :math:`t`'s update,
     kept on the device and in checkpoints.
 
@@ -50,25 +76,19 @@ class LitInverse(pl.LightningModule):
         formulation: ``"left"`` (:math:`XM`), ``"right"`` (:math:`MX`) or ``"symmetric"``.
         init: ``"random"`` (the post's first guess) or ``"zeros"``.
         seed: the seed of the random first guess.
-        steps_per_window: optimizer steps per ``training_step``.
+        steps_per_window: optimizer steps per ``training_step``, or ``"auto"``: windows that
+            grow with the run, so a stop at ``tol`` lands within ``max(4, 5%)`` steps of it.
         loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        tol: stop once every matrix's relative residual is at most ``tol``; ``"auto"``: the
-            dtype's default (1e-5 for float32, 1e-10 for float64, as :func:`invert`); ``None``
-            runs to ``max_steps`` (as the post does), and reports judge convergence by the
-            dtype's default.
-        ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss; the residual checked
-            against ``tol`` becomes the bound on the relative distance to its minimiser.
-        check_rank: one SVD of M at the start; a rank-deficient M gets a
-            :class:`SingularMatrixWarning`, and its residual is measured against the projector.
-        shard: how a distributed run splits the work: ``"batch"`` (each rank a slice of the
-            batch; the columns where there are fewer matrices than ranks), ``"columns"`` or
-            ``"none"`` (:class:`Sharding`).
+        tol: stop once every matrix's residual is at most ``tol``; ``"auto"``: the dtype's
+            (1e-5 for float32, 1e-10 for float64, as :func:`invert`); ``None`` runs to
+            ``max_steps`` (as the post does), and reports judge convergence by the dtype's.
+        refine: end the fit with refinement steps (square M of full rank, no ridge), as
+            :func:`invert` does; descent then stops where they take over. Off by default, so
+            the post's runs stay step for step.
+        ridge, check_rank, shard, cuda_graph: the steps' :class:`StepOptions`.
         tf32: let CUDA float32 matrix products run in TF32 during ``fit`` (faster, but about
             1e-3 relative error per product). Off by default: full float32 whatever the global
             setting, which is restored after ``fit``.
-        cuda_graph: on a CUDA device, replay each window from a CUDA graph (:class:`StepGraph`);
-            Lightning's ``on_before_optimizer_step`` hooks do not run for replayed steps.
-        steps_per_batch: deprecated name of ``steps_per_window``.
 
     Example:
         >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
@@ -86,35 +106,32 @@ class LitInverse(pl.LightningModule):
         *,
         lr: Union[float, Literal["auto"]] = 0.9,
         momentum: Union[float, Literal["auto"]] = 0.9,
-        formulation: Formulation = "left",
+        formulation: FormulationName = "left",
         init: Init = "random",
         seed: int = 314,
-        steps_per_window: int = 100,
+        steps_per_window: Window = 100,
         loss_every: int = 1,
-        tol: Union[float, Literal["auto"], None] = None,
+        tol: Tol = None,
+        refine: bool = False,
         ridge: float = 0.0,
         check_rank: bool = True,
-        shard: Union[ShardMode, Literal["auto"]] = "batch",
+        shard: ShardMode = "batch",
         tf32: bool = False,
         cuda_graph: bool = False,
-        steps_per_batch: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if steps_per_batch is not None:
-            warn_renamed("LitInverse(steps_per_batch=...)", "steps_per_window")
-            steps_per_window = steps_per_batch
-        if shard == "auto":
-            warn_renamed("shard='auto'", "shard='batch', which it equals")
-            shard = "batch"
-        check_positive_int(steps_per_window, name="steps_per_window")
-        if tol is not None and tol != "auto":
-            check_positive_float(tol, name="tol")
-        HeavyBallStepper.check_options(lr, momentum, ridge, loss_every, shard)
-        self.save_hyperparameters(ignore=["matrix", "steps_per_batch"])
+        if steps_per_window != "auto":
+            check_positive_int(steps_per_window, name="steps_per_window ('auto', or a number)")
+        resolve_tol(tol, torch.float64)  # checks the value
+        self.options = StepOptions(lr, momentum, ridge, loss_every, check_rank, shard, cuda_graph)
+        self.save_hyperparameters(ignore=["matrix"])
         self.automatic_optimization = False
         self.metric = IdentityMSE()
         self.inverse_module: Optional[InverseModule] = None
         self._stepper: Optional[HeavyBallStepper] = None
+        self._policy: Optional[StoppingPolicy] = None
+        self._stop: Optional[Stop] = None
+        self.outcome: Optional[Outcome] = None  # how the last fit ended
         self._fit_context = ExitStack()
         if matrix is not None:
             self._build(matrix)
@@ -126,16 +143,13 @@ class LitInverse(pl.LightningModule):
         self.inverse_module = InverseModule(
             matrix, formulation=hparams.formulation, init=hparams.init, seed=hparams.seed
         )
-        self._stepper = HeavyBallStepper(
-            self.inverse_module,
-            **{key: hparams[key] for key in HeavyBallStepper.OPTIONS},
-        )
+        self._stepper = HeavyBallStepper(self.inverse_module, self.options)
 
     @property
     def module(self) -> InverseModule:
         """The trained :class:`InverseModule` (an error if there is no matrix yet)."""
         if self.inverse_module is None:
-            raise InvalidOptionError(
+            raise NotReadyError(
                 "LitInverse has no matrix: pass one, fit with a MatrixDataModule, "
                 "or load a checkpoint"
             )
@@ -176,12 +190,14 @@ class LitInverse(pl.LightningModule):
     def tol(self) -> Optional[float]:
         """The tolerance the run stops at: ``tol``, the dtype's default for ``"auto"``, or
         ``None`` (no stop before ``max_steps``)."""
-        if self.hparams.tol == "auto":
-            return default_tol(self.module.inverse.dtype)
-        return self.hparams.tol
+        return resolve_tol(self.hparams.tol, self.module.inverse.dtype)
 
     def report(self) -> ConvergenceReport:
-        """The convergence report of the run so far (host syncs: call it at the end)."""
+        """The convergence report of the run so far, with the refinement and the stop once a
+        fit has ended (host syncs: call it at the end)."""
+        outcome = self.outcome
+        if outcome is not None and outcome.report.steps == self.stepper.steps:
+            return outcome.report
         return self.stepper.report(self.tol or default_tol(self.module.inverse.dtype))
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
@@ -227,17 +243,43 @@ class LitInverse(pl.LightningModule):
         return callbacks
 
     def on_train_start(self) -> None:
-        # A value is synced over the ranks only where there are several.
-        self.metric.dist_sync_on_step = self.trainer.world_size > 1
-        self.stepper.start(world=self.trainer.world_size, rank=self.trainer.global_rank)
+        trainer = self.trainer
+        # A value is synced over the processes only where there are several.
+        self.metric.dist_sync_on_step = trainer.world_size > 1
+        self.stepper.start(world_size=trainer.world_size, global_rank=trainer.global_rank)
+        self._policy = StoppingPolicy(
+            self.stepper,
+            tol=self.tol,
+            max_steps=trainer.max_steps if trainer.max_steps >= 0 else None,
+            refine=self.hparams.refine,
+            window=self.hparams.steps_per_window,
+        )
+        self._policy.begin()
+        self._stop = self.outcome = None
+
+    def after_window(self) -> bool:
+        """Whether the fit stops after this window (the policy's one host sync)."""
+        if self._policy is None:
+            raise NotReadyError("LitInverse.after_window runs during fit only")
+        self._stop = self._policy.after_window()
+        return self._stop is not None
+
+    def on_train_end(self) -> None:
+        """Refine where ``refine`` is on, write the report, and warn where a matrix missed
+        ``tol`` (the warning :func:`invert` gives, pointing at the user's ``fit`` line)."""
+        if self._policy is None:
+            return
+        self.outcome = self._policy.finish(self._stop)
+        if self.outcome.message and self.trainer.is_global_zero:
+            warn_user(self.outcome.message, ConvergenceWarning)
 
     def on_train_epoch_end(self) -> None:
         self.metric.reset()  # as Lightning does for a logged Metric object
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        stepper, steps = self.stepper, self.hparams.steps_per_window
-        if self.trainer.max_steps >= 0:
-            steps = min(steps, self.trainer.max_steps - self.trainer.global_step)
+        stepper = self.stepper
+        assert self._policy is not None
+        steps = self._policy.window()
         optimizer = cast(LightningOptimizer, self.optimizers())
         stepper.run(steps, step=optimizer.step)
         if stepper.replayed:

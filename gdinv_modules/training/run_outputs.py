@@ -9,21 +9,19 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Set, cast
 import pytorch_lightning as pl
 import torch
 
+from gdinv_modules.core.errors import OutputExistsError
+from gdinv_modules.core.formulation import as_formulation
+from gdinv_modules.core.functional import identity_mse
+from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.losses_csv import write_losses_csv
-from gdinv_modules.core.errors import OutputExistsError
-from gdinv_modules.core.functional import identity_mse
 from gdinv_modules.io.matrix_io import save_matrix
 from gdinv_modules.io.plotting import plot_run
-from gdinv_modules.core.report import ConvergenceReport
 
 if TYPE_CHECKING:  # the callback reads LitInverse's state
     from gdinv_modules.training.lit_inverse import LitInverse
 
 __all__ = ["RunOutputs", "OUTPUT_FILES"]
-
-# The residual as each formulation measures it: the product E against I, over sqrt(k).
-RESIDUAL_FORMULAS = {"left": "||XM-I||/√k", "right": "||MX-I||/√k", "symmetric": "||E-I||/√k"}
 
 OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
 
@@ -121,7 +119,7 @@ class RunOutputs(pl.Callback):
             plot_run(
                 losses,
                 report,
-                model.module.size,
+                model.module.order,
                 directory / "loss_curve.png",
                 steps=model.loss_steps,
                 dtype=self.summary["dtype"],
@@ -145,7 +143,7 @@ def run_summary(
         exact = getattr(torch.linalg, reference)(pl_module.matrix.double())
         return {
             "steps": steps,
-            "final_loss": float(identity_mse(product)),
+            "mse": float(identity_mse(product)),
             "residual": max(report.final_residual),  # what tol judged, P in place of I
             "reference": reference,
             "max_abs_error": float((pl_module.inverse.double() - exact).abs().max()),
@@ -164,8 +162,7 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
     """The summary as a few printed lines."""
     report = ConvergenceReport(**summary["convergence"])
     rows, cols = summary["matrix_shape"]
-    formulation = summary["hyperparameters"].get("formulation", "left")
-    formula = RESIDUAL_FORMULAS[formulation]
+    formula = as_formulation(summary["hyperparameters"].get("formulation", "left")).label
     if any(report.loss_floor):  # a rank-deficient M: E is measured against the projector P
         formula = formula.replace("-I", "-P")
     unset = ""
@@ -178,7 +175,7 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
             f"Inverse of a {rows} x {cols} matrix ({summary['dtype']}, "
             f"batch {tuple(summary['batch_shape'])}) after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.2f} s",
-            f"  final loss             {summary['final_loss']:.4e}",
+            f"  mse (the metric)       {summary['mse']:.4e}",
             f"  {'residual ' + formula:<23}{summary['residual']:.4e}",
             f"  {'max |X - ' + summary['reference'] + '(M)|':<23}{summary['max_abs_error']:.4e}",
             *report.summary_lines(),

@@ -1,0 +1,382 @@
+r"""``StoppingPolicy``: when descent stops, what it hands to refinement, and what a miss says.
+
+One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (so
+``train.py`` and a user's own Trainer) and the tracker's jump. A run under it:
+
+1. **Windows of steps** (:meth:`StoppingPolicy.window`): ``"auto"`` windows grow with the run
+   (:func:`window_length`: a power of 2, at most 2.5% of the steps so far, at least 4), so
+   descent stops within ``max(4, 5%)`` steps of the step where every matrix got there, even
+   where a check lands on an upswing of heavy ball's oscillating residual.
+2. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
+   target (``tol``, or where refinement takes over), divergence, ``max_steps``, and from the
+   residuals measured at the checks two verdicts: *stalled*, the residual stopped falling at
+   the dtype's floor (heavy ball bottoms out near :math:`0.3\,\epsilon\,\kappa^2`), and
+   *budget*, at the rate it falls ``tol`` lies well past ``max_steps``. Where refinement will
+   run and M's spectrum is known from the rank check, descent is *skipped* when the theory
+   says it cannot help: its floor for this condition number lies above 1, or Polyak's rate
+   needs more than twice ``max_steps`` to reach the hand-over.
+3. **The finish** (:meth:`StoppingPolicy.finish`): with ``refine`` on, for a square M of full
+   rank without a ridge, descent stops once :math:`\lVert I - XM\rVert_F \le 1/4` and
+   refinement steps (:func:`~gdinv_modules.engine.refinement.refine`) square the residual down
+   to the dtype's floor; they restart from a safe start where descent left it above 1 (a
+   stall, a budget verdict). A matrix that still misses ``tol`` gets a message naming the
+   cause and the remedy that works for this M (:attr:`Outcome.message`).
+"""
+
+import math
+from dataclasses import dataclass, replace
+from typing import List, Literal, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from gdinv_modules.core.functional import default_tol, relative_residual, wide_dtype
+from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, refine
+from gdinv_modules.engine.stepper import HeavyBallStepper
+
+__all__ = ["StoppingPolicy", "Stop", "Outcome", "Window", "window_length", "converge"]
+
+Window = Union[int, Literal["auto"]]
+
+SWITCH_RESIDUAL = 0.25  # ||I - X M||_F at which descent hands over to refinement
+MIN_DECISION_STEPS = 256  # no stall or budget verdict before this many steps
+STALL_GAIN = 2.0  # a residual that fell less than this over the last quarter of the run ...
+EXPECTED_GAIN = 100.0  # ... where the tuner's theory expected this much, has stalled
+BUDGET_MARGIN = 2.0  # stop when the predicted steps exceed the budget this many times
+DESCENT_FLOOR = 0.3  # heavy ball's residual bottoms out near DESCENT_FLOOR * eps * kappa^2
+
+
+def window_length(steps: int) -> int:
+    """The length of an ``"auto"`` window after ``steps`` descent steps: a power of 2, at most
+    2.5% of ``steps`` and at least 4.
+
+    Example:
+        >>> [window_length(steps) for steps in (0, 100, 1000, 10_000)]
+        [4, 4, 16, 128]
+    """
+    window = max(4, steps // 40)
+    return 1 << (window.bit_length() - 1)
+
+
+@dataclass
+class Stop:
+    """Why descent stopped: ``"tol"``, ``"stalled"``, ``"budget"``, ``"max_steps"``,
+    ``"skipped"`` (the theory says descent cannot reach refinement's hand-over for this M), or
+    ``"trainer"`` (a Trainer ended the fit: ``max_epochs``, ``max_time``, a callback)."""
+
+    reason: str
+    steps: int
+    residual: float = math.nan  # the best largest residual seen at a check
+    measured_rate: float = math.nan  # per step, over the last quarter of the run
+    theory_rate: float = math.nan  # Polyak's rate for the tuner's estimate of kappa
+    needed: float = math.nan  # steps still needed at the more hopeful of the two
+
+
+@dataclass
+class Outcome:
+    """How a run under the policy ended.
+
+    Attributes:
+        report: the :class:`ConvergenceReport`, with the refinement steps and the stop.
+        residual: per matrix, what ``tol`` bounds at the final X, float64 on the CPU.
+        converged: per matrix, whether it reached ``tol`` (the dtype's where none was set).
+        message: why a matrix missed ``tol`` and what to do; empty where all reached it (or
+            no ``tol`` was set).
+    """
+
+    report: ConvergenceReport
+    residual: Tensor
+    converged: Tensor
+    message: str
+
+
+class StoppingPolicy:
+    """The stopping rules of one run of a :class:`HeavyBallStepper` (module docstring).
+
+    Args:
+        stepper: the stepper that takes the steps.
+        tol: the tolerance on the residual; ``None``: no stop before ``max_steps``, no verdicts
+            (the post's fixed-length runs).
+        max_steps: the most descent steps (``None``: no bound; a Trainer may bound the run).
+        refine: end with refinement steps where M allows them (square, full rank, no ridge).
+        window: the steps per window, or ``"auto"`` (growing windows).
+
+    Example:
+        >>> from gdinv_modules.engine.options import StepOptions
+        >>> from gdinv_modules.nn.inverse_module import InverseModule
+        >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
+        >>> stepper = HeavyBallStepper(InverseModule(m, init="zeros"), StepOptions("auto", "auto"))
+        >>> outcome = converge(StoppingPolicy(stepper, tol=1e-12, max_steps=1000, refine=True))
+        >>> outcome.report.descent_stop, bool(outcome.converged), outcome.message
+        ('tol', True, '')
+    """
+
+    def __init__(
+        self,
+        stepper: HeavyBallStepper,
+        *,
+        tol: Optional[float],
+        max_steps: Optional[int],
+        refine: bool = False,
+        window: Window = "auto",
+    ) -> None:
+        self.stepper = stepper
+        self.tol = tol
+        self.max_steps = max_steps
+        self.refine = refine
+        self.window_option = window
+        self.refinable = False
+        self.target = tol
+        self._skip = False  # descent cannot help: straight to refinement
+        self._record: List[Tuple[int, float]] = []  # (step, best largest residual) per check
+
+    def begin(self) -> None:
+        """Start the stepper and set the descent's target: ``tol``, or where refinement takes
+        over (``max(tol, 1/(4 sqrt k))``) where it will run."""
+        stepper = self.stepper
+        if not stepper.started:
+            stepper.start()
+        self.refinable = self.refine and self.invertible
+        k = stepper.module.order
+        if self.tol is not None and self.refinable:
+            self.target = max(self.tol, SWITCH_RESIDUAL / math.sqrt(k))
+            self._skip = self._descent_hopeless(self.target)
+
+    def _descent_hopeless(self, target: float) -> bool:
+        """Whether, by the exact spectrum, descent's floor lies above 1 or Polyak's rate needs
+        more than ``BUDGET_MARGIN * max_steps`` steps to ``target``."""
+        stepper = self.stepper
+        singular = stepper.singular_values
+        if singular is None or not stepper.module.formulation.spectrum_is_ms:
+            return False
+        kappa = (singular[..., 0] / singular[..., -1]).max().item()
+        eps = torch.finfo(stepper.module.inverse.dtype).eps
+        if not math.isfinite(kappa) or DESCENT_FLOOR * eps * kappa**2 > 1:
+            return True
+        rate = (kappa - 1) / (kappa + 1)
+        needed = math.log(target) / math.log(rate) if 0 < rate < 1 else 0.0
+        return self.max_steps is not None and needed > BUDGET_MARGIN * self.max_steps
+
+    @property
+    def invertible(self) -> bool:
+        """Whether refinement applies to M: square, of full rank (as far as the rank check
+        knows), without a ridge."""
+        stepper = self.stepper
+        rows, cols = stepper.module.matrix_shape
+        return rows == cols and not stepper.ridge and stepper.target is None
+
+    def window(self) -> int:
+        """The steps of the next window."""
+        steps = self.stepper.steps
+        length = window_length(steps) if self.window_option == "auto" else self.window_option
+        if self.max_steps is not None:
+            length = min(length, self.max_steps - steps)
+        return max(length, 0)
+
+    def after_window(self) -> Optional[Stop]:
+        """Check the run after a window (one host sync): a :class:`Stop`, or ``None`` to go on.
+
+        Raises:
+            DivergenceError: the loss is not finite, or grew without bound.
+        """
+        stepper = self.stepper
+        reached = stepper.check(self.target)
+        best = min(stepper.worst_residual, self._record[-1][1] if self._record else math.inf)
+        self._record.append((stepper.steps, best))
+        if reached:
+            return Stop("tol", stepper.steps, best)
+        if self._skip:
+            return Stop("skipped", stepper.steps, best)
+        if self.max_steps is not None and stepper.steps >= self.max_steps:
+            return Stop("max_steps", stepper.steps, best, *self._rates())
+        if self.target is None:
+            return None
+        return self._verdict()
+
+    def _rates(self) -> Tuple[float, float, float]:
+        """The measured rate over the last quarter of the run, the theory's for the tuner's
+        kappa, and the steps still needed at the more hopeful of the two."""
+        steps, best = self._record[-1]
+        then_step, then_best = next((s, r) for s, r in self._record if s >= steps - steps // 4)
+        span = steps - then_step
+        measured = theory = math.nan
+        if span > 0 and best > 0 and then_best > 0:
+            measured = (then_best / best) ** (-1 / span)
+        tuner = self.stepper.tuner
+        if tuner is not None and tuner.sigma_min_sq is not None:
+            # Polyak's rate for the tuner's estimates: the smallest singular value is never
+            # underestimated, so no slower than the run's own can become.
+            theory = (tuner.condition - 1) / (tuner.condition + 1)
+        hopeful = min(r for r in (measured, theory, math.inf) if not math.isnan(r))
+        target = self.target if self.target is not None else math.nan
+        needed = math.inf
+        if 0 < hopeful < 1 and best > 0:
+            needed = max(math.log(target / best) / math.log(hopeful), 0.0)
+        return measured, theory, needed
+
+    def _verdict(self) -> Optional[Stop]:
+        steps, best = self._record[-1]
+        if steps < MIN_DECISION_STEPS:
+            return None
+        then_step, then_best = next((s, r) for s, r in self._record if s >= steps - steps // 4)
+        span = steps - then_step
+        if span < MIN_DECISION_STEPS // 4 or not (best > 0 and then_best > 0):
+            return None
+        measured, theory, needed = self._rates()
+        if not math.isnan(theory) and then_best / best < STALL_GAIN:
+            if theory**span <= 1 / EXPECTED_GAIN:
+                return Stop("stalled", steps, best, measured, theory, needed)
+        if self.max_steps is not None and steps >= self.max_steps / 50:
+            if needed > BUDGET_MARGIN * (self.max_steps - steps):
+                return Stop("budget", steps, best, measured, theory, needed)
+        return None
+
+    @torch.no_grad()
+    def finish(self, stop: Optional[Stop]) -> Outcome:
+        """Refine where it applies (X is written into the module), measure the final residual
+        in the wide dtype and write the report; ``stop``: the last :meth:`after_window`'s
+        (``None``: a Trainer ended the fit)."""
+        stepper = self.stepper
+        module = stepper.module
+        stop = stop or Stop("trainer", stepper.steps, *self._best())
+        matrix = module.resolve_matrix()
+        refine_steps = 0
+        if self.refinable:
+            refinement = refine(module.inverse.detach(), matrix)
+            module.inverse.copy_(refinement.inverse)
+            refine_steps = refinement.steps
+            residual = refinement.residual.real.double().cpu()
+        else:
+            residual = self._final_residual()
+        judged = self.tol if self.tol is not None else default_tol(module.inverse.dtype)
+        converged = residual <= judged
+        report = replace(
+            stepper.report(judged),
+            converged=converged.reshape(-1).tolist(),
+            final_residual=residual.reshape(-1).tolist(),
+            refine_steps=refine_steps,
+            descent_stop=stop.reason,
+        )
+        batch_shape = module.batch_shape
+        message = ""
+        if self.tol is not None and not bool(converged.all()):
+            message = (
+                f"{int((~converged).sum())} of {converged.numel()} matrices did not reach "
+                f"tol={self.tol:g} (largest residual {residual.max().item():.3e}) after "
+                f"{report.steps} descent steps"
+                + (f" and {refine_steps} refinement steps" if self.refinable else "")
+                + f": {self._advice(stop, report, refine_steps)}"
+            )
+        return Outcome(report, residual.reshape(batch_shape), converged.reshape(batch_shape), message)
+
+    def _best(self) -> Tuple[float, ...]:
+        if not self._record:
+            return ()
+        return (self._record[-1][1], *self._rates())
+
+    def _final_residual(self) -> Tensor:  # shape: (...), float64 on the CPU
+        """What ``tol`` bounds at the final X, measured in the wide dtype."""
+        stepper = self.stepper
+        if stepper.ridge:
+            return stepper.residual_at().double().cpu()
+        module = stepper.module
+        wide = wide_dtype(module.inverse.dtype)
+        matrix = module.resolve_matrix().to(wide)
+        product = module.formulation.product(module.inverse.detach().to(wide), matrix)
+        target = None if stepper.target is None else stepper.target.to(wide)
+        return relative_residual(product, target).double().cpu()
+
+    def _kappa(self, report: ConvergenceReport) -> Optional[float]:
+        """The largest condition number in the batch: exact where the report knows the
+        spectrum, else the tuner's estimate."""
+        pairs = [
+            (high, low)
+            for high, low in zip(report.sigma_max, report.sigma_min)
+            if high is not None and low is not None and low > 0
+        ]
+        if pairs:
+            return max(high / low for high, low in pairs)
+        tuner = self.stepper.tuner
+        return tuner.condition if tuner is not None and math.isfinite(tuner.condition) else None
+
+    def _advice(self, stop: Stop, report: ConvergenceReport, refine_steps: int) -> str:
+        """The cause of a miss and the remedy that works for this M (never one in effect)."""
+        dtype = self.stepper.module.inverse.dtype
+        eps, wide = torch.finfo(dtype).eps, wide_dtype(dtype)
+        kappa = self._kappa(report)
+        name, wide_name = _name(dtype), _name(wide)
+        about = "" if kappa is None else f" (condition number {kappa:.3g})"
+        tol = self.tol if self.tol is not None else math.nan
+        wide_eps = torch.finfo(wide).eps
+        if self.refinable:  # refinement ran and stopped short: how X is stored limits it
+            if refine_steps >= MAX_REFINE_STEPS:
+                return f"refinement ran out of its {MAX_REFINE_STEPS} steps; see the report"
+            floor = f"refinement stopped at the rounding of X in {name} for this M{about}"
+            if wide != dtype:
+                estimate = "" if kappa is None else f": about {wide_eps * kappa:.1e}"
+                return f"{floor}; convert M to {wide_name}, whose floor is far lower{estimate}"
+            return (
+                f"{floor} (about eps * kappa = {eps * (kappa or math.nan):.1e}): regularise "
+                "with ridge > 0 (Tikhonov), or ask for a looser tol"
+            )
+        remedies = self._measured_refinement(tol)
+        if stop.reason == "stalled":
+            cause = f"the residual stopped falling at {stop.residual:.2e}: {name}'s floor{about}"
+            if wide != dtype:
+                remedies.append(f"convert M to {wide_name}")
+            if not remedies:
+                remedies.append(
+                    "no wider dtype helps: regularise with ridge > 0 (Tikhonov), which bounds "
+                    "the condition number"
+                )
+            return f"{cause}; " + ", or ".join(remedies)
+        if stop.reason == "trainer":
+            cause = (
+                f"the Trainer ended the fit at step {stop.steps} (max_epochs, max_time or a "
+                "callback) before tol"
+            )
+            return f"{cause}; " + ", or ".join(["let it run longer", *remedies])
+        rates = f"at the measured rate of {stop.measured_rate:.6f} per step"
+        if not math.isnan(stop.theory_rate):
+            rates += f" (the theory's best for this M: {stop.theory_rate:.6f})"
+        cause = f"{rates} it needs about {stop.needed:.3g} more steps"
+        if stop.reason == "max_steps":
+            cause = f"max_steps={self.max_steps} ran out; {cause}"
+        else:
+            cause += f", past max_steps={self.max_steps}: M is too ill-conditioned for this budget"
+        descent_floor = None if kappa is None else DESCENT_FLOOR * eps * kappa**2
+        if (descent_floor is None or descent_floor < tol) and math.isfinite(stop.needed):
+            remedies.append(f"raise max_steps to about {stop.steps + stop.needed:.2g}")
+        elif wide != dtype:
+            remedies.append(
+                f"convert M to {wide_name} (descent's floor in {name} is near "
+                f"{descent_floor:.1e} for this M)"
+            )
+        remedies.append("regularise with ridge > 0 (Tikhonov), which bounds the condition number")
+        return f"{cause}{about}; " + ", or ".join(remedies)
+
+    def _measured_refinement(self, tol: float) -> List[str]:
+        """``refine=True`` as a remedy, where it is off and M allows it, measured: refinement
+        from a copy of the final X (or its safe start) reaches tol here."""
+        if self.refine or not self.invertible:
+            return []
+        module = self.stepper.module
+        trial = refine(module.inverse.detach().clone(), module.resolve_matrix())
+        reached = trial.residual.real.double().max().item()
+        if reached > tol:
+            return []
+        return [f"refine=True, which reaches {reached:.1e} here ({trial.steps} refinement steps)"]
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def converge(policy: StoppingPolicy) -> Outcome:
+    """Run the policy's stepper to a stop and finish: the loop of :func:`invert` and the
+    tracker's jump (a Trainer runs the same steps through ``LitInverse``)."""
+    policy.begin()
+    while (stop := policy.after_window()) is None:
+        policy.stepper.run(policy.window())
+    return policy.finish(stop)

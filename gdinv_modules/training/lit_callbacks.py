@@ -1,0 +1,73 @@
+"""The callbacks ``LitInverse`` installs for itself (``configure_callbacks``): the stop, and
+the loggers' writes at optimizer steps. They read ``LitInverse`` through its public methods."""
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+__all__ = ["ConvergenceMonitor", "StepLogger"]
+
+
+class ConvergenceMonitor(pl.Callback):
+    """After every window of steps, asks ``LitInverse``'s :class:`StoppingPolicy` whether to
+    stop (one host sync per window, none per step): at ``tol``, at a stall or an exhausted
+    budget (``LitInverse`` then refines and warns as :func:`invert` does), and with a
+    :class:`~gdinv_modules.core.errors.DivergenceError` where the loss is not finite or has
+    grown without bound. A fit that fails still tears ``LitInverse`` down (its TF32 setting and
+    warning filter end with the fit)."""
+
+    def on_train_batch_end(  # type: ignore[override]
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
+    ) -> None:
+        if pl_module.after_window():  # type: ignore[operator]
+            trainer.should_stop = True
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning skips the module's teardown when fit fails: without it the fit's settings
+        # (TF32, its warning filter) would outlive the failed fit.
+        pl_module.teardown("fit")
+
+
+class StepLogger(pl.Callback):
+    """Writes the values ``LitInverse`` logs to the Trainer's loggers with the optimizer step
+    (``trainer.global_step``, the step of ``losses.csv``) as their step.
+
+    Lightning counts ``log_every_n_steps`` and the logged step in ``training_step`` calls, that
+    is in windows of steps; here both count optimizer steps. A window is written when it holds
+    a multiple of ``log_every_n_steps`` (so every window under Lightning's default of 50 and
+    ``LitInverse``'s window of 100), and the last state always is. The values stay in
+    ``trainer.callback_metrics`` for the progress bar, ``EarlyStopping`` and checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self._previous = 0  # global_step at the end of the window before
+        self._written = -1  # the step last written
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._previous = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
+        every, step = max(trainer.log_every_n_steps, 1), trainer.global_step
+        if step // every > self._previous // every:
+            self.write(trainer)
+        self._previous = step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._written != trainer.global_step:
+            self.write(trainer)
+
+    def write(self, trainer: pl.Trainer) -> None:
+        """Send ``trainer.callback_metrics`` to every logger at step ``global_step`` (one host
+        sync)."""
+        metrics = trainer.callback_metrics
+        if not trainer.loggers or not metrics:
+            return
+        values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
+        row = dict(zip(metrics, values.tolist()))
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=trainer.global_step)
+            logger.save()
+        self._written = trainer.global_step
