@@ -24,10 +24,10 @@ from typing import Callable, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
+from gdinv_modules.engine.reference import heavy_ball_steps
 
 from gdinv_modules import DivergenceError, LitInverse, invert
-from gdinv_modules.core.functional import default_tol
-from gdinv_modules.core.functional import relative_residual
+from gdinv_modules.core.functional import default_tol, relative_residual
 from gdinv_modules.core.matrices import (
     conditioned_matrix,
     diagonal_matrix,
@@ -35,7 +35,6 @@ from gdinv_modules.core.matrices import (
     spd_matrix,
 )
 from gdinv_modules.core.theory import polyak_parameters
-from gdinv_modules.engine.reference import heavy_ball_steps
 
 POST_LR, POST_MOMENTUM = 0.9, 0.9
 

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import pytorch_lightning as pl
 import torch
+from graph_emulator import emulate_cuda_graphs
 
 from gdinv_modules import LitInverse
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
-from graph_emulator import emulate_cuda_graphs
 
 
 def problems():

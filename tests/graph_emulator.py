@@ -89,7 +89,7 @@ class EmulatedGraph:
                 continue  # the recorded view already aliases the recorded memory
             result = func(*args, **kwargs)
             if not func._schema.is_mutable:
-                for recorded, new in zip(_tensors(out), _tensors(result)):
+                for recorded, new in zip(_tensors(out), _tensors(result), strict=True):
                     recorded.copy_(new)
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-
 from conftest import quiet_trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from reference import heavy_ball_steps
+
 from gdinv_modules import ConvergenceError, ConvergenceWarning, DivergenceError, LitInverse, invert
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import (
@@ -15,7 +16,6 @@ from gdinv_modules.core.matrices import (
     spd_matrix,
 )
 from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
-from reference import heavy_ball_steps
 
 F64 = torch.float64
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import first_below, run_train_py
-from gdinv_modules.cli.train import main
+
 from gdinv_modules.cli.figure import main as figure_main
+from gdinv_modules.cli.train import main
 from gdinv_modules.core.matrices import diagonal_matrix, random_matrix
-from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.io.losses_csv import read_losses_csv, read_losses_table
+from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.training.run_outputs import OUTPUT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]

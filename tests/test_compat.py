@@ -1,10 +1,9 @@
 """The one wrapper around Lightning's private API: it fails here the day Lightning changes it."""
 
-import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import quiet_trainer
+
 from gdinv_modules.training.compat import count_optimizer_steps
 
 

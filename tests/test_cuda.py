@@ -3,8 +3,8 @@ Skipped where CUDA is not available (run them with scripts/gpu_check.sh on a GPU
 
 import pytest
 import torch
-
 from conftest import first_below, quiet_trainer
+
 from gdinv_modules import LitInverse, invert
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_train_py
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

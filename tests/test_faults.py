@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_trainer, train_py_command
 
 from gdinv_modules import LitInverse
 from gdinv_modules.core.errors import OutputExistsError
 from gdinv_modules.io.atomic import atomic_path
-from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.io.losses_csv import read_losses_csv
+from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.training.run_outputs import RunOutputs
-from conftest import quiet_trainer, train_py_command
 
 
 def train_command(save_dir: Path, *extra: str) -> list:

@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 from gdinv_modules import GDInvError, InverseModule, NotReadyError
-from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError, MatrixShapeError, NonFiniteMatrixError
+from gdinv_modules.core.errors import (
+    InvalidOptionError,
+    MatrixDtypeError,
+    MatrixShapeError,
+    NonFiniteMatrixError,
+)
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import gdinv_modules
 
@@ -107,7 +106,9 @@ def test_there_are_no_import_cycles_inside_the_package():
     for layer, path in layer_files():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gdinv_modules."):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "gdinv_modules."
+            ):
                 graph[f"gdinv_modules.{layer}.{path.stem}"].add(node.module)
 
     def reaches(start, goal, seen):
@@ -121,7 +122,11 @@ def test_there_are_no_import_cycles_inside_the_package():
 
 
 def test_old_names_are_gone():
-    for old in ("gdinv_modules.matrices", "gdinv_modules.core.deprecation", "gdinv_modules.cli.exit"):
+    for old in (
+        "gdinv_modules.matrices",
+        "gdinv_modules.core.deprecation",
+        "gdinv_modules.cli.exit",
+    ):
         with pytest.raises(ModuleNotFoundError):
             __import__(old)
     assert not hasattr(gdinv_modules.InverseModule, "approx")

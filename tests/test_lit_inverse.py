@@ -3,14 +3,13 @@
 import csv
 import warnings
 
-import pytorch_lightning as pl
-
 import pytest
+import pytorch_lightning as pl
 import torch
+from conftest import first_below, quiet_trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from conftest import first_below, quiet_trainer
 from gdinv_modules import DivergenceError, LitInverse, MatrixDataModule, NotReadyError
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.functional import identity_mse, loss_and_gradient

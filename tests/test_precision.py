@@ -8,7 +8,13 @@ import warnings
 import pytest
 import torch
 
-from gdinv_modules import ConvergenceError, ConvergenceWarning, conditioned_matrix, invert, spd_matrix
+from gdinv_modules import (
+    ConvergenceError,
+    ConvergenceWarning,
+    conditioned_matrix,
+    invert,
+    spd_matrix,
+)
 from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
 from gdinv_modules.engine.policy import window_length
 from gdinv_modules.engine.refinement import refine, safe_start
@@ -127,7 +133,9 @@ def test_a_float64_floor_that_refinement_cannot_pass_names_ridge():
     # heavy ball's float64 floor near 0.3 eps kappa^2 = 6e-12, refinement's near 1e-15: both
     # lie far above this tol, so neither refine=True nor a wider dtype is offered
     matrix = conditioned(16, 300.0, seed=11)
-    with pytest.warns(ConvergenceWarning, match="float64's floor.*no wider dtype helps.*ridge") as caught:
+    with pytest.warns(
+        ConvergenceWarning, match="float64's floor.*no wider dtype helps.*ridge"
+    ) as caught:
         result = invert(matrix, refine=False, tol=1e-17)
     assert "refine=True" not in str(caught[0].message)
     assert result.report.descent_stop == "stalled"

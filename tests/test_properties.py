@@ -5,10 +5,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import quiet_trainer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import quiet_trainer
 from gdinv_modules import ConvergenceWarning, GDInvError, InverseModule, LitInverse, invert
 from gdinv_modules.core.errors import MatrixDtypeError, MatrixShapeError, NonFiniteMatrixError
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import quiet_trainer
+
 from gdinv_modules import LitInverse, MatrixDataModule, SingularMatrixWarning, invert
 from gdinv_modules.core.errors import MatrixShapeError
 from gdinv_modules.core.matrices import low_rank_matrix, random_matrix, spd_matrix

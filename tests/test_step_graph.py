@@ -4,14 +4,14 @@ CUDA graphs' semantics (tests/graph_emulator.py); tests/test_cuda.py runs the re
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import first_below, quiet_trainer
+from graph_emulator import emulate_cuda_graphs
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import first_below, quiet_trainer
 from gdinv_modules import LitInverse
 from gdinv_modules.core.matrices import spd_matrix
 from gdinv_modules.engine.step_graph import StepGraph
 from gdinv_modules.engine.stepper import HeavyBallStepper
-from graph_emulator import emulate_cuda_graphs
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def windows_of_a_tuned_run(windows, steps_per_window=100):
     graphed = [w for w in range(1, windows) if w not in retunes]  # window 0: the warm-up
     captures = sum(
         1
-        for before, window in zip([None, *graphed], graphed)
+        for before, window in zip([None, *graphed], graphed, strict=True)
         if before is None or any(w in retunes for w in range(before + 1, window))
     )
     return len(graphed), captures

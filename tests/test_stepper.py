@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import first_below, quiet_trainer
+
 from gdinv_modules import (
     DivergenceError,
     HeavyBallStepper,

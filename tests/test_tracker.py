@@ -6,9 +6,9 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from torch import nn
 
-from conftest import quiet_trainer
 from gdinv_modules import InverseTracker, TrackInverse, conditioned_matrix, spd_matrix
 from gdinv_modules.core.errors import MatrixDtypeError, MatrixShapeError, NonFiniteMatrixError
 from gdinv_modules.engine.tracker import refinement_steps_needed, spectral_norm_estimate

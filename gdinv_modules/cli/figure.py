@@ -42,7 +42,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
     with exit_on_user_error():
         tables = {
-            label: read_losses_table(run / "losses.csv") for label, run in zip(labels, args.runs)
+            label: read_losses_table(run / "losses.csv")
+            for label, run in zip(labels, args.runs, strict=True)
         }
         plot_losses(
             {label: losses for label, (_, losses) in tables.items()},

@@ -108,8 +108,8 @@ def newest_last_checkpoint(run_root: Path) -> Optional[Path]:
 
 
 def plain_help(text: str) -> str:
-    """The help text without reStructuredText markup: ``:class:`~a.B``` reads ``B``,
-    ``:math:`\\beta``` reads ``β``, a literal loses its double backquotes.
+    r"""The help text without reStructuredText markup: ``:class:`~a.B``` reads ``B``,
+    ``:math:`\beta``` reads ``β``, a literal loses its double backquotes.
 
     Example:
         >>> plain_help("lr :math:`\\eta > 0`, :class:`~gdinv_modules.HeavyBallTuner`, ``'auto'``")
@@ -238,5 +238,5 @@ def main(args: Optional[List[str]] = None) -> None:
             warnings.filterwarnings("ignore", message=KNOWN_HARMLESS)
             InverseCLI(LitInverse, MatrixDataModule, **options)
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -8,7 +8,7 @@ One object per formulation owns everything that depends on it:
 the product E           :math:`XM`             :math:`MX`             :math:`(XM + MX)/2`
 its order k             n (M's columns)        m (M's rows)           n
 the gradient            :math:`c(E - I)M^H`    :math:`cM^H(E - I)`    both halves, :math:`c/2` each
-the normal operator     :math:`VMM^H`          :math:`M^HMV`          :math:`\mathcal{A}^*\mathcal{A}V`
+the normal operator     :math:`VMM^H`          :math:`M^HMV`          :math:`A^*A(V)`
 the projector (rank r)  onto M's row space     onto M's column space  onto M's row space
 needs a square M        no                     no                     yes
 a column split          of E's columns         of E's rows            none
@@ -27,7 +27,15 @@ from torch import Tensor
 
 from gdinv_modules.core.errors import InvalidOptionError
 
-__all__ = ["Formulation", "FormulationName", "FORMULATIONS", "LEFT", "RIGHT", "SYMMETRIC", "as_formulation"]
+__all__ = [
+    "Formulation",
+    "FormulationName",
+    "FORMULATIONS",
+    "LEFT",
+    "RIGHT",
+    "SYMMETRIC",
+    "as_formulation",
+]
 
 FormulationName = Literal["left", "right", "symmetric"]
 

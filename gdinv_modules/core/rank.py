@@ -47,8 +47,8 @@ def product_target(
     """The rank of each matrix, and the projector the product tends to (``None`` where every
     matrix of the batch has full rank k, so the target is the identity).
 
-    One SVD, in float64, at the start of a run, with :func:`rank_cutoff`; pass ``svd`` (``torch.linalg.svd(M.double(),
-    full_matrices=False)``) to reuse one already taken.
+    One SVD, in float64, at the start of a run, with :func:`rank_cutoff`; pass ``svd``
+    (``torch.linalg.svd(M.double(), full_matrices=False)``) to reuse one already taken.
 
     Example:
         >>> rank, target = product_target(torch.tensor([[1.0, 1.0], [1.0, 1.0]]))
@@ -80,4 +80,3 @@ def loss_floor(rank: Tensor, k: int) -> Tensor:  # shape: (...) -> (...)
         0.0625
     """
     return (k - rank).double() / (k * k)
-

@@ -51,7 +51,8 @@ def measured_rate(
     """The residual's contraction per step, fitted on the run's linear phase.
 
     The phase starts once the residual fell below a tenth of its first value (past the
-    transient) and ends where it first reaches ``max(tol, 10 * its floor)``; the rate is
+    transient) and ends where it first reaches ``max(tol, 10 * its floor)`` (at the last
+    record where that comes before the start: a run stopped short of any floor); the rate is
     ``exp(slope)`` of a least-squares line through log residual against step. NaN where the
     phase holds fewer than 3 records. Record ``i`` is step ``i * every``.
 
@@ -67,7 +68,8 @@ def measured_rate(
     start = first_step_below(flat / flat[0], 0.1).clamp_min(0)
     target = torch.maximum(torch.full_like(flat[0], tol), 10 * flat.min(dim=0).values)
     end = first_step_below(flat - target, 0.0)
-    end = torch.where(end < 0, torch.full_like(end, steps - 1), end)
+    # a run stopped before any floor (at a hand-over, a budget) fits up to its last record
+    end = torch.where((end < 0) | (end <= start), torch.full_like(end, steps - 1), end)
     inside = (index >= every * start[None]) & (index <= every * end[None])
     count = inside.sum(dim=0).double()
     log = flat.log()
@@ -232,7 +234,7 @@ class ConvergenceReport:
         reached = [step for step in self.steps_to_tol if step is not None]
         deficient = [
             (index, rank)
-            for index, (rank, floor) in enumerate(zip(self.rank, self.loss_floor))
+            for index, (rank, floor) in enumerate(zip(self.rank, self.loss_floor, strict=True))
             if floor > 0
         ]
         singular = (

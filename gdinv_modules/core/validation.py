@@ -146,7 +146,7 @@ def check_known(options: Mapping[str, object], known: Iterable[str], *, owner: s
         >>> check_known({"tolerance": 1e-3}, ["tol", "max_steps"], owner="invert()")
         Traceback (most recent call last):
         ...
-        gdinv_modules.core.errors.InvalidOptionError: invert() has no option 'tolerance'; did you mean 'tol'?
+        gdinv_modules.core.errors.InvalidOptionError: invert() has no option 'tolerance'; ...
     """
     names = list(known)
     for name in options:

@@ -142,9 +142,7 @@ def invert(
     work = matrix if device is None else matrix.to(device)
     module = InverseModule(work, formulation=formulation, init=init, seed=seed)
     stepper = HeavyBallStepper(module, step_options)
-    outcome = converge(
-        StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine)
-    )
+    outcome = converge(StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine))
     inverse = module.inverse.detach().to(device=matrix.device, dtype=matrix.dtype)
     result = InverseResult.from_outcome(inverse, stepper.history.losses.cpu(), outcome)
     if result.message:

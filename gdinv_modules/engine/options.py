@@ -44,7 +44,7 @@ class StepOptions:
         >>> StepOptions.from_mapping({"lr": 0.5, "moment": 0.1}, owner="invert()")
         Traceback (most recent call last):
         ...
-        gdinv_modules.core.errors.InvalidOptionError: invert() has no option 'moment'; did you mean 'momentum'?
+        gdinv_modules.core.errors.InvalidOptionError: invert() has no option 'moment'; did ...
     """
 
     lr: Union[float, Auto] = 0.9

@@ -268,7 +268,9 @@ class StoppingPolicy:
                 + (f" and {refine_steps} refinement steps" if self.refinable else "")
                 + f": {self._advice(stop, report, refine_steps)}"
             )
-        return Outcome(report, residual.reshape(batch_shape), converged.reshape(batch_shape), message)
+        return Outcome(
+            report, residual.reshape(batch_shape), converged.reshape(batch_shape), message
+        )
 
     def _best(self) -> Tuple[float, ...]:
         if not self._record:
@@ -292,7 +294,7 @@ class StoppingPolicy:
         spectrum, else the tuner's estimate."""
         pairs = [
             (high, low)
-            for high, low in zip(report.sigma_max, report.sigma_min)
+            for high, low in zip(report.sigma_max, report.sigma_min, strict=True)
             if high is not None and low is not None and low > 0
         ]
         if pairs:

@@ -76,8 +76,10 @@ class Sharding:
         column split where the columns would be."""
         if mode == "batch" and batch_count < world_size:
             mode = "columns"
-        if world_size == 1 or mode == "none" or (
-            mode == "columns" and not formulation.allows_column_split
+        if (
+            world_size == 1
+            or mode == "none"
+            or (mode == "columns" and not formulation.allows_column_split)
         ):
             return cls("none", world_size, global_rank, 0, 0, 0)
         plan = cls(mode, world_size, global_rank, batch_count if mode == "batch" else k, 0, 0)
@@ -90,8 +92,8 @@ class Sharding:
         """This process's part of the per-matrix loss, and the gradient of the whole loss.
 
         ``"batch"``: the losses of this process's matrices, and a gradient that is zero outside
-        them. ``"columns"``: the partial losses of this process's columns (summed over the processes at
-        the end of the step's batch) and the full gradient (summed now).
+        them. ``"columns"``: the partial losses of this process's columns (summed over the
+        processes at the end of the step's batch) and the full gradient (summed now).
         """
         if self.mode == "none":
             return loss_and_gradient(inverse, matrix, formulation, ridge)
@@ -162,7 +164,9 @@ class Sharding:
         parts: List[Tensor] = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
         bounds = [self.bounds(index) for index in range(self.world_size)]
-        return torch.cat([part[: high - low] for part, (low, high) in zip(parts, bounds)])
+        return torch.cat(
+            [part[: high - low] for part, (low, high) in zip(parts, bounds, strict=True)]
+        )
 
     def gather_batch(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b), whole batch
         """Replace every process's stale copy of the other slices by their owners' values."""
@@ -171,9 +175,9 @@ class Sharding:
         return self.gather(self._local(tensor)).reshape(tensor.shape)
 
     def local_part(self, product: Tensor) -> Tensor:  # shape: (..., k, k)
-        """This process's share of a product for a metric whose states are summed over the processes:
-        its slice of the batch; under a column split every process holds the same whole product
-        and passes it all, which leaves the mean unchanged."""
+        """This process's share of a product for a metric whose states are summed over the
+        processes: its slice of the batch; under a column split every process holds the same
+        whole product and passes it all, which leaves the mean unchanged."""
         return self._local(product) if self.mode == "batch" else product
 
     @classmethod
@@ -184,4 +188,3 @@ class Sharding:
     def _local(self, tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (stop - start, a, b)
         """This process's matrices of a batch, flattened to one batch dimension (a view)."""
         return tensor.reshape(-1, *tensor.shape[-2:])[self.start : self.stop]
-

@@ -73,12 +73,12 @@ class HeavyBallStepper:
         (40, True)
     """
 
-    def __init__(self, module: InverseModule, options: StepOptions = StepOptions()) -> None:
+    def __init__(self, module: InverseModule, options: Optional[StepOptions] = None) -> None:
         if module.matrix is None:
             raise NotReadyError("HeavyBallStepper needs an InverseModule that holds M")
         check_step_dtype(module.inverse.dtype)
         self.module = module
-        self.options = options
+        self.options = options = StepOptions() if options is None else options
         lr, momentum = options.lr, options.momentum
         inverse = module.inverse
         # fused: one kernel updates the momentum buffer and X (three passes otherwise); bit for

@@ -50,7 +50,7 @@ def load_matrix(
     dtype: Optional[torch.dtype] = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Tensor:
-    """Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
+    r"""Read a matrix (or a batch of them) from a ``.npy``, ``.pt`` or ``.csv`` file.
 
     The data is converted to ``dtype``, by default the file's own precision
     (:func:`file_dtype`); complex, boolean and object data are refused.
@@ -59,7 +59,7 @@ def load_matrix(
     Example:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
-        >>> _ = path.write_text("1,2\\n3,4\\n")
+        >>> _ = path.write_text("1,2\n3,4\n")
         >>> load_matrix(path, dtype=torch.float32)
         tensor([[1., 2.],
                 [3., 4.]])

@@ -66,7 +66,7 @@ class StepLogger(pl.Callback):
         if not trainer.loggers or not metrics:
             return
         values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
-        row = dict(zip(metrics, values.tolist()))
+        row = dict(zip(metrics, values.tolist(), strict=True))
         for logger in trainer.loggers:
             logger.log_metrics(row, step=trainer.global_step)
             logger.save()
