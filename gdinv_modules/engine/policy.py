@@ -319,8 +319,8 @@ class StoppingPolicy:
                 estimate = "" if kappa is None else f": about {wide_eps * kappa:.1e}"
                 return f"{floor}; convert M to {wide_name}, whose floor is far lower{estimate}"
             return (
-                f"{floor} (about eps * kappa = {eps * (kappa or math.nan):.1e}): regularise "
-                "with ridge > 0 (Tikhonov), or ask for a looser tol"
+                f"{floor}, near eps * kappa = {eps * (kappa or math.nan):.1e}: regularise with "
+                "ridge > 0 (Tikhonov), or ask for a looser tol"
             )
         remedies = self._measured_refinement(tol)
         if stop.reason == "stalled":

@@ -1,0 +1,205 @@
+"""One engine for every way in: invert(), LitInverse (so train.py and a user's Trainer) and the
+tracker stop, warn and refine by the same StoppingPolicy; its advice is true for the matrices of
+numpy's and scipy's own inverse tests (Pascal, Hilbert, Kahan, scipy's scaled diagonal)."""
+
+import math
+import re
+import subprocess
+import sys
+import warnings
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, quiet_trainer
+
+from gdinv_modules import (
+    ConvergenceWarning,
+    InverseTracker,
+    LitInverse,
+    SingularMatrixWarning,
+    conditioned_matrix,
+    invert,
+    low_rank_matrix,
+)
+
+F32, F64 = torch.float32, torch.float64
+
+
+def pascal(n: int, dtype=F64) -> torch.Tensor:
+    """scipy.linalg.pascal(n): binomial coefficients, kappa 1.5e6 at n = 7."""
+    return torch.tensor([[comb(i + j, i) for j in range(n)] for i in range(n)], dtype=dtype)
+
+
+def hilbert(n: int, dtype=F64) -> torch.Tensor:
+    index = torch.arange(n, dtype=F64)
+    return (1 / (index[:, None] + index[None, :] + 1)).to(dtype)
+
+
+def kahan(n: int, theta: float = 1.2, dtype=F64) -> torch.Tensor:
+    """numpy's and LAPACK's test matrix: upper triangular, kappa 1.4e5 at n = 30."""
+    s, c = math.sin(theta), math.cos(theta)
+    upper = torch.triu(-c * torch.ones(n, n, dtype=F64), 1) + torch.eye(n, dtype=F64)
+    return (torch.diag(s ** torch.arange(n, dtype=F64)) @ upper).to(dtype)
+
+
+def residual64(inverse: torch.Tensor, matrix: torch.Tensor) -> float:
+    eye = torch.eye(matrix.shape[-1], dtype=F64)
+    error = inverse.double() @ matrix.double() - eye
+    return (torch.linalg.matrix_norm(error) / math.sqrt(matrix.shape[-1])).item()
+
+
+def of(records, category):
+    """The records of one category (Lightning adds its own FutureWarnings)."""
+    return [record for record in records if issubclass(record.category, category)]
+
+
+def caught(call):
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        result = call()
+    return result, records
+
+
+# --- advice that is true --------------------------------------------------------------------
+
+
+def test_pascal_7_in_float32_is_full_rank_and_beats_lapack_by_far():
+    matrix = pascal(7, F32)  # its exact inverse is representable in float32
+    result, records = caught(lambda: invert(matrix))
+    assert not [r for r in records if issubclass(r.category, SingularMatrixWarning)]
+    ours, lapack = residual64(result.inverse, matrix), residual64(torch.linalg.inv(matrix), matrix)
+    assert ours < lapack / 10  # was 0.54 against LAPACK's 0.13
+    message = str(records[-1].message)  # X's rounding in float32 still leaves it above 1e-5
+    assert "convert M to float64" in message and "refine=True" not in message
+    assert residual64(invert(pascal(7)).inverse, pascal(7)) <= 1e-10  # the remedy named works
+
+
+@pytest.mark.parametrize("n", [6, 7, 8])
+def test_hilbert_in_float32_is_singular_there_and_the_advice_is_float64(n):
+    matrix = hilbert(n, F32)  # kappa past 1 / eps32: float32 cannot hold its inverse
+    result, records = caught(lambda: invert(matrix))
+    singular = [r for r in records if issubclass(r.category, SingularMatrixWarning)]
+    assert "full rank in float64" in str(singular[0].message)
+    assert "convert it to float64" in str(singular[0].message)
+    assert all("refine=True" not in str(r.message) for r in records)  # refine is on already
+    result, records = caught(lambda: invert(hilbert(n)))  # the remedy named, taken
+    lapack = residual64(torch.linalg.inv(hilbert(n)), hilbert(n))
+    assert result.residual.item() <= lapack  # float64 inverts it, to better than LAPACK
+    assert bool(result.converged) or "ridge" in str(records[-1].message)
+
+
+def test_kahan_30_in_float32_names_float64_not_ridge_or_max_steps():
+    matrix = kahan(30, dtype=F32)
+    result, records = caught(lambda: invert(matrix))
+    assert result.report.descent_stop == "skipped"  # kappa^2 eps32 > 1: descent cannot help
+    message = str(records[-1].message)
+    assert "convert M to float64" in message
+    assert "max_steps" not in message and "ridge" not in message
+    assert result.residual.item() < residual64(torch.linalg.inv(matrix), matrix)
+    wide = invert(kahan(30))
+    assert bool(wide.converged) and wide.residual.item() < 1e-12
+
+
+def test_scipys_scaled_diagonal_refines_from_the_safe_start():
+    matrix = torch.diag(torch.tensor([1.0, 1e-10], dtype=F64))
+    result = invert(matrix)  # the restart's first 60 steps do not show in ||I - XM||
+    assert bool(result.converged) and result.report.refine_steps > 40
+    torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), rtol=1e-12, atol=0)
+
+
+def test_a_measured_rate_is_measured():
+    matrix = conditioned_matrix(16, condition=1e6, seed=8, dtype=F64)
+    with pytest.warns(ConvergenceWarning, match="measured rate") as records:
+        result = invert(matrix, refine=False)
+    message = str(records[0].message)
+    measured, theory = map(
+        float, re.search(r"rate of (\S+) per step.*best.*: (\S+)\)", message).groups()
+    )
+    assert measured != theory
+    # the residual's own rate over the last quarter of the run, from the loss history
+    residuals = (result.losses * 16).sqrt()
+    steps = len(residuals)
+    start = steps - steps // 4
+    ours = (residuals[start:].min() / residuals[:start].min()) ** (1 / (steps - start))
+    assert measured == pytest.approx(ours.item(), abs=2e-5)
+
+
+# --- one policy under a Trainer ------------------------------------------------------------
+
+
+def test_lit_inverse_stops_refines_and_warns_as_invert_does():
+    matrix = conditioned_matrix(32, condition=400.0, seed=7, dtype=F32)
+    alone = invert(matrix)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
+                       refine=True, steps_per_window="auto")  # fmt: skip
+    trainer = quiet_trainer(max_steps=100_000)
+    trainer.fit(model)
+    report = model.report()
+    assert report.descent_stop == alone.report.descent_stop == "tol"
+    assert report.steps == alone.report.steps and report.refine_steps == alone.report.refine_steps
+    assert report.converged == [True] and report.final_residual[0] <= 1e-5
+    torch.testing.assert_close(model.inverse, alone.inverse, rtol=0, atol=0)
+
+
+def test_a_stall_under_a_trainer_ends_the_fit_with_the_same_warning_at_the_users_line():
+    matrix = conditioned_matrix(32, condition=400.0, seed=7, dtype=F32)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
+                       steps_per_window="auto")  # fmt: skip
+    trainer = quiet_trainer(max_steps=100_000)
+    with pytest.warns(ConvergenceWarning, match="stopped falling.*refine=True, which reaches") as w:
+        trainer.fit(model)
+    assert model.report().descent_stop == "stalled" and trainer.global_step < 20_000
+    assert of(w, ConvergenceWarning)[0].filename == __file__  # the user's fit line
+
+
+def test_growing_windows_stop_within_5_percent_of_tol_under_a_trainer():
+    matrix = conditioned_matrix(24, condition=300.0, seed=0, dtype=F64)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
+                       steps_per_window="auto")  # fmt: skip
+    quiet_trainer(max_steps=100_000).fit(model)
+    reached = model.report().steps_to_tol[0]
+    assert reached <= model.stepper.steps <= reached + max(4, math.ceil(0.05 * reached))
+
+
+def test_the_posts_run_gets_no_verdict_and_no_warning(m1):
+    model = LitInverse(m1, lr=0.9, momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        quiet_trainer(max_steps=2000).fit(model)
+    assert model.report().descent_stop == "max_steps" and model.report().refine_steps == 0
+
+
+def test_a_singular_matrix_warning_points_at_the_users_fit_line():
+    model = LitInverse(low_rank_matrix(5, 3, dtype=F64), init="zeros")
+    with pytest.warns(SingularMatrixWarning) as records:
+        quiet_trainer(max_steps=10).fit(model)
+    assert of(records, SingularMatrixWarning)[0].filename == __file__
+
+
+def test_invert_and_the_tracker_warn_at_the_users_line():
+    with pytest.warns(ConvergenceWarning) as records:
+        invert(conditioned_matrix(8, condition=10.0, dtype=F64), max_steps=4, refine=False)
+    assert of(records, ConvergenceWarning)[0].filename == __file__
+    tracker = InverseTracker(conditioned_matrix(8, condition=10.0, dtype=F64))
+    tracker.tol = 1e-17  # below what float64 holds for this M
+    far = conditioned_matrix(8, condition=1e4, seed=5, dtype=F64)
+    with pytest.warns(ConvergenceWarning, match="did not reach.*ridge") as records:
+        update = tracker.update(far)  # a jump, under the same policy and its advice
+    assert update.jumped and of(records, ConvergenceWarning)[0].filename == __file__
+
+
+def test_train_py_on_ones_own_ill_conditioned_float32_file(tmp_path):
+    matrix = conditioned_matrix(64, condition=3000.0, dtype=F32)
+    np.save(tmp_path / "ill.npy", matrix.numpy())
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--data.kind", "file",
+         "--data.path", str(tmp_path / "ill.npy"), "--trainer.enable_progress_bar", "false",
+         "--outputs.output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "converged (tol 1e-05)  1 of 1" in done.stdout
+    steps = int(re.search(r"descent, refinement\s+(\d+) steps", done.stdout).group(1))
+    assert steps <= 2 * invert(matrix).report.steps
