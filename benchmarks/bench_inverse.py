@@ -17,14 +17,15 @@ import logging
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
-from gdinv_modules.engine.reference import heavy_ball_steps
 
 from gdinv_modules import DivergenceError, LitInverse, invert
 from gdinv_modules.core.functional import default_tol, relative_residual
@@ -35,6 +36,9 @@ from gdinv_modules.core.matrices import (
     spd_matrix,
 )
 from gdinv_modules.core.theory import polyak_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import heavy_ball_steps  # noqa: E402  (the tests' plain heavy-ball loop)
 
 POST_LR, POST_MOMENTUM = 0.9, 0.9
 

@@ -1,13 +1,14 @@
 r"""``InverseTracker``: the inverse of a matrix that keeps changing, kept up to date cheaply.
 
 After M drifts by a relative step :math:`\epsilon` in the spectral norm, the previous inverse
-X has :math:`\lVert I - XM_\text{new}\rVert_2 \le \kappa\epsilon`. Where that is below 1,
-refinement steps :math:`X \leftarrow X + (I - XM)X` square the residual: from 0.05, three steps
-reach 1e-10. So an update counts the steps it needs from the residual it finds (one host sync),
-takes them with none, and checks the result (one more). The steps converge where
-:math:`\lVert R\rVert_2 < 1`; a few power iterations of matrix-vector products estimate it
-(the Frobenius norm overstates it up to :math:`\sqrt n`-fold). A jump that leaves it above 0.99,
-or a refinement whose residual grew after all, falls back to heavy-ball descent warm from the
+X leaves the correction :math:`C = I - XM_\text{new}` with :math:`\lVert C\rVert_2 \le
+\kappa\epsilon`. Where that is below 1, refinement steps :math:`X \leftarrow X + CX` square the
+correction: from 0.05, three steps reach 1e-10. So an update counts the steps it needs from the
+correction it finds (one host sync), takes them with none, and checks the result (one more).
+The steps converge where :math:`\lVert C\rVert_2 < 1`; a few power iterations of
+matrix-vector products estimate it (the Frobenius norm overstates it up to
+:math:`\sqrt n`-fold). A jump that leaves it above 0.99, or a refinement whose correction grew
+after all, falls back to heavy-ball descent warm from the
 current X, then refinement, under the :class:`StoppingPolicy` of :func:`invert` (and its
 :class:`ConvergenceWarning` where it misses ``tol``).
 
@@ -52,7 +53,7 @@ __all__ = [
     "spectral_norm_estimate",
 ]
 
-MAX_UPDATE_STEPS = 12  # from ||R||_2 = 0.99, 12 squarings pass float64's floor
+MAX_UPDATE_STEPS = 12  # from ||C||_2 = 0.99, 12 squarings pass float64's floor
 SPECTRAL_MARGIN = 0.99  # refine where the estimate of ||I - XM||_2 is below this
 POWER_ITERATIONS = 16  # matrix-vector products: O(n^2) each, next to a step's O(n^3)
 
@@ -136,8 +137,8 @@ class InverseTracker(nn.Module):
 
     Args:
         matrix: the first M, shape ``(..., n, n)``; its first inverse comes from :func:`invert`.
-        inverse: the first X, where it is known already (a restored tracker); no solve then.
-        tol: the tolerance on the relative residual; default by dtype, as in :func:`invert`.
+        inverse: the first X, where it is known already (a restored tracker); no inversion then.
+        tol: the tolerance on the residual, or ``"auto"`` (by dtype, as in :func:`invert`).
         max_steps: the most heavy-ball steps of the first inverse or of a jump.
 
     Attributes:
