@@ -83,7 +83,7 @@ def windows_of_a_tuned_run(windows, steps_per_window=100):
     graphed = [w for w in range(1, windows) if w not in retunes]  # window 0: the warm-up
     captures = sum(
         1
-        for before, window in zip([None, *graphed], graphed, strict=True)
+        for before, window in zip([None, *graphed], graphed, strict=False)
         if before is None or any(w in retunes for w in range(before + 1, window))
     )
     return len(graphed), captures
