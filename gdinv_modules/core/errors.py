@@ -21,6 +21,7 @@ __all__ = [
     "InvalidOptionError",
     "OutputExistsError",
     "DivergenceError",
+    "SingularMatrixError",
     "NotReadyError",
     "ConvergenceError",
     "ConvergenceWarning",
@@ -60,6 +61,11 @@ class OutputExistsError(GDInvError):
 
 class DivergenceError(GDInvError):
     """The loss became non-finite or grew without bound: the step size is past the stable bound."""
+
+
+class SingularMatrixError(GDInvError):
+    """M is singular where an inverse (not a pseudo-inverse) is needed: a tracked matrix, or a
+    gradient through ``invert``."""
 
 
 class NotReadyError(RuntimeError):

@@ -17,6 +17,7 @@ The words: *the error* is the matrix :math:`E - I`; *the residual* is the number
 """
 
 import math
+from contextlib import AbstractContextManager
 from typing import Literal, Optional, Sequence, Tuple, Union
 
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "inverse_loss",
     "loss_and_gradient",
     "squared_norm",
+    "autocast_off",
 ]
 
 Tol = Union[float, Literal["auto"], None]
@@ -250,3 +252,15 @@ def squared_norm(tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (...), floa
         6.0
     """
     return tensor.abs().double().square().sum(dim=(-2, -1))
+
+
+def autocast_off(tensor: Tensor) -> AbstractContextManager:
+    """A context in which autocast is off for ``tensor``'s device: the steps run in M's dtype
+    whatever autocast surrounds them (a step in bfloat16 stops far from an inverse).
+
+    Example:
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16), autocast_off(torch.eye(2)):
+        ...     (torch.eye(2) @ torch.eye(2)).dtype
+        torch.float32
+    """
+    return torch.autocast(device_type=tensor.device.type, enabled=False)

@@ -19,12 +19,14 @@ from gdinv_modules.core.errors import (
     ConvergenceError,
     ConvergenceWarning,
     InvalidOptionError,
+    SingularMatrixError,
     warn_user,
 )
 from gdinv_modules.core.formulation import Formulation, FormulationName
 from gdinv_modules.core.functional import Tol, resolve_tol
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.core.validation import check_matrix, check_positive_int, check_step_dtype
+from gdinv_modules.engine.implicit import inverse_of
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import Outcome, StoppingPolicy, converge
 from gdinv_modules.engine.stepper import HeavyBallStepper
@@ -95,6 +97,10 @@ def invert(
     in M's dtype, with no Trainer; the result has M's dtype and device. M is never modified,
     and any strides will do. An empty M or batch gives an empty result.
 
+    Where M requires grad, X is a differentiable function of it with the inverse's implicit
+    derivative at every order (:func:`~gdinv_modules.engine.implicit.inverse_of`): no unrolled
+    steps; the steps themselves run in M's dtype whatever autocast surrounds them.
+
     A rank-deficient or rectangular ``(..., m, n)`` M gets its Moore-Penrose pseudo-inverse
     (from the default ``init="zeros"``) and a :class:`SingularMatrixWarning` where it lacks
     full rank; ``ridge`` adds Tikhonov regularisation. Refinement needs a square M of full
@@ -134,16 +140,19 @@ def invert(
         raise InvalidOptionError("invert() stops at a tolerance: give tol a number, or 'auto'")
     if matrix.numel() == 0:
         return _empty_result(matrix, judged)
-    if matrix.requires_grad:
-        raise InvalidOptionError(
-            "invert() returns no gradient: M requires grad; for an inverse that is a "
-            "differentiable function of M use InverseTracker (its forward), or pass M.detach()"
-        )
-    work = matrix if device is None else matrix.to(device)
+    work = (matrix if device is None else matrix.to(device)).detach()
     module = InverseModule(work, formulation=formulation, init=init, seed=seed)
     stepper = HeavyBallStepper(module, step_options)
     outcome = converge(StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine))
     inverse = module.inverse.detach().to(device=matrix.device, dtype=matrix.dtype)
+    if matrix.requires_grad and torch.is_grad_enabled():
+        if not (stepper.target is None and not stepper.ridge and work.shape[-1] == work.shape[-2]):
+            raise SingularMatrixError(
+                "invert()'s gradient is the inverse's, -X^H G X^H: M must be square, of full "
+                "rank and without a ridge (here X is a pseudo-inverse or a ridge minimiser); "
+                "pass M.detach() for X alone"
+            )
+        inverse = inverse_of(matrix, inverse)
     result = InverseResult.from_outcome(inverse, stepper.history.losses.cpu(), outcome)
     if result.message:
         if check_errors:

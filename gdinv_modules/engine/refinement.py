@@ -24,7 +24,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import wide_dtype
+from gdinv_modules.core.functional import autocast_off, wide_dtype
 
 __all__ = [
     "refine",
@@ -96,9 +96,10 @@ def refine_counted(
         >>> bool(torch.linalg.matrix_norm(c) < 1e-14)
         True
     """
-    current = correction(inverse, matrix)
-    for _ in range(steps):
-        inverse, current = refinement_step(inverse, matrix, current)
+    with autocast_off(matrix):
+        current = correction(inverse, matrix)
+        for _ in range(steps):
+            inverse, current = refinement_step(inverse, matrix, current)
     return inverse, current
 
 
@@ -138,6 +139,11 @@ def refine(
         >>> refine(torch.zeros_like(far), far).residual.item() < 1e-15  # kappa 1e10, restarted
         True
     """
+    with autocast_off(matrix):
+        return _refine(inverse, matrix, max_steps)
+
+
+def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
     n = matrix.shape[-1]
     current = correction(inverse, matrix)
     norm = torch.linalg.matrix_norm(current)

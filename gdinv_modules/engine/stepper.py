@@ -20,12 +20,14 @@ from torch import Tensor
 
 from gdinv_modules.core.errors import (
     DivergenceError,
+    InvalidOptionError,
     NonFiniteMatrixError,
     NotReadyError,
     SingularMatrixWarning,
     warn_user,
 )
 from gdinv_modules.core.functional import (
+    autocast_off,
     identity_error,
     inverse_loss,
     loss_and_gradient,
@@ -76,6 +78,11 @@ class HeavyBallStepper:
     def __init__(self, module: InverseModule, options: Optional[StepOptions] = None) -> None:
         if module.matrix is None:
             raise NotReadyError("HeavyBallStepper needs an InverseModule that holds M")
+        if torch.nn.utils.parametrize.is_parametrized(module, "inverse"):
+            raise InvalidOptionError(
+                "HeavyBallStepper steps the parameter X itself; a parametrization makes X a "
+                "function of another tensor: train such a module with your own optimizer loop"
+            )
         check_step_dtype(module.inverse.dtype)
         self.module = module
         self.options = options = StepOptions() if options is None else options
@@ -160,6 +167,12 @@ class HeavyBallStepper:
         """
         if not self.started:
             self.start()
+        with autocast_off(self.module.inverse):
+            losses = self._run(steps, step)
+        self.module.inverse.grad = None  # the closed-form gradient is the steps' own
+        return losses
+
+    def _run(self, steps: int, step: Optional[Callable[[], Any]]) -> Tensor:
         first_step = self.steps
         step = self.optimizer.step if step is None else step
         module, shard = self.module, self.sharding
@@ -239,7 +252,8 @@ class HeavyBallStepper:
     def measure(self) -> Tensor:  # shape: (..., k, k)
         """Set :attr:`loss` and :attr:`residual` at the current X (no host sync); return the
         product E, for a metric."""
-        product = self.module()
+        with autocast_off(self.module.inverse):
+            product = self.module()
         self.loss = inverse_loss(identity_error(product), self.module.inverse, self.ridge)
         self.residual = self.residual_at(product)
         return product

@@ -13,13 +13,18 @@ current X, then refinement, under the :class:`StoppingPolicy` of :func:`invert` 
 :class:`ConvergenceWarning` where it misses ``tol``).
 
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
-M^{-1}`, so :meth:`InverseTracker.forward` returns X with the backward
-:math:`\nabla_M = -X^H G X^H`, as exact as X is.
+M^{-1}`, so :meth:`InverseTracker.forward` returns X through
+:func:`~gdinv_modules.engine.implicit.inverse_of`, with the backward
+:math:`\nabla_M = -X^H G X^H` at every order, as exact as X is. The update is a side effect on
+the tracker's buffers with host syncs, so it runs outside ``torch.func``'s transforms and
+``torch.compile``'s graphs (a graph break); inside a transform, update first and use
+``inverse_of(M, tracker.inverse)``.
 """
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +34,11 @@ from gdinv_modules.core.errors import (
     InvalidOptionError,
     MatrixDtypeError,
     MatrixShapeError,
+    SingularMatrixError,
+    SingularMatrixWarning,
     warn_user,
 )
-from gdinv_modules.core.functional import Tol, resolve_tol
+from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol
 from gdinv_modules.core.theory import power_norm
 from gdinv_modules.core.validation import (
     check_finite,
@@ -39,6 +46,7 @@ from gdinv_modules.core.validation import (
     check_positive_int,
     check_step_dtype,
 )
+from gdinv_modules.engine.implicit import inverse_of
 from gdinv_modules.engine.inversion import invert
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import StoppingPolicy, converge
@@ -53,6 +61,11 @@ __all__ = [
     "spectral_norm_estimate",
 ]
 
+INSIDE_A_TRANSFORM = (
+    "inside a torch.func transform (grad, jacrev, jvp, vmap): update outside it, "
+    "tracker.update(M.detach()), and inside use inverse_of(M, tracker.inverse) from "
+    "gdinv_modules.engine.implicit"
+)
 MAX_UPDATE_STEPS = 12  # from ||C||_2 = 0.99, 12 squarings pass float64's floor
 SPECTRAL_MARGIN = 0.99  # refine where the estimate of ||I - XM||_2 is below this
 POWER_ITERATIONS = 16  # matrix-vector products: O(n^2) each, next to a step's O(n^3)
@@ -117,21 +130,6 @@ def spectral_norm_estimate(
     )
 
 
-class _TrackedInverse(torch.autograd.Function):
-    """X as a function of M, with the implicit gradient of the inverse."""
-
-    @staticmethod
-    def forward(ctx: Any, matrix: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(inverse)
-        return inverse.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None]:
-        (inverse,) = ctx.saved_tensors
-        inverse_h = inverse.mH
-        return -(inverse_h @ grad @ inverse_h), None
-
-
 class InverseTracker(nn.Module):
     """Keeps the inverse of a changing square matrix (or batch), warm-started at every update.
 
@@ -167,13 +165,24 @@ class InverseTracker(nn.Module):
         super().__init__()
         check_finite(check_matrix(matrix))
         check_step_dtype(matrix.dtype)
+        self.tol_option = tol
         self.tol = resolve_tol(tol, matrix.dtype)
         if self.tol is None:
             raise InvalidOptionError("InverseTracker stops at a tolerance: give tol, or 'auto'")
         self.max_steps = check_positive_int(max_steps, name="max_steps")
         self.register_buffer("matrix", matrix.detach().clone())
         if inverse is None:
-            first = invert(matrix.detach(), tol=self.tol, max_steps=max_steps)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SingularMatrixWarning)
+                first = invert(matrix.detach(), tol=self.tol, max_steps=max_steps)
+            for record in caught:
+                if issubclass(record.category, SingularMatrixWarning):
+                    raise SingularMatrixError(
+                        f"InverseTracker follows inverses, and M is singular: {record.message}"
+                    )
+                warnings.warn_explicit(
+                    record.message, record.category, record.filename, record.lineno
+                )
             self.register_buffer("inverse", first.inverse.detach().clone())
             self.last = TrackedUpdate(
                 self.inverse.clone(), first.residual, first.report.refine_steps, first.report.steps
@@ -185,14 +194,35 @@ class InverseTracker(nn.Module):
                 self.inverse.clone(), torch.full(matrix.shape[:-2], math.nan), 0
             )
 
+    @torch.compiler.disable  # host syncs and buffer writes: a graph break, not a recompile
     @torch.no_grad()
     def update(self, matrix: Tensor) -> TrackedUpdate:
-        """Move X to the inverse of ``matrix``, warm from the current X, and stop at ``tol``.
+        """Move X to the inverse of ``matrix``, warm from the current X, and stop at ``tol``,
+        in M's dtype whatever autocast surrounds it.
 
-        A matrix of another shape or dtype, or one holding NaN or Inf, raises our error and
-        leaves the tracker as it was.
+        A matrix of another shape or dtype, one holding NaN or Inf, or a singular one raises
+        our error and leaves the tracker as it was.
         """
+        if torch.jit.is_tracing():
+            raise InvalidOptionError(
+                "InverseTracker cannot be traced (torch.jit.trace would replay one update's "
+                "steps for every M): use torch.compile, which breaks the graph at the update"
+            )
         matrix = self._checked(matrix).detach()
+        try:
+            with autocast_off(matrix):
+                update = self._update(matrix)
+            self.matrix.copy_(matrix)  # the first write: a transform's M is refused here
+        except RuntimeError as error:  # a torch.func transform: buffers cannot take its M
+            if "captured" not in str(error) and "data-dependent" not in str(error):
+                raise
+            raise InvalidOptionError(f"InverseTracker cannot update {INSIDE_A_TRANSFORM}") from None
+        self.inverse.copy_(update.inverse)
+        update.inverse = self.inverse.clone()  # the caller's: later updates do not change it
+        self.last = update
+        return update
+
+    def _update(self, matrix: Tensor) -> TrackedUpdate:
         inverse = self.inverse
         current = correction(inverse, matrix)
         norm = torch.linalg.matrix_norm(current)
@@ -211,10 +241,6 @@ class InverseTracker(nn.Module):
                 update = TrackedUpdate(refined, (final / math.sqrt(n)).real.double().cpu(), steps)
         if update is None:  # a jump: heavy ball first, warm, then refinement
             update = self._jump(matrix, inverse)
-        self.matrix.copy_(matrix)
-        self.inverse.copy_(update.inverse)
-        update.inverse = self.inverse.clone()  # the caller's: later updates do not change it
-        self.last = update
         return update
 
     def _jump(self, matrix: Tensor, inverse: Tensor) -> TrackedUpdate:
@@ -223,6 +249,15 @@ class InverseTracker(nn.Module):
         module.inverse.copy_(inverse)
         stepper = HeavyBallStepper(module, StepOptions(lr="auto", momentum="auto"))
         policy = StoppingPolicy(stepper, tol=self.tol, max_steps=self.max_steps, refine=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SingularMatrixWarning)
+            policy.begin()
+        if stepper.target is not None:  # the rank check found M singular
+            raise SingularMatrixError(
+                f"InverseTracker follows inverses, and the new M is singular (rank "
+                f"{stepper.matrix_rank.min().item()} of {matrix.shape[-1]}); the tracker keeps "
+                "the last inverse"
+            )
         outcome = converge(policy)
         if outcome.message:
             warn_user(outcome.message, ConvergenceWarning)
@@ -232,17 +267,36 @@ class InverseTracker(nn.Module):
         )
 
     def forward(self, matrix: Tensor) -> Tensor:  # shape: (..., n, n) -> (..., n, n)
-        """Update to ``matrix``, then return X as a differentiable function of it: the
-        backward is the exact implicit gradient ``-X^H G X^H``, with no unrolled steps."""
+        """Update to ``matrix``, then return X as a differentiable function of it
+        (:func:`inverse_of`): the exact implicit derivative at every order, with no unrolled
+        steps; each call's graph keeps its own X, whatever later updates do."""
         self.update(matrix)
-        return _TrackedInverse.apply(matrix, self.inverse)
+        return inverse_of(matrix, self.inverse)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "InverseTracker":
+        """``.double()``, ``.float()``, ``.to(...)``: a dtype the steps do not run in is refused
+        before anything moves, and ``tol="auto"`` follows the new dtype."""
+        probe = fn(torch.empty(0, dtype=self.matrix.dtype, device=self.matrix.device))
+        if probe.dtype != self.matrix.dtype:
+            check_step_dtype(probe.dtype, name="InverseTracker's new dtype")
+        super()._apply(fn, *args, **kwargs)
+        if self.tol_option == "auto":
+            self.tol = resolve_tol("auto", self.matrix.dtype)
+        return self
+
+    def __prepare_scriptable__(self) -> "InverseTracker":
+        raise InvalidOptionError(
+            "InverseTracker cannot be scripted (torch.jit.script): an update takes host syncs "
+            "and Python control flow; use torch.compile, which breaks the graph at the update"
+        )
 
     def _checked(self, matrix: Tensor) -> Tensor:
         check_matrix(matrix)
         if matrix.shape != self.matrix.shape:
             raise MatrixShapeError(
                 f"the tracker follows matrices of shape {tuple(self.matrix.shape)}, got "
-                f"{tuple(matrix.shape)}"
+                f"{tuple(matrix.shape)} (under torch.func.vmap it sees one slice: it cannot "
+                f"update {INSIDE_A_TRANSFORM})"
             )
         if matrix.dtype != self.matrix.dtype:
             raise MatrixDtypeError(

@@ -77,8 +77,11 @@ class InverseModule(nn.Module):
         formulation: ``"left"``, ``"right"`` or ``"symmetric"``.
         init: ``"random"`` (the post's ``torch.rand`` after seeding) or ``"zeros"``.
         seed: the seed of the random first guess.
-        check_finite: check call-time matrices for NaN and Inf (one host sync per call; turn
-            off in a hot loop once the inputs are trusted). A stored matrix is always checked.
+
+    ``forward`` takes no host sync, so ``torch.func.vmap``, ``torch.compile(fullgraph=True)``,
+    ``torch.export`` and the meta device apply to it: a matrix passed at call time is checked
+    for its shape and dtype only (a stored one for NaN and Inf too, once, at construction; the
+    stepper and the tracker check theirs).
 
     Attributes:
         inverse: ``nn.Parameter`` of shape ``(..., n, m)``, the approximate inverse :math:`X`
@@ -110,12 +113,10 @@ class InverseModule(nn.Module):
         formulation: Union[FormulationName, Formulation] = "left",
         init: Init = "random",
         seed: int = 314,
-        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.formulation: Formulation = as_formulation(formulation)
         check_choice(init, INITS, name="init")
-        self.check_finite = check_finite
         if matrix is not None:
             if size is not None or tuple(batch_shape) or dtype is not None or device is not None:
                 raise InvalidOptionError(
@@ -192,8 +193,6 @@ class InverseModule(nn.Module):
                 f"matrix has dtype {matrix.dtype} but the approximate inverse has "
                 f"{self.inverse.dtype}: convert one of them"
             )
-        if self.check_finite:
-            validation.check_finite(matrix)
         return matrix
 
     def forward(self, matrix: Optional[Tensor] = None) -> Tensor:  # shape: (..., k, k)
@@ -212,6 +211,12 @@ class InverseModule(nn.Module):
         r"""The relative residual :math:`\lVert E - T \rVert_F / \sqrt{k}`, one per matrix
         (``T`` the identity unless given)."""
         return relative_residual(self(matrix), target)
+
+    def __prepare_scriptable__(self) -> "InverseModule":
+        raise InvalidOptionError(
+            "InverseModule cannot be scripted (torch.jit.script): its formulation is a Python "
+            "object; use torch.compile, which compiles its forward with no graph break"
+        )
 
     def extra_repr(self) -> str:
         return (
