@@ -79,18 +79,16 @@ class TrackedUpdate:
         inverse: X for the new M, shape ``(..., n, n)``.
         residual: per matrix, ``||XM - I||_F / sqrt(n)`` measured in float64, shape ``(...)``.
         refine_steps: the refinement steps this update took (the batch takes them together).
-        steps: the heavy-ball (descent) steps of a jump too large for refinement alone, else 0.
+        steps: the heavy-ball (descent) steps of a jump, else 0.
+        jumped: whether M moved too far for the counted refinement steps alone, so that the
+            stopping policy took over (descent where it helps, then refinement).
     """
 
     inverse: Tensor
     residual: Tensor
     refine_steps: int
     steps: int = 0
-
-    @property
-    def jumped(self) -> bool:
-        """Whether M moved too far for refinement alone (heavy ball ran first)."""
-        return self.steps > 0
+    jumped: bool = False
 
 
 def refinement_steps_needed(
@@ -237,7 +235,7 @@ class InverseTracker(nn.Module):
             refined, current = refine_counted(inverse, matrix, steps)  # no host sync
             final = torch.linalg.matrix_norm(current)
             final_worst = final.max().item()
-            if final_worst <= max(target, worst):  # else the estimate was short: descend
+            if final_worst <= target:  # else short of tol: the policy decides, and warns
                 update = TrackedUpdate(refined, (final / math.sqrt(n)).real.double().cpu(), steps)
         if update is None:  # a jump: heavy ball first, warm, then refinement
             update = self._jump(matrix, inverse)
@@ -263,7 +261,7 @@ class InverseTracker(nn.Module):
             warn_user(outcome.message, ConvergenceWarning)
         report = outcome.report
         return TrackedUpdate(
-            module.inverse.detach(), outcome.residual, report.refine_steps, max(1, report.steps)
+            module.inverse.detach(), outcome.residual, report.refine_steps, report.steps, True
         )
 
     def forward(self, matrix: Tensor) -> Tensor:  # shape: (..., n, n) -> (..., n, n)
