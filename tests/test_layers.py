@@ -16,7 +16,7 @@ THIRD_PARTY = {  # what each layer may import, besides the standard library and 
     "nn": {"torchmetrics"},
     "engine": set(),
     "io": {"numpy", "matplotlib"},
-    "training": {"pytorch_lightning"},
+    "training": {"pytorch_lightning", "lightning"},
     "cli": {"pytorch_lightning", "jsonargparse", "yaml"},
 }
 

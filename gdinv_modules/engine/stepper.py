@@ -158,6 +158,22 @@ class HeavyBallStepper:
         self.started = True
 
     @torch.no_grad()
+    def follow_module(self) -> None:
+        """After the module moved to another dtype or device (``.double()``, a Trainer's
+        ``precision="64-true"``): move the momentum, the tuner's state and the projector along,
+        so the next window continues the same run in the new dtype."""
+        inverse = self.module.inverse
+        check_step_dtype(inverse.dtype)
+        for state in self.optimizer.state.values():
+            buffer = state.get("momentum_buffer")
+            if buffer is not None:
+                state["momentum_buffer"] = buffer.to(inverse)
+        if self.target is not None:
+            self.target = self.target.to(inverse)
+        if self.tuner is not None:
+            self.tuner.follow(inverse)
+
+    @torch.no_grad()
     def run(self, steps: int, *, step: Optional[Callable[[], Any]] = None) -> Tensor:
         """Take a window of ``steps`` optimizer steps; return their losses, shape ``(steps, ...)``.
 

@@ -153,6 +153,12 @@ class HeavyBallTuner:
         """The gradient scaled by each matrix's share of SGD's learning rate."""
         return gradient if self.gradient_scale is None else gradient * self.gradient_scale
 
+    def follow(self, inverse: Tensor) -> None:
+        """Move the estimates to X's device, and the gradient scale to its dtype."""
+        self.load_state_dict(self.state_dict(), device=inverse.device)
+        if self.gradient_scale is not None:
+            self.gradient_scale = self.gradient_scale.to(inverse)
+
     def state_dict(self) -> Dict[str, Any]:
         return {
             key: getattr(self, key)
@@ -167,7 +173,7 @@ class HeavyBallTuner:
             )
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        device = self.sigma_max.device
+    def load_state_dict(self, state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+        device = self.sigma_max.device if device is None else device
         for key, value in state.items():
             setattr(self, key, value.to(device) if isinstance(value, Tensor) else value)

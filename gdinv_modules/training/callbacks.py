@@ -17,15 +17,8 @@ from gdinv_modules.engine.tracker import InverseTracker
 __all__ = ["ResumableCheckpoint", "TrackInverse"]
 
 
-class ResumableCheckpoint(ModelCheckpoint):
-    """A ``ModelCheckpoint`` that saves ``last.ckpt`` every ``every_n_train_steps`` optimizer
-    steps. ``train.py fit --ckpt_path last`` finds the newest one of any version of the run
-    (see :mod:`gdinv_modules.cli.train`), so a restart continues a run that was killed.
-
-    Example:
-        >>> ResumableCheckpoint().save_last
-        True
-    """
+class ResumableCheckpointMixin:
+    """The hooks and methods of :class:`ResumableCheckpoint`, for either Lightning package."""
 
     def __init__(
         self,
@@ -49,21 +42,8 @@ class ResumableCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
-class TrackInverse(pl.Callback):
-    """Keeps the inverse of a square tensor of the LightningModule (a weight, a running
-    covariance) up to date with an :class:`InverseTracker`, every ``every_n_steps`` optimizer
-    steps, and logs ``NAME/residual`` and ``NAME/steps``. The tracker is saved in checkpoints.
-
-    Args:
-        attribute: the tensor's dotted path on the module, e.g. ``"covariance"`` or
-            ``"layer.weight"``.
-        every_n_steps: update after every this many optimizer steps.
-        tol: the tracker's tolerance; default by dtype.
-        name: the prefix of the logged values; default ``attribute``.
-
-    Attributes:
-        tracker: the :class:`InverseTracker`, from the first update on.
-    """
+class TrackInverseMixin:
+    """The hooks and methods of :class:`TrackInverse`, for either Lightning package."""
 
     def __init__(
         self,
@@ -78,6 +58,7 @@ class TrackInverse(pl.Callback):
         self.tol = tol
         self.name = name or attribute
         self.tracker: Optional[InverseTracker] = None
+        self._updated_at = -1  # the global step of the last update
 
     @property
     def inverse(self) -> Tensor:  # shape: (..., n, n)
@@ -98,17 +79,35 @@ class TrackInverse(pl.Callback):
             raise InvalidOptionError(f"TrackInverse: {self.attribute!r} is not a tensor")
         return value.detach()
 
+    @property
+    def state_key(self) -> str:
+        """One key per tracked attribute: several ``TrackInverse`` share a Trainer and a
+        checkpoint."""
+        return self._generate_state_key(attribute=self.attribute)
+
     def on_train_batch_end(  # type: ignore[override]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
     ) -> None:
-        if trainer.global_step % self.every_n_steps:
+        step = trainer.global_step  # optimizer steps, also under accumulate_grad_batches
+        if step % self.every_n_steps or step == self._updated_at:
             return
+        self.track(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._updated_at:  # current when training ends
+            self.track(trainer, pl_module, log=False)
+
+    def track(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = True) -> None:
+        """Update the tracker to the tensor's value now, and log how it went."""
+        self._updated_at = trainer.global_step
         matrix = self.tensor(pl_module)
         if self.tracker is None:
             self.tracker = InverseTracker(matrix, tol=self.tol).to(matrix.device)
             update = self.tracker.last
         else:
             update = self.tracker.update(matrix)
+        if not log:
+            return
         pl_module.log_dict(
             {
                 f"{self.name}/residual": update.residual.max().item(),
@@ -130,3 +129,33 @@ class TrackInverse(pl.Callback):
         self.tracker = InverseTracker(
             weights["matrix"], inverse=weights["inverse"], tol=state_dict["tol"]
         )
+
+
+class ResumableCheckpoint(ResumableCheckpointMixin, ModelCheckpoint):
+    """A ``ModelCheckpoint`` that saves ``last.ckpt`` every ``every_n_train_steps`` optimizer
+    steps. ``train.py fit --ckpt_path last`` finds the newest one of any version of the run
+    (see :mod:`gdinv_modules.cli.train`), so a restart continues a run that was killed.
+
+    Example:
+        >>> ResumableCheckpoint().save_last
+        True
+    """
+
+
+class TrackInverse(TrackInverseMixin, pl.Callback):
+    """Keeps the inverse of a square tensor of the LightningModule (a weight, a running
+    covariance) up to date with an :class:`InverseTracker`, every ``every_n_steps`` optimizer
+    steps, and logs ``NAME/residual`` and ``NAME/steps``. The tracker is saved in checkpoints.
+
+    Args:
+        attribute: the tensor's dotted path on the module, e.g. ``"covariance"`` or
+            ``"layer.weight"``.
+        every_n_steps: update after every this many optimizer steps (``trainer.global_step``,
+            so batches accumulated into one step count once), and once more when training
+            ends, so the inverse is current then.
+        tol: the tracker's tolerance; default by dtype.
+        name: the prefix of the logged values; default ``attribute``.
+
+    Attributes:
+        tracker: the :class:`InverseTracker`, from the first update on.
+    """

@@ -35,36 +35,8 @@ def window_ticks(windows_per_epoch: int = DEFAULT_WINDOWS_PER_EPOCH) -> Iterable
     return range(windows_per_epoch)
 
 
-class MatrixDataModule(pl.LightningDataModule):
-    """The matrix M to invert, made once at construction so bad input fails before training.
-
-    Args:
-        kind: ``"random"`` (``torch.rand`` after seeding: the post's M1 for n = 4),
-            ``"diagonal"`` (``diag(values)``, default ``1..n``: the post's M2 for n = 4),
-            ``"file"`` (``.npy``, ``.pt`` or ``.csv`` at ``path``, never unpickled),
-            ``"hilbert"``, ``"orthogonal"`` (Haar-random), ``"spd"`` (symmetric positive
-            definite with condition number ``condition``) or ``"low_rank"`` (Gaussian of rank
-            ``rank``, ``rows x n``: singular or rectangular, for pseudo-inverses).
-        n: the order of the matrix (all kinds but ``"file"``, and ``"diagonal"`` with values).
-        seed: the seed of the random kinds.
-        batch_shape: leading dimensions, a batch of independent matrices (random kinds only).
-        values: the diagonal of ``"diagonal"``.
-        path: the file of ``"file"``.
-        condition: the condition number of ``"spd"``.
-        rank: the rank of ``"low_rank"``.
-        rows: the number of rows of ``"low_rank"`` (default ``n``).
-        dtype: ``"float32"`` or ``"float64"``; default a file's own precision (float64 stays
-            float64; integers and ``.csv`` text are read as float64), float32 for the other
-            kinds.
-        windows_per_epoch: windows of steps in an epoch (a window is one ``training_step``, of
-            ``LitInverse.steps_per_window`` optimizer steps).
-
-    Example:
-        >>> MatrixDataModule("diagonal", n=3).matrix
-        tensor([[1., 0., 0.],
-                [0., 2., 0.],
-                [0., 0., 3.]])
-    """
+class MatrixDataModuleMixin:
+    """The hooks and methods of :class:`MatrixDataModule`, for either Lightning package."""
 
     def __init__(
         self,
@@ -106,3 +78,35 @@ class MatrixDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Iterable[int]:
         return window_ticks(self.windows_per_epoch)
+
+
+class MatrixDataModule(MatrixDataModuleMixin, pl.LightningDataModule):
+    """The matrix M to invert, made once at construction so bad input fails before training.
+
+    Args:
+        kind: ``"random"`` (``torch.rand`` after seeding: the post's M1 for n = 4),
+            ``"diagonal"`` (``diag(values)``, default ``1..n``: the post's M2 for n = 4),
+            ``"file"`` (``.npy``, ``.pt`` or ``.csv`` at ``path``, never unpickled),
+            ``"hilbert"``, ``"orthogonal"`` (Haar-random), ``"spd"`` (symmetric positive
+            definite with condition number ``condition``) or ``"low_rank"`` (Gaussian of rank
+            ``rank``, ``rows x n``: singular or rectangular, for pseudo-inverses).
+        n: the order of the matrix (all kinds but ``"file"``, and ``"diagonal"`` with values).
+        seed: the seed of the random kinds.
+        batch_shape: leading dimensions, a batch of independent matrices (random kinds only).
+        values: the diagonal of ``"diagonal"``.
+        path: the file of ``"file"``.
+        condition: the condition number of ``"spd"``.
+        rank: the rank of ``"low_rank"``.
+        rows: the number of rows of ``"low_rank"`` (default ``n``).
+        dtype: ``"float32"`` or ``"float64"``; default a file's own precision (float64 stays
+            float64; integers and ``.csv`` text are read as float64), float32 for the other
+            kinds.
+        windows_per_epoch: windows of steps in an epoch (a window is one ``training_step``, of
+            ``LitInverse.steps_per_window`` optimizer steps).
+
+    Example:
+        >>> MatrixDataModule("diagonal", n=3).matrix
+        tensor([[1., 0., 0.],
+                [0., 2., 0.],
+                [0., 0., 3.]])
+    """

@@ -9,13 +9,8 @@ import torch
 __all__ = ["ConvergenceMonitor", "StepLogger"]
 
 
-class ConvergenceMonitor(pl.Callback):
-    """After every window of steps, asks ``LitInverse``'s :class:`StoppingPolicy` whether to
-    stop (one host sync per window, none per step): at ``tol``, at a stall or an exhausted
-    budget (``LitInverse`` then refines and warns as :func:`invert` does), and with a
-    :class:`~gdinv_modules.core.errors.DivergenceError` where the loss is not finite or has
-    grown without bound. A fit that fails still tears ``LitInverse`` down (its TF32 setting and
-    warning filter end with the fit)."""
+class ConvergenceMonitorMixin:
+    """The hooks and methods of :class:`ConvergenceMonitor`, for either Lightning package."""
 
     def on_train_batch_end(  # type: ignore[override]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
@@ -31,16 +26,8 @@ class ConvergenceMonitor(pl.Callback):
         pl_module.teardown("fit")
 
 
-class StepLogger(pl.Callback):
-    """Writes the values ``LitInverse`` logs to the Trainer's loggers with the optimizer step
-    (``trainer.global_step``, the step of ``losses.csv``) as their step.
-
-    Lightning counts ``log_every_n_steps`` and the logged step in ``training_step`` calls, that
-    is in windows of steps; here both count optimizer steps. A window is written when it holds
-    a multiple of ``log_every_n_steps`` (so every window under Lightning's default of 50 and
-    ``LitInverse``'s window of 100), and the last state always is. The values stay in
-    ``trainer.callback_metrics`` for the progress bar, ``EarlyStopping`` and checkpoints.
-    """
+class StepLoggerMixin:
+    """The hooks and methods of :class:`StepLogger`, for either Lightning package."""
 
     def __init__(self) -> None:
         self._previous = 0  # global_step at the end of the window before
@@ -61,9 +48,12 @@ class StepLogger(pl.Callback):
 
     def write(self, trainer: pl.Trainer) -> None:
         """Send ``trainer.callback_metrics`` to every logger at step ``global_step`` (one host
-        sync)."""
+        sync), and keep them in ``trainer.logged_metrics`` as Lightning does for what it logs."""
         metrics = trainer.callback_metrics
-        if not trainer.loggers or not metrics:
+        if not metrics:
+            return
+        trainer.logged_metrics.update({key: value.detach() for key, value in metrics.items()})
+        if not trainer.loggers:
             return
         values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
         row = dict(zip(metrics, values.tolist(), strict=True))
@@ -71,3 +61,24 @@ class StepLogger(pl.Callback):
             logger.log_metrics(row, step=trainer.global_step)
             logger.save()
         self._written = trainer.global_step
+
+
+class ConvergenceMonitor(ConvergenceMonitorMixin, pl.Callback):
+    """After every window of steps, asks ``LitInverse``'s :class:`StoppingPolicy` whether to
+    stop (one host sync per window, none per step): at ``tol``, at a stall or an exhausted
+    budget (``LitInverse`` then refines and warns as :func:`invert` does), and with a
+    :class:`~gdinv_modules.core.errors.DivergenceError` where the loss is not finite or has
+    grown without bound. A fit that fails still tears ``LitInverse`` down (its TF32 setting and
+    warning filter end with the fit)."""
+
+
+class StepLogger(StepLoggerMixin, pl.Callback):
+    """Writes the values ``LitInverse`` logs to the Trainer's loggers with the optimizer step
+    (``trainer.global_step``, the step of ``losses.csv``) as their step.
+
+    Lightning counts ``log_every_n_steps`` and the logged step in ``training_step`` calls, that
+    is in windows of steps; here both count optimizer steps. A window is written when it holds
+    a multiple of ``log_every_n_steps`` (so every window under Lightning's default of 50 and
+    ``LitInverse``'s window of 100), and the last state always is. The values stay in
+    ``trainer.callback_metrics`` for the progress bar, ``EarlyStopping`` and checkpoints.
+    """

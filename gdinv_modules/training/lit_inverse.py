@@ -2,7 +2,19 @@
 
 import warnings
 from contextlib import ExitStack, contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Union, cast
+from typing import (
+    Any,
+    ClassVar,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    NamedTuple,
+    Optional,
+    Union,
+    cast,
+)
 
 import pytorch_lightning as pl
 import torch
@@ -13,13 +25,14 @@ from torch import Tensor
 from gdinv_modules.core.errors import (
     ConvergenceWarning,
     InvalidOptionError,
+    MatrixDtypeError,
     NotReadyError,
     warn_user,
 )
 from gdinv_modules.core.formulation import FormulationName
 from gdinv_modules.core.functional import Tol, default_tol, resolve_tol
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.core.validation import check_positive_int
+from gdinv_modules.core.validation import STEP_DTYPES, check_positive_int
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import Outcome, Stop, StoppingPolicy, Window
 from gdinv_modules.engine.sharding import ShardMode
@@ -51,54 +64,10 @@ def cuda_matmul_precision(*, tf32: bool) -> Iterator[None]:
         matmul.fp32_precision = previous
 
 
-class LitInverse(pl.LightningModule):
-    r"""Trains X to the inverse of M with ``torch.optim.SGD`` and momentum, under a ``Trainer``.
+class LitInverseMixin:
+    """The hooks and methods of :class:`LitInverse`, for either Lightning package."""
 
-    The steps are :class:`HeavyBallStepper`'s (heavy ball on the closed-form gradient of
-    :math:`L(X) = \lVert E - I\rVert_F^2 / k^2`); each ``training_step`` runs a window of
-    ``steps_per_window`` of them with no host sync, so ``trainer.global_step`` and
-    ``max_steps`` count optimizer steps. After each window it logs ``loss`` (the loss averaged
-    over the batch), ``mse`` (the :class:`IdentityMSE` metric of E) and ``residual`` (the
-    largest residual in the batch), which the loggers get at the optimizer step
-    (:class:`StepLogger`). The run stops, warns and refines by :func:`invert`'s
-    :class:`StoppingPolicy`: at ``tol``, at a stall or an exhausted budget (with the same
-    :class:`ConvergenceWarning`), with a :class:`DivergenceError` where the loss diverges, and
-    with refinement steps at the end of the fit where ``refine`` is on. The progress bar
-    counts optimizer steps (:class:`StepProgressBar`).
-    :attr:`losses` holds the loss of every step, :math:`L(X_t)` before step :math:`t`'s update,
-    kept on the device and in checkpoints.
-
-    Args:
-        matrix: M, shape ``(..., n, n)`` or ``(..., m, n)``. Leave it out to take M from the
-            ``datamodule``'s ``matrix`` (:class:`MatrixDataModule`) or from a checkpoint.
-        lr: the learning rate :math:`\eta > 0`, or ``"auto"`` (:class:`HeavyBallTuner`).
-        momentum: the heavy-ball momentum :math:`0 \le \beta < 1`, or ``"auto"``.
-        formulation: ``"left"`` (:math:`XM`), ``"right"`` (:math:`MX`) or ``"symmetric"``.
-        init: ``"random"`` (the post's first guess) or ``"zeros"``.
-        seed: the seed of the random first guess.
-        steps_per_window: optimizer steps per ``training_step``, or ``"auto"``: windows that
-            grow with the run, so a stop at ``tol`` lands within ``max(4, 5%)`` steps of it.
-        loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        tol: stop once every matrix's residual is at most ``tol``; ``"auto"``: the dtype's
-            (1e-5 for float32, 1e-10 for float64, as :func:`invert`); ``None`` runs to
-            ``max_steps`` (as the post does), and reports judge convergence by the dtype's.
-        refine: end the fit with refinement steps (square M of full rank, no ridge), as
-            :func:`invert` does; descent then stops where they take over. Off by default, so
-            the post's runs stay step for step.
-        ridge, check_rank, shard, cuda_graph: the steps' :class:`StepOptions`.
-        tf32: let CUDA float32 matrix products run in TF32 during ``fit`` (faster, but about
-            1e-3 relative error per product). Off by default: full float32 whatever the global
-            setting, which is restored after ``fit``.
-
-    Example:
-        >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
-        >>> model = LitInverse(m)
-        >>> trainer = pl.Trainer(max_steps=300, logger=False, enable_progress_bar=False,
-        ...                      enable_checkpointing=False, enable_model_summary=False)
-        >>> trainer.fit(model)
-        >>> torch.allclose(model.inverse, torch.linalg.inv(m), atol=1e-5)
-        True
-    """
+    lightning_kit: ClassVar["LightningKit"]
 
     def __init__(
         self,
@@ -207,7 +176,8 @@ class LitInverse(pl.LightningModule):
     def setup(self, stage: str) -> None:
         matrix = getattr(self.trainer.datamodule, "matrix", None)
         if matrix is None:
-            self.module  # noqa: B018  (raises, naming where to give M, if there is none)
+            pass  # M is ours already, or comes from ckpt_path (at on_load_checkpoint), or
+            # configure_optimizers names where to give it
         elif self.inverse_module is None:
             self._build(matrix)
         elif not (
@@ -223,6 +193,27 @@ class LitInverse(pl.LightningModule):
             self._fit_context.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
+    def on_fit_start(self) -> None:
+        """Refuse what cannot give a right answer, before any step: a dtype the steps do not
+        run in (``precision="bf16-true"`` or ``"16-true"``, ``.half()``), and Lightning's tools
+        that assume a loss of batches (``lr_find``, ``StochasticWeightAveraging``)."""
+        dtype = self.module.inverse.dtype
+        if dtype not in STEP_DTYPES:
+            raise MatrixDtypeError(
+                f"LitInverse's X is {str(dtype).replace('torch.', '')} (a Trainer's precision "
+                f"{self.trainer.precision!r}, or .half()/.bfloat16()): its rounding stops descent "
+                "far from an inverse; the steps run in float32, float64, complex64 or "
+                "complex128: use precision '32-true', '64-true', 'bf16-mixed' or '16-mixed' "
+                "(the mixed ones step in M's dtype)"
+            )
+        for callback in self.trainer.callbacks:
+            name = type(callback).__name__
+            if name in REFUSED_CALLBACKS:
+                raise InvalidOptionError(
+                    f"LitInverse cannot run under {name}: {REFUSED_CALLBACKS[name]}"
+                )
+        self.stepper.follow_module()
+
     def teardown(self, stage: str) -> None:
         self._fit_context.close()
         if self._stepper is not None and self._stepper.step_graph is not None:
@@ -237,9 +228,12 @@ class LitInverse(pl.LightningModule):
     def configure_callbacks(self) -> List[pl.Callback]:
         """The stop at ``tol``, the loggers' writes at optimizer steps (:class:`StepLogger`) and,
         in place of Lightning's default progress bar, one counting optimizer steps."""
-        callbacks: List[pl.Callback] = [ConvergenceMonitor(), StepLogger()]
-        if type(self.trainer.progress_bar_callback) is TQDMProgressBar:
-            callbacks.append(StepProgressBar())
+        kit = self.lightning_kit
+        callbacks: List[pl.Callback] = [kit.monitor(), kit.logger()]
+        bar = self.trainer.progress_bar_callback
+        if type(bar) is kit.default_bar:  # Lightning's, or one you made: its settings stay
+            settings = dict(refresh_rate=bar.refresh_rate, process_position=bar.process_position)
+            callbacks.append(kit.bar(**settings))
         return callbacks
 
     def on_train_start(self) -> None:
@@ -250,7 +244,13 @@ class LitInverse(pl.LightningModule):
         self._policy = StoppingPolicy(
             self.stepper,
             tol=self.tol,
-            max_steps=trainer.max_steps if trainer.max_steps >= 0 else None,
+            # the steps still to take, counted from the stepper's (a module loaded from a
+            # checkpoint into a new Trainer carries its steps, global_step starts at 0)
+            max_steps=(
+                self.stepper.steps + trainer.max_steps - trainer.global_step
+                if trainer.max_steps >= 0
+                else None
+            ),
             refine=self.hparams.refine,
             window=self.hparams.steps_per_window,
         )
@@ -281,7 +281,16 @@ class LitInverse(pl.LightningModule):
         assert self._policy is not None
         steps = self._policy.window()
         optimizer = cast(LightningOptimizer, self.optimizers())
-        stepper.run(steps, step=optimizer.step)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        step = optimizer.step
+        if scaler is not None:  # 16-mixed: the scaler divides gradients by its scale
+
+            def step() -> None:
+                inverse = self.module.inverse
+                inverse.grad = scaler.scale(inverse.grad)  # times a power of 2: exact
+                optimizer.step()
+
+        stepper.run(steps, step=step)
         if stepper.replayed:
             count_optimizer_steps(optimizer, steps)
         product = stepper.measure()
@@ -304,4 +313,80 @@ class LitInverse(pl.LightningModule):
         if self.inverse_module is None:
             weights = checkpoint["state_dict"]
             self._build(weights["inverse_module.matrix"])
-        self.stepper.load_state_dict({k: v for k, v in checkpoint.items() if k != "optimizer"})
+        state = {k: v for k, v in checkpoint.items() if k != "optimizer"}
+        optimizers = checkpoint.get("optimizer_states") or []
+        if optimizers:  # the momentum too, also for load_from_checkpoint and a new fit
+            state["optimizer"] = optimizers[0]
+        self.stepper.load_state_dict(state)
+
+
+# Lightning's tools that assume a loss of batches, and what to use instead.
+REFUSED_CALLBACKS = {
+    "LearningRateFinder": "lr_find sweeps a loss of batches; use lr='auto', which chooses lr "
+    "(and momentum='auto') from M's spectrum",
+    "StochasticWeightAveraging": "averaging X over the run mixes in the first guess; the "
+    "steps converge to one X (use refine=True for the last digits)",
+}
+
+
+class LightningKit(NamedTuple):
+    """The callback classes ``LitInverse`` installs, of one Lightning package."""
+
+    monitor: type
+    logger: type
+    bar: type
+    default_bar: type  # Lightning's progress bar, which ``bar`` replaces
+
+
+class LitInverse(LitInverseMixin, pl.LightningModule):
+    r"""Trains X to the inverse of M with ``torch.optim.SGD`` and momentum, under a ``Trainer``.
+
+    The steps are :class:`HeavyBallStepper`'s (heavy ball on the closed-form gradient of
+    :math:`L(X) = \lVert E - I\rVert_F^2 / k^2`); each ``training_step`` runs a window of
+    ``steps_per_window`` of them with no host sync, so ``trainer.global_step`` and
+    ``max_steps`` count optimizer steps. After each window it logs ``loss`` (the loss averaged
+    over the batch), ``mse`` (the :class:`IdentityMSE` metric of E) and ``residual`` (the
+    largest residual in the batch), which the loggers get at the optimizer step
+    (:class:`StepLogger`). The run stops, warns and refines by :func:`invert`'s
+    :class:`StoppingPolicy`: at ``tol``, at a stall or an exhausted budget (with the same
+    :class:`ConvergenceWarning`), with a :class:`DivergenceError` where the loss diverges, and
+    with refinement steps at the end of the fit where ``refine`` is on. The progress bar
+    counts optimizer steps (:class:`StepProgressBar`).
+    :attr:`losses` holds the loss of every step, :math:`L(X_t)` before step :math:`t`'s update,
+    kept on the device and in checkpoints.
+
+    Args:
+        matrix: M, shape ``(..., n, n)`` or ``(..., m, n)``. Leave it out to take M from the
+            ``datamodule``'s ``matrix`` (:class:`MatrixDataModule`) or from a checkpoint.
+        lr: the learning rate :math:`\eta > 0`, or ``"auto"`` (:class:`HeavyBallTuner`).
+        momentum: the heavy-ball momentum :math:`0 \le \beta < 1`, or ``"auto"``.
+        formulation: ``"left"`` (:math:`XM`), ``"right"`` (:math:`MX`) or ``"symmetric"``.
+        init: ``"random"`` (the post's first guess) or ``"zeros"``.
+        seed: the seed of the random first guess.
+        steps_per_window: optimizer steps per ``training_step``, or ``"auto"``: windows that
+            grow with the run, so a stop at ``tol`` lands within ``max(4, 5%)`` steps of it.
+        loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
+        tol: stop once every matrix's residual is at most ``tol``; ``"auto"``: the dtype's
+            (1e-5 for float32, 1e-10 for float64, as :func:`invert`); ``None`` runs to
+            ``max_steps`` (as the post does), and reports judge convergence by the dtype's.
+        refine: end the fit with refinement steps (square M of full rank, no ridge), as
+            :func:`invert` does; descent then stops where they take over. Off by default, so
+            the post's runs stay step for step.
+        ridge, check_rank, shard, cuda_graph: the steps' :class:`StepOptions`.
+        tf32: let CUDA float32 matrix products run in TF32 during ``fit`` (faster, but about
+            1e-3 relative error per product). Off by default: full float32 whatever the global
+            setting, which is restored after ``fit``.
+
+    Example:
+        >>> m = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+        >>> model = LitInverse(m)
+        >>> trainer = pl.Trainer(max_steps=300, logger=False, enable_progress_bar=False,
+        ...                      enable_checkpointing=False, enable_model_summary=False)
+        >>> trainer.fit(model)
+        >>> torch.allclose(model.inverse, torch.linalg.inv(m), atol=1e-5)
+        True
+    """
+
+    lightning_kit: ClassVar[LightningKit] = LightningKit(
+        ConvergenceMonitor, StepLogger, StepProgressBar, TQDMProgressBar
+    )

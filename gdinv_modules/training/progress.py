@@ -8,16 +8,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 __all__ = ["StepProgressBar"]
 
 
-class StepProgressBar(TQDMProgressBar):
-    """One bar for the whole run: ``steps 4500/10000``, with the logged ``loss`` and
-    ``residual``. Lightning's bar restarts every epoch and counts ``training_step`` calls
-    (windows of steps); an inversion's epoch is only a grouping of windows. ``LitInverse``
-    puts it in place of Lightning's default bar (any other bar a user chose stays).
-
-    Example:
-        >>> StepProgressBar().train_description
-        'steps'
-    """
+class StepProgressBarMixin:
+    """The hooks and methods of :class:`StepProgressBar`, for either Lightning package."""
 
     @property
     def train_description(self) -> str:
@@ -55,3 +47,15 @@ class StepProgressBar(TQDMProgressBar):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self.train_progress_bar.close()  # so that the error starts a line of its own
+
+
+class StepProgressBar(StepProgressBarMixin, TQDMProgressBar):
+    """One bar for the whole run: ``steps 4500/10000``, with the logged ``loss`` and
+    ``residual``. Lightning's bar restarts every epoch and counts ``training_step`` calls
+    (windows of steps); an inversion's epoch is only a grouping of windows. ``LitInverse``
+    puts it in place of Lightning's default bar (any other bar a user chose stays).
+
+    Example:
+        >>> StepProgressBar().train_description
+        'steps'
+    """

@@ -26,21 +26,8 @@ __all__ = ["RunOutputs", "OUTPUT_FILES"]
 OUTPUT_FILES = ("inverse.pt", "inverse.npy", "losses.csv", "loss_curve.png", "summary.json")
 
 
-class RunOutputs(pl.Callback):
-    """Write a finished run's results into the Trainer's log directory and print a summary.
-
-    Files: ``inverse.pt`` and ``inverse.npy`` (the trained X), ``losses.csv`` (the loss of
-    every optimizer step, or of every ``loss_every``-th), ``loss_curve.png``
-    (:func:`~gdinv_modules.io.plotting.plot_run`) and ``summary.json``. They are written
-    atomically. A directory holding an earlier run's outputs is refused at setup, before any
-    training, and a run that fails (an error, not a kill or Ctrl-C, which keep the checkpoints
-    to resume from) takes away every file and directory it made.
-
-    Args:
-        plot: draw ``loss_curve.png``.
-        output_dir: where to write; default the Trainer's ``log_dir``. ``train.py`` points its
-            logger, checkpoints and ``config.yaml`` there too.
-    """
+class RunOutputsMixin:
+    """The hooks and methods of :class:`RunOutputs`, for either Lightning package."""
 
     def __init__(self, *, plot: bool = True, output_dir: Optional[str] = None) -> None:
         self.plot = plot
@@ -183,3 +170,20 @@ def format_summary(summary: Dict[str, Any], directory: Path) -> str:
             f"  outputs in             {directory}",
         ]
     )
+
+
+class RunOutputs(RunOutputsMixin, pl.Callback):
+    """Write a finished run's results into the Trainer's log directory and print a summary.
+
+    Files: ``inverse.pt`` and ``inverse.npy`` (the trained X), ``losses.csv`` (the loss of
+    every optimizer step, or of every ``loss_every``-th), ``loss_curve.png``
+    (:func:`~gdinv_modules.io.plotting.plot_run`) and ``summary.json``. They are written
+    atomically. A directory holding an earlier run's outputs is refused at setup, before any
+    training, and a run that fails (an error, not a kill or Ctrl-C, which keep the checkpoints
+    to resume from) takes away every file and directory it made.
+
+    Args:
+        plot: draw ``loss_curve.png``.
+        output_dir: where to write; default the Trainer's ``log_dir``. ``train.py`` points its
+            logger, checkpoints and ``config.yaml`` there too.
+    """

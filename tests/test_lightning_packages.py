@@ -1,0 +1,199 @@
+"""Lightning as its users run it, under both packages: pytorch_lightning with gdinv_modules'
+classes, and the unified lightning with gdinv_modules.lightning's. Precision flags, checkpoints,
+several trackers, step-counted callbacks and Lightning's tools that do not apply."""
+
+import logging
+import warnings
+from types import SimpleNamespace
+
+import lightning
+import pytest
+import pytorch_lightning
+import torch
+from torch import nn
+
+import gdinv_modules
+import gdinv_modules.lightning
+from gdinv_modules import random_matrix, spd_matrix
+from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
+
+F64 = torch.float64
+PACKAGES = {
+    "pytorch_lightning": SimpleNamespace(
+        pl=pytorch_lightning,
+        ours=gdinv_modules,
+        callbacks=pytorch_lightning.callbacks,
+        loggers=pytorch_lightning.loggers,
+        plugins=pytorch_lightning.plugins,
+    ),
+    "lightning": SimpleNamespace(
+        pl=lightning.pytorch,
+        ours=gdinv_modules.lightning,
+        callbacks=lightning.pytorch.callbacks,
+        loggers=lightning.pytorch.loggers,
+        plugins=lightning.pytorch.plugins,
+    ),
+}
+
+
+@pytest.fixture(params=list(PACKAGES), autouse=False)
+def kit(request):
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(LeafSpec|litlogger|log_every_n_steps).*")
+        yield PACKAGES[request.param]
+
+
+def trainer(kit, **options):
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    return kit.pl.Trainer(**{**defaults, **options})
+
+
+def test_the_posts_run_with_a_logger_and_early_stopping(kit, tmp_path):
+    model = kit.ours.LitInverse(random_matrix(4))
+    logger = kit.loggers.CSVLogger(tmp_path)
+    early = kit.callbacks.EarlyStopping("loss", patience=1000)
+    trainer(kit, max_steps=1000, logger=logger, callbacks=[early]).fit(model)
+    assert int((model.losses < 1e-12).nonzero()[0]) == 785
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_true_precisions_are_refused_naming_what_works(kit, precision):
+    with pytest.raises(MatrixDtypeError, match="'32-true', '64-true', 'bf16-mixed'"):
+        trainer(kit, max_steps=10, precision=precision).fit(kit.ours.LitInverse(random_matrix(4)))
+    with pytest.raises(MatrixDtypeError, match="bfloat16"):
+        trainer(kit, max_steps=10).fit(kit.ours.LitInverse(random_matrix(4)).bfloat16())
+
+
+def test_mixed_precisions_step_in_ms_dtype_and_give_the_32_true_result(kit):
+    runs = {}
+    scaler = kit.plugins.MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    for name, options in {
+        "32-true": {},
+        "bf16-mixed": dict(precision="bf16-mixed"),
+        "16-mixed, a GradScaler": dict(plugins=[scaler]),
+    }.items():
+        model = kit.ours.LitInverse(random_matrix(4))
+        trainer(kit, max_steps=300, **options).fit(model)
+        runs[name] = model
+    for model in runs.values():
+        assert torch.equal(model.inverse, runs["32-true"].inverse)
+        assert torch.equal(model.losses, runs["32-true"].losses)
+
+
+def test_a_float32_fit_continues_in_float64(kit):
+    model = kit.ours.LitInverse(random_matrix(4))
+    trainer(kit, max_steps=200).fit(model)
+    model.double()
+    trainer(kit, max_steps=400).fit(model)
+    assert model.inverse.dtype == F64 and model.report().steps == 600  # 400 of the new Trainer
+    again = kit.ours.LitInverse(random_matrix(4))
+    trainer(kit, max_steps=200).fit(again)
+    trainer(kit, max_steps=400, precision="64-true").fit(again)  # the same, by the Trainer
+    assert torch.equal(again.inverse, model.inverse)
+
+
+def test_checkpoints_give_m_and_the_momentum(kit, tmp_path):
+    whole = kit.ours.LitInverse(random_matrix(4))
+    trainer(kit, max_steps=600).fit(whole)
+    first = trainer(kit, max_steps=300)
+    first.fit(kit.ours.LitInverse(random_matrix(4)))
+    path = tmp_path / "half.ckpt"
+    first.save_checkpoint(path)
+    resumed = kit.ours.LitInverse()  # M from ckpt_path alone
+    trainer(kit, max_steps=600).fit(resumed, ckpt_path=path)
+    loaded = kit.ours.LitInverse.load_from_checkpoint(path)  # momentum and history included
+    trainer(kit, max_steps=300).fit(loaded)
+    for model in (resumed, loaded):
+        assert torch.equal(model.inverse, whole.inverse)
+        assert torch.equal(model.losses, whole.losses)
+
+
+def lightning_module(kit):
+    class Whitened(kit.pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1, dtype=F64)
+            self.register_buffer("a", torch.eye(4, dtype=F64))
+            self.register_buffer("b", 2 * torch.eye(4, dtype=F64))
+            self.batches = 0
+
+        def training_step(self, batch, batch_idx):
+            self.batches += 1
+            with torch.no_grad():
+                self.a.mul_(0.9).add_(0.1 * batch.T @ batch / len(batch))
+                self.b.mul_(0.8).add_(0.2 * batch.T @ batch / len(batch))
+            return self.layer(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            data = torch.randn(64, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+            return torch.utils.data.DataLoader(data, batch_size=8)
+
+    return Whitened()
+
+
+def test_several_trackers_share_a_trainer_and_are_current_when_training_ends(kit, tmp_path):
+    a = kit.ours.TrackInverse("a", every_n_steps=3)
+    b = kit.ours.TrackInverse("b")
+    module = lightning_module(kit)
+    checkpoint = kit.callbacks.ModelCheckpoint(dirpath=tmp_path)
+    run = trainer(kit, max_steps=8, callbacks=[a, b, checkpoint], enable_checkpointing=True)
+    run.fit(module)
+    for tracked, matrix in ((a, module.a), (b, module.b)):
+        torch.testing.assert_close(tracked.inverse, torch.linalg.inv(matrix), atol=1e-9, rtol=0)
+    saved = torch.load(checkpoint.best_model_path, weights_only=False)["callbacks"]
+    assert {key for key in saved if key.startswith("TrackInverse")} == {
+        "TrackInverse{'attribute': 'a'}",
+        "TrackInverse{'attribute': 'b'}",
+    }
+
+
+def test_every_n_steps_counts_optimizer_steps_under_gradient_accumulation(kit):
+    tracked = kit.ours.TrackInverse("a", every_n_steps=2)
+    updates = []
+    original = tracked.track
+
+    def counting(trainer_, module, log=True):
+        updates.append(trainer_.global_step)
+        original(trainer_, module, log)
+
+    tracked.track = counting
+    module = lightning_module(kit)
+    trainer(kit, max_steps=4, accumulate_grad_batches=2, callbacks=[tracked]).fit(module)
+    assert module.batches == 8 and updates == [0, 2, 4]
+
+
+def test_logged_metrics_hold_the_last_values(kit):
+    model = kit.ours.LitInverse(spd_matrix(4, condition=10.0), lr="auto", momentum="auto")
+    run = trainer(kit, max_steps=300)
+    run.fit(model)
+    assert set(run.logged_metrics) >= {"loss", "mse", "residual"}
+    last = model.losses[-1].item()  # the loss before the last step: the logged one is after it
+    assert run.logged_metrics["loss"].item() == run.callback_metrics["loss"].item() < last
+
+
+def test_lr_find_and_weight_averaging_are_refused_pointing_to_what_works(kit):
+    swa = kit.callbacks.StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=1)
+    with pytest.raises(InvalidOptionError, match="StochasticWeightAveraging"):
+        trainer(kit, max_steps=10, callbacks=[swa]).fit(kit.ours.LitInverse(random_matrix(4)))
+    finder = kit.callbacks.LearningRateFinder()
+    with pytest.raises(InvalidOptionError, match="lr='auto'"):
+        trainer(kit, max_steps=10, callbacks=[finder]).fit(kit.ours.LitInverse(random_matrix(4)))
+
+
+def test_a_users_bar_keeps_its_settings_and_counts_steps(kit):
+    bar = kit.callbacks.TQDMProgressBar(refresh_rate=0)
+    run = trainer(kit, max_steps=100, callbacks=[bar], enable_progress_bar=True)
+    run.fit(kit.ours.LitInverse(random_matrix(4)))
+    chosen = run.progress_bar_callback
+    assert chosen.train_description == "steps" and chosen.refresh_rate == 0
