@@ -2,7 +2,6 @@
 of any LightningModule. (``LitInverse`` installs its own, in :mod:`lit_callbacks`.)"""
 
 import functools
-import warnings
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
@@ -31,15 +30,6 @@ class ResumableCheckpointMixin:
         super().__init__(
             dirpath=dirpath, save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs
         )
-
-    def on_train_batch_end(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any, **kwargs: Any
-    ) -> None:
-        # Lightning warns that under manual optimization the checkpoint holds the state after
-        # the optimizer steps: with LitInverse that is exactly the state of global_step.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
 class TrackInverseMixin:

@@ -188,10 +188,13 @@ class LitInverseMixin:
             )
         if stage == "fit":  # last, so that an error above leaves the global setting alone
             self._fit_context.enter_context(cuda_matmul_precision(tf32=self.hparams.tf32))
-            # Lightning warns when an epoch has fewer training_steps than log_every_n_steps;
-            # StepLogger counts that interval in optimizer steps, so the warning does not apply.
+            # Lightning warns when an epoch has fewer training_steps than log_every_n_steps
+            # (StepLogger counts that interval in optimizer steps), and that a checkpoint under
+            # manual optimization holds the state after the steps (for LitInverse exactly the
+            # state of global_step): neither applies.
             self._fit_context.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 
     def on_fit_start(self) -> None:
         """Refuse what cannot give a right answer, before any step: a dtype the steps do not
