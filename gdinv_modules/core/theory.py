@@ -82,8 +82,10 @@ def power_sigma_max(
     rtol: float = 1e-6,
     seed: int = 0,
 ) -> Tensor:  # shape: (..., m, n) -> (...)
-    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm` on :math:`\mathcal{A}^*\mathcal{A}`
-    (two matrix products an iteration for ``left``/``right``), in the wide dtype.
+    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm`, in the wide dtype: on
+    :math:`M^H M` with a vector where the operator has M's spectrum (``left``, ``right``: two
+    matrix-vector products an iteration), else on :math:`\mathcal{A}^*\mathcal{A}` (four
+    matrix products an iteration).
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
@@ -93,13 +95,12 @@ def power_sigma_max(
     form = as_formulation(formulation)
     work = matrix.to(wide_dtype(matrix.dtype))
     generator = torch.Generator().manual_seed(seed)
-    start = torch.rand(inverse_shape(work.shape), generator=generator, dtype=torch.float64)
-    estimate = power_norm(
-        lambda v: form.normal_operator(v, work),
-        start.to(work) + 0.5,
-        iterations=iterations,
-        rtol=rtol,
-    )
+    if form.spectrum_is_ms:
+        shape, operator = (*work.shape[:-2], work.shape[-1], 1), lambda v: work.mH @ (work @ v)
+    else:
+        shape, operator = inverse_shape(work.shape), lambda v: form.normal_operator(v, work)
+    start = torch.rand(shape, generator=generator, dtype=torch.float64)
+    estimate = power_norm(operator, start.to(work) + 0.5, iterations=iterations, rtol=rtol)
     return estimate.to(matrix.real.dtype)
 
 

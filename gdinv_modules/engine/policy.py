@@ -355,7 +355,10 @@ class StoppingPolicy:
                 f"convert M to {wide_name} (descent's floor in {name} is near "
                 f"{descent_floor:.1e} for this M)"
             )
-        remedies.append("regularise with ridge > 0 (Tikhonov), which bounds the condition number")
+        if stop.reason == "budget" or not remedies:
+            remedies.append(
+                "regularise with ridge > 0 (Tikhonov), which bounds the condition number"
+            )
         return f"{cause}{about}; " + ", or ".join(remedies)
 
     def _measured_refinement(self, tol: float) -> List[str]:

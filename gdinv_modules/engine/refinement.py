@@ -41,6 +41,7 @@ __all__ = [
 MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + log2(n) + 5: kappa up to 1e14
 SAFE_RESIDUAL = 1.0  # ||I - X M||_F below this: the steps converge from X itself
 WARM_RESIDUAL = 0.5  # a restarted matrix is judged by the keep-best rule below this
+QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at the floor
 
 
 @dataclass
@@ -127,7 +128,9 @@ def refine(
 
     Each matrix keeps its best X: a step that does not lower a matrix's residual is not
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
-    raise it), and the steps end once no matrix moves (one host sync per step).
+    raise it), and a matrix whose last step fell far short of squaring its correction has met
+    the rounding floor and takes no more; the steps end once no matrix moves (one host sync
+    per step).
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -153,15 +156,19 @@ def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
         current = correction(inverse, matrix)
         norm = torch.linalg.matrix_norm(current)
     steps = 0
+    floor = torch.zeros_like(restarted)  # per matrix: a step fell short of squaring
     while steps < max_steps:
         candidate, candidate_correction = refinement_step(inverse, matrix, current)
         candidate_norm = torch.linalg.matrix_norm(candidate_correction)
         warming = restarted & (norm >= WARM_RESIDUAL)
         better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
+        better &= ~floor
         if not bool(better.any()):
             break
         steps += 1
         inverse = torch.where(better[..., None, None], candidate, inverse)
         current = torch.where(better[..., None, None], candidate_correction, current)
+        # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
+        floor |= better & ~warming & (candidate_norm > QUADRATIC_SLACK * norm.square())
         norm = torch.where(better, candidate_norm, norm)
     return Refinement(inverse, norm / n**0.5, steps, restarted)
