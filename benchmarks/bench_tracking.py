@@ -102,6 +102,49 @@ def bench(name: str, n: int, batch: Tuple[int, ...], dtype, eps: float, updates:
     return row
 
 
+def bench_jump(repeats: int) -> Dict:
+    """One matrix of a batch of 16 x 64x64 (float64, kappa 50) jumps to a new matrix while the
+    others drift by 1e-4: the update, against a cold invert() of that matrix plus a drift-only
+    update of the batch. A and B alternate; the ratio's median and spread over the repeats."""
+    start = conditioned_matrix(64, condition=50.0, batch_shape=(16,), dtype=torch.float64)
+    (drifted,) = stream(start, 1e-4, 1, seed=2)
+    jumped = drifted.clone()
+    jumped[5] = conditioned_matrix(64, condition=50.0, seed=99, dtype=torch.float64)
+    base = InverseTracker(start)
+
+    def fresh() -> InverseTracker:
+        return InverseTracker(start, inverse=base.inverse)
+
+    ratios, ours, theirs = [], [], []
+    for _ in range(repeats):
+        tracker = fresh()
+        began = time.perf_counter()
+        update = tracker.update(jumped)
+        ours.append(time.perf_counter() - began)
+        tracker = fresh()
+        began = time.perf_counter()
+        invert(jumped[5])
+        tracker.update(drifted)
+        theirs.append(time.perf_counter() - began)
+        ratios.append(ours[-1] / theirs[-1])
+    ratios.sort()
+    row = {
+        "update_ms": 1e3 * sorted(ours)[len(ours) // 2],
+        "cold_plus_drift_ms": 1e3 * sorted(theirs)[len(theirs) // 2],
+        "ratio_median": ratios[len(ratios) // 2],
+        "ratio_spread": (ratios[0], ratios[-1]),
+        "worst_residual": update.residual.max().item(),
+        "jumped": update.jumped,
+    }
+    print(
+        f"jump in 1 of 16 x 64x64: update {row['update_ms']:.1f} ms, cold invert + drift "
+        f"update {row['cold_plus_drift_ms']:.1f} ms, ratio {row['ratio_median']:.2f} "
+        f"({ratios[0]:.2f} to {ratios[-1]:.2f}), worst residual {row['worst_residual']:.1e}",
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=1000)
@@ -109,7 +152,11 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     parser.add_argument("--dtype", choices=["float64", "float32"], nargs="+")
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument("--jump", type=int, default=0, help="repeats of the one-jump case only")
     args = parser.parse_args()
+    if args.jump:
+        bench_jump(args.jump)
+        return
     dtypes = [getattr(torch, name) for name in (args.dtype or ["float64", "float32"])]
     device = torch.device(args.device)
     rows: List[Dict] = []

@@ -203,3 +203,10 @@ def test_train_py_on_ones_own_ill_conditioned_float32_file(tmp_path):
     assert "converged (tol 1e-05)  1 of 1" in done.stdout
     steps = int(re.search(r"descent, refinement\s+(\d+) steps", done.stdout).group(1))
     assert steps <= 2 * invert(matrix).report.steps
+
+
+def test_a_batch_whose_descent_is_skipped_still_reports_per_matrix():
+    batch = torch.stack([kahan(30), kahan(30, theta=1.1)])  # both past descent's budget
+    result = invert(batch)
+    assert result.report.descent_stop == "skipped" and result.losses.shape == (0, 2)
+    assert result.converged.all() and result.steps_to_tol.shape == (2,)

@@ -1,6 +1,6 @@
 """``LossHistory``: the loss of every step (or every ``every``-th), kept on the device."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,8 +26,9 @@ class LossHistory:
         ([4.0, 2.0, 0.5], [0, 2, 4])
     """
 
-    def __init__(self, every: int = 1) -> None:
+    def __init__(self, every: int = 1, batch_shape: Sequence[int] = ()) -> None:
         self.every = every
+        self.batch_shape = tuple(batch_shape)
         self._chunks: List[Tensor] = []
         self.first: Optional[Tensor] = None  # shape: (...), L(X_0) per matrix
 
@@ -45,7 +46,7 @@ class LossHistory:
     def losses(self) -> Tensor:  # shape: (kept, ...)
         """The kept losses so far, on the device of the latest window."""
         if not self._chunks:
-            return torch.empty(0)
+            return torch.empty((0, *self.batch_shape))
         device = self._chunks[-1].device
         return torch.cat([chunk.to(device) for chunk in self._chunks])
 

@@ -98,7 +98,7 @@ class HeavyBallStepper:
             momentum=0.0 if momentum == "auto" else momentum,
             fused=True if inverse.is_contiguous() and not inverse.is_complex() else None,
         )
-        self.history = LossHistory(options.loss_every)
+        self.history = LossHistory(options.loss_every, module.batch_shape)
         self.steps = 0
         self.tuner: Optional[HeavyBallTuner] = None
         self._tuner_state: Optional[Dict[str, Any]] = None  # restored, for the next start

@@ -221,30 +221,51 @@ class InverseTracker(nn.Module):
         return update
 
     def _update(self, matrix: Tensor) -> TrackedUpdate:
+        """Counted refinement steps for the matrices within reach, the stopping policy for the
+        ones that jumped: a jump costs those matrices, not the batch."""
+        n = matrix.shape[-1]
         inverse = self.inverse
         current = correction(inverse, matrix)
-        norm = torch.linalg.matrix_norm(current)
-        n = matrix.shape[-1]
+        norm = torch.linalg.matrix_norm(current).real
         spectral = spectral_norm_estimate(current)
-        # the host sync that sizes the update
-        worst, worst_spectral = torch.stack([norm.max(), spectral.max()]).real.tolist()
-        update = None
-        if worst_spectral < SPECTRAL_MARGIN:
-            target = self.tol * math.sqrt(n)
+        near = spectral < SPECTRAL_MARGIN
+        # the host sync that sizes the update: the worst norms within reach, and which are
+        zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
+        worst, worst_spectral = torch.stack(
+            [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
+        ).tolist()
+        target = self.tol * math.sqrt(n)
+        steps = 0
+        if bool(near.any()):
             steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
             refined, current = refine_counted(inverse, matrix, steps)  # no host sync
-            final = torch.linalg.matrix_norm(current)
-            final_worst = final.max().item()
-            if final_worst <= target:  # else short of tol: the policy decides, and warns
-                update = TrackedUpdate(refined, (final / math.sqrt(n)).real.double().cpu(), steps)
-        if update is None:  # a jump: heavy ball first, warm, then refinement
-            update = self._jump(matrix, inverse)
-        return update
+            inverse = torch.where(near[..., None, None], refined, inverse)
+        final = torch.linalg.matrix_norm(correction(inverse, matrix)).real
+        jumped = (~near) | (final > target)  # else short of tol: the policy decides, and warns
+        residual = (final / math.sqrt(n)).double().cpu()
+        if not bool(jumped.any()):
+            return TrackedUpdate(inverse, residual, steps)
+        index = jumped.reshape(-1).nonzero().squeeze(-1)
+        flat = inverse.reshape(-1, n, n).clone()
+        part = self._jump(matrix.reshape(-1, n, n)[index], flat[index])
+        flat[index] = part.inverse
+        residual = residual.reshape(-1).clone()
+        residual[index.cpu()] = part.residual.reshape(-1)
+        return TrackedUpdate(
+            flat.reshape(inverse.shape),
+            residual.reshape(norm.shape),
+            steps + part.refine_steps,
+            part.steps,
+            True,
+        )
 
     def _jump(self, matrix: Tensor, inverse: Tensor) -> TrackedUpdate:
-        """Warm heavy ball, then refinement, under :func:`invert`'s policy and warning."""
+        """Warm heavy ball, then refinement, under :func:`invert`'s policy and warning; from
+        zeros where the warm X is no closer than zeros (never slower than a cold solve)."""
         module = InverseModule(matrix.clone(), init="zeros")
-        module.inverse.copy_(inverse)
+        n = matrix.shape[-1]
+        warm = torch.linalg.matrix_norm(correction(inverse, matrix)).real < math.sqrt(n)
+        module.inverse.copy_(torch.where(warm[..., None, None], inverse, 0))
         stepper = HeavyBallStepper(module, StepOptions(lr="auto", momentum="auto"))
         policy = StoppingPolicy(stepper, tol=self.tol, max_steps=self.max_steps, refine=True)
         with warnings.catch_warnings():
@@ -253,8 +274,7 @@ class InverseTracker(nn.Module):
         if stepper.target is not None:  # the rank check found M singular
             raise SingularMatrixError(
                 f"InverseTracker follows inverses, and the new M is singular (rank "
-                f"{stepper.matrix_rank.min().item()} of {matrix.shape[-1]}); the tracker keeps "
-                "the last inverse"
+                f"{stepper.matrix_rank.min().item()} of {n}); the tracker keeps the last inverse"
             )
         outcome = converge(policy)
         if outcome.message:
