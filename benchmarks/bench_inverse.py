@@ -205,7 +205,7 @@ def precision_panel(n: int, kappas: List[float], device: str) -> List[Dict]:
             row["descent_steps_run"] = descent.report.steps
             bare = bare_step_seconds(matrix)
             seconds, result = timed(invert, matrix, repeats=2)
-            steps = result.report.steps + result.refine_steps
+            steps = result.report.steps + result.report.refine_steps
             row.update(
                 steps=result.report.steps,
                 refine_steps=result.report.refine_steps,

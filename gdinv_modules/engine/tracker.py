@@ -245,6 +245,8 @@ class InverseTracker(nn.Module):
         residual = (final / math.sqrt(n)).double().cpu()
         if not bool(jumped.any()):
             return TrackedUpdate(inverse, residual, steps)
+        if bool(jumped.all()):  # the whole batch (or the one matrix): in its own shape
+            return self._jump(matrix, inverse)
         index = jumped.reshape(-1).nonzero().squeeze(-1)
         flat = inverse.reshape(-1, n, n).clone()
         part = self._jump(matrix.reshape(-1, n, n)[index], flat[index])
