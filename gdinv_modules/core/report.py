@@ -134,10 +134,13 @@ class ConvergenceReport:
         singular_values: Optional[Tensor] = None,  # shape: (..., min(m, n)), M's, if known
         loss_every: int = 1,
         steps: Optional[int] = None,
+        theory: bool = True,
     ) -> "ConvergenceReport":
         """The report of a run from its loss history: ``losses[i]`` is the loss before step
         ``i * loss_every`` (so ``steps_to_tol`` is the first *recorded* step at or below tol);
-        ``steps``, the optimizer steps taken, defaults to ``len(losses) * loss_every``."""
+        ``steps``, the optimizer steps taken, defaults to ``len(losses) * loss_every``;
+        ``theory=False`` leaves the predicted rates out where ``singular_values`` are not given
+        (no SVD of M here)."""
         form = as_formulation(formulation)
         k = form.order(matrix.shape)
         batch = matrix.shape[:-2]
@@ -157,7 +160,8 @@ class ConvergenceReport:
         sigma_max = sigma_min = predicted = polyak = rate = nan
         if not ridge:
             rate = measured_rate(residuals, tol, loss_every).reshape(-1)
-        if form.spectrum_is_ms or k <= OPERATOR_SVD_MAX_N:
+        known = singular_values is not None and form.spectrum_is_ms
+        if (theory or known) and (form.spectrum_is_ms or k <= OPERATOR_SVD_MAX_N):
             if singular_values is None or not form.spectrum_is_ms:
                 singular_values = form.operator_singular_values(matrix)
             singular = singular_values.double().reshape(count, -1).cpu()

@@ -383,7 +383,9 @@ class HeavyBallStepper:
         )
 
     def report(self, tol: float) -> ConvergenceReport:
-        """The convergence report of the steps so far (host syncs: call it at the end)."""
+        """The convergence report of the steps so far (host syncs: call it at the end). The
+        theory's rates need M's spectrum: from the rank check's SVD, or none with
+        ``check_rank=False`` (no SVD of its own)."""
         lr, momentum = self.effective_parameters()
         return ConvergenceReport.from_run(
             self.history.losses,
@@ -398,6 +400,7 @@ class HeavyBallStepper:
             singular_values=self.singular_values,
             loss_every=self.history.every,
             steps=self.steps,
+            theory=self.options.check_rank,
         )
 
     def state_dict(self) -> Dict[str, Any]:
