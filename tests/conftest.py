@@ -34,17 +34,19 @@ def m2() -> torch.Tensor:
     return diagonal_matrix([1.0, 2.0, 3.0, 4.0])
 
 
-def quiet_trainer(**options) -> pl.Trainer:
-    """A Trainer that writes nothing and prints little, unless options say otherwise."""
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    defaults.update(options)
-    return pl.Trainer(**defaults)
+QUIET = dict(
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    accelerator="cpu",
+)
+
+
+def quiet_trainer(package=pl, **options) -> pl.Trainer:
+    """A Trainer (of ``package``: pytorch_lightning, or lightning.pytorch) that writes nothing
+    and prints little, unless options say otherwise."""
+    return package.Trainer(**{**QUIET, **options})
 
 
 def first_below(losses: torch.Tensor, threshold: float) -> int:

@@ -10,6 +10,7 @@ import lightning
 import pytest
 import pytorch_lightning
 import torch
+from conftest import quiet_trainer
 from torch import nn
 
 import gdinv_modules
@@ -45,14 +46,7 @@ def kit(request):
 
 
 def trainer(kit, **options):
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    return kit.pl.Trainer(**{**defaults, **options})
+    return quiet_trainer(kit.pl, **options)
 
 
 def test_the_posts_run_with_a_logger_and_early_stopping(kit, tmp_path):
