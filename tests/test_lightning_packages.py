@@ -191,3 +191,13 @@ def test_a_users_bar_keeps_its_settings_and_counts_steps(kit):
     run.fit(kit.ours.LitInverse(random_matrix(4)))
     chosen = run.progress_bar_callback
     assert chosen.train_description == "steps" and chosen.refresh_rate == 0
+
+
+@pytest.mark.parametrize(
+    "flag, instead",
+    [("accumulate_grad_batches", "steps_per_window"), ("gradient_clip_val", "lr='auto'")],
+)
+def test_lightnings_refusal_of_automatic_flags_is_followed_by_what_to_use(kit, flag, instead):
+    with pytest.warns(UserWarning, match=f"instead of {flag}.*{instead}"):
+        with pytest.raises(Exception, match="not supported for manual optimization"):
+            trainer(kit, max_steps=10, **{flag: 2}).fit(kit.ours.LitInverse(random_matrix(4)))

@@ -6,6 +6,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from gdinv_modules.core.errors import warn_user
+
 __all__ = ["ConvergenceMonitor", "StepLogger"]
 
 
@@ -24,6 +26,21 @@ class ConvergenceMonitorMixin:
         # Lightning skips the module's teardown when fit fails: without it the fit's settings
         # (TF32, its warning filter) would outlive the failed fit.
         pl_module.teardown("fit")
+        for flag, instead in AUTOMATIC_ONLY.items():
+            if f"Trainer({flag}=" in str(exception):  # Lightning's refusal says what it was
+                warn_user(
+                    f"LitInverse takes its own steps: instead of {flag}, {instead}", UserWarning
+                )
+
+
+# Trainer flags of automatic optimization, which Lightning refuses for LitInverse, and what does
+# their job here.
+AUTOMATIC_ONLY = {
+    "accumulate_grad_batches": "set LitInverse(steps_per_window=...), the optimizer steps of "
+    "one training_step (the gradient is exact: there is nothing to accumulate)",
+    "gradient_clip_val": "keep the steps stable with lr='auto' (below the stable bound for "
+    "this M), a smaller lr, or ridge > 0",
+}
 
 
 class StepLoggerMixin:
