@@ -69,3 +69,34 @@ def test_the_ddp_config_runs_and_matches_one_process(tmp_path):
     one = train("--trainer.devices", "1", "--trainer.strategy", "auto")
     assert torch.equal(torch.load(two / "inverse.pt"), torch.load(one / "inverse.pt"))
     assert (two / "losses.csv").read_bytes() == (one / "losses.csv").read_bytes()
+
+
+SPAWN_SCRIPT = """
+import warnings
+import pytorch_lightning as pl
+import torch
+from gdinv_modules import LitInverse, random_matrix
+
+warnings.filterwarnings("ignore")
+if __name__ == "__main__":
+    options = dict(lr="auto", momentum="auto", tol="auto", steps_per_window=50)
+    spawned = LitInverse(random_matrix(4, batch_shape=(2,)), **options)
+    quiet = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                 enable_model_summary=False, accelerator="cpu")
+    pl.Trainer(max_steps=400, devices=2, strategy="ddp_spawn", **quiet).fit(spawned)
+    alone = LitInverse(random_matrix(4, batch_shape=(2,)), **options)
+    pl.Trainer(max_steps=400, devices=1, **quiet).fit(alone)
+    assert spawned.stepper.steps == alone.stepper.steps > 0
+    assert torch.equal(spawned.losses, alone.losses), (spawned.losses.shape, alone.losses.shape)
+    assert spawned.report().converged == alone.report().converged == [True, True]
+    print("ok")
+"""
+
+
+def test_after_ddp_spawn_the_history_and_the_report_are_in_the_main_process(tmp_path):
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -251,7 +251,10 @@ def test_loss_every_keeps_every_kth_loss_across_windows_and_a_resume(m1, tmp_pat
     first = LitInverse(m, **options)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=333)
     quiet_trainer(max_steps=333, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
-    assert len(torch.load(checkpoint.last_model_path)["loss_history"]) == 34  # steps 0..330
+    assert (
+        len(torch.load(checkpoint.last_model_path)["state_dict"]["_extra_state"]["loss_history"])
+        == 34
+    )  # steps 0..330
     resumed = LitInverse(m, **options)
     quiet_trainer(max_steps=600).fit(resumed, ckpt_path=checkpoint.last_model_path)
     assert torch.equal(resumed.losses, whole.losses[::10])

@@ -307,20 +307,26 @@ class LitInverseMixin:
             tuned = {"lr": group["lr"], "momentum": group["momentum"]}
             self.log_dict(tuned, on_step=True, on_epoch=False, logger=False)
 
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        state = self.stepper.state_dict()
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The run besides X and M (the steps, the loss history, the tuner's estimates): in
+        ``state_dict``, so checkpoints hold it and ``ddp_spawn`` brings it back to the main
+        process with the weights."""
+        if self._stepper is None:
+            return {}
+        state = self._stepper.state_dict()
         del state["optimizer"]  # Lightning saves it under optimizer_states
-        checkpoint.update(state)
+        return state
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if state and self._stepper is not None:
+            self._stepper.load_state_dict(state)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        if self.inverse_module is None:
-            weights = checkpoint["state_dict"]
-            self._build(weights["inverse_module.matrix"])
-        state = {k: v for k, v in checkpoint.items() if k != "optimizer"}
+        if self.inverse_module is None:  # M from the checkpoint alone
+            self._build(checkpoint["state_dict"]["inverse_module.matrix"])
         optimizers = checkpoint.get("optimizer_states") or []
         if optimizers:  # the momentum too, also for load_from_checkpoint and a new fit
-            state["optimizer"] = optimizers[0]
-        self.stepper.load_state_dict(state)
+            self.stepper.load_state_dict({"optimizer": optimizers[0]})
 
 
 # Lightning's tools that assume a loss of batches, and what to use instead.
