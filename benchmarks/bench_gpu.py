@@ -279,7 +279,7 @@ def main() -> None:
         result = invert(matrix, tol=1e-5, cuda_graph=graphed)
         synchronize(device)
         to_tol[f"{name}_s"] = time.perf_counter() - start  # the whole call
-        to_tol[f"{name}_steps"] = result.report.steps + result.refine_steps
+        to_tol[f"{name}_steps"] = result.report.steps + result.report.refine_steps
         to_tol[f"{name}_over_inv"] = to_tol[f"{name}_s"] / inv_seconds
     # The steps alone, at the per-step cost measured above for this size:
     same = [row for row in rows if row["shape"] == [n, n] and row["dtype"] == "float32"]
