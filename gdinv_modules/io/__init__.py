@@ -1,1 +1,2 @@
-"""Files and pictures: matrix files, ``losses.csv``, loss plots, atomic writes."""
+"""Files and pictures: matrix files and the matrices of a kind, ``losses.csv``, loss plots,
+atomic writes."""

@@ -1,2 +1,3 @@
-"""The Lightning glue: ``LitInverse``, its callbacks, ``MatrixDataModule``, ``RunOutputs`` and
-``invert()``."""
+"""The Lightning glue: ``LitInverse`` and the callbacks it installs for itself, the callbacks
+for your own Trainer (``TrackInverse``, ``ResumableCheckpoint``), ``MatrixDataModule``,
+``RunOutputs``; ``unified`` makes the same classes for the ``lightning`` package."""
