@@ -96,7 +96,7 @@ def _internal_roots() -> tuple:
         path = getattr(module, "__file__", None)
         if path:
             roots.append(os.path.dirname(os.path.abspath(path)) + os.sep)
-    roots.append(os.path.dirname(os.path.abspath(contextmanager.__code__.co_filename)) + os.sep)
+    roots.append(os.path.abspath(contextmanager.__code__.co_filename))  # contextlib.py itself
     return tuple(roots)
 
 
