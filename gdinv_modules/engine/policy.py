@@ -129,11 +129,15 @@ class StoppingPolicy:
         self.refinable = False
         self.target = tol
         self._skip = False  # descent cannot help: straight to refinement
+        self._begun = False
         self._record: List[Tuple[int, float]] = []  # (step, best largest residual) per check
 
     def begin(self) -> None:
         """Start the stepper and set the descent's target: ``tol``, or where refinement takes
-        over (``max(tol, 1/(4 sqrt k))``) where it will run."""
+        over (``max(tol, 1/(4 sqrt k))``) where it will run; once (later calls do nothing)."""
+        if self._begun:
+            return
+        self._begun = True
         stepper = self.stepper
         if not stepper.started:
             stepper.start()
@@ -194,12 +198,17 @@ class StoppingPolicy:
             return None
         return self._verdict()
 
+    def _last_quarter(self) -> Tuple[int, float, int, float]:
+        """The step and best residual of the last check, and the span and best residual of
+        the last quarter of the run before it."""
+        steps, best = self._record[-1]
+        then_step, then_best = next((s, r) for s, r in self._record if s >= steps - steps // 4)
+        return steps, best, steps - then_step, then_best
+
     def _rates(self) -> Tuple[float, float, float]:
         """The measured rate over the last quarter of the run, the theory's for the tuner's
         kappa, and the steps still needed at the more hopeful of the two."""
-        steps, best = self._record[-1]
-        then_step, then_best = next((s, r) for s, r in self._record if s >= steps - steps // 4)
-        span = steps - then_step
+        _, best, span, then_best = self._last_quarter()
         measured = theory = math.nan
         if span > 0 and best > 0 and then_best > 0:
             measured = (then_best / best) ** (-1 / span)
@@ -216,12 +225,12 @@ class StoppingPolicy:
         return measured, theory, needed
 
     def _verdict(self) -> Optional[Stop]:
-        steps, best = self._record[-1]
-        if steps < MIN_DECISION_STEPS:
-            return None
-        then_step, then_best = next((s, r) for s, r in self._record if s >= steps - steps // 4)
-        span = steps - then_step
-        if span < MIN_DECISION_STEPS // 4 or not (best > 0 and then_best > 0):
+        steps, best, span, then_best = self._last_quarter()
+        if (
+            steps < MIN_DECISION_STEPS
+            or span < MIN_DECISION_STEPS // 4
+            or not (best > 0 and then_best > 0)
+        ):
             return None
         measured, theory, needed = self._rates()
         if not math.isnan(theory) and then_best / best < STALL_GAIN:

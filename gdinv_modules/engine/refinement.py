@@ -19,7 +19,7 @@ raise it.
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -86,10 +86,11 @@ def refinement_step(
 
 
 def refine_counted(
-    inverse: Tensor, matrix: Tensor, steps: int
+    inverse: Tensor, matrix: Tensor, steps: int, current: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor]:  # shapes: (..., n, n), (..., n, n) in the wide dtype
     """``steps`` refinement steps with no host sync (the caller counted them from the
-    residual); returns X and its correction.
+    residual); returns X and its correction. ``current``: X's correction, where the caller
+    has it already.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
@@ -98,7 +99,7 @@ def refine_counted(
         True
     """
     with autocast_off(matrix):
-        current = correction(inverse, matrix)
+        current = correction(inverse, matrix) if current is None else current
         for _ in range(steps):
             inverse, current = refinement_step(inverse, matrix, current)
     return inverse, current

@@ -238,9 +238,10 @@ class InverseTracker(nn.Module):
         steps = 0
         if bool(near.any()):
             steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
-            refined, current = refine_counted(inverse, matrix, steps)  # no host sync
-            inverse = torch.where(near[..., None, None], refined, inverse)
-        final = torch.linalg.matrix_norm(correction(inverse, matrix)).real
+            refined, refined_correction = refine_counted(inverse, matrix, steps, current)
+            inverse = torch.where(near[..., None, None], refined, inverse)  # no host sync
+            current = torch.where(near[..., None, None], refined_correction, current)
+        final = torch.linalg.matrix_norm(current).real
         jumped = (~near) | (final > target)  # else short of tol: the policy decides, and warns
         residual = (final / math.sqrt(n)).double().cpu()
         if not bool(jumped.any()):
