@@ -6,6 +6,7 @@ import torch
 from conftest import first_below, quiet_trainer
 
 from gdinv_modules import LitInverse, invert
+from gdinv_modules.core.decomposition import wide_svd
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -127,3 +128,11 @@ def test_no_host_sync_when_replaying_the_graph():
     model = NoSyncAfterCapture(matrix, lr=0.5, momentum=0.5, check_rank=False, cuda_graph=True)
     gpu_trainer(max_steps=500).fit(model)
     assert model.stepper.step_graph.captures == 1 and model.losses.shape[0] == 500
+
+
+def test_a_batch_of_large_matrices_is_decomposed_on_the_host_and_comes_back():
+    batch = spd_matrix(40, condition=20.0, batch_shape=(8,), dtype=torch.float32).cuda()
+    u, s, vh = wide_svd(batch)
+    assert u.is_cuda and s.is_cuda and vh.is_cuda and s.dtype == torch.float64
+    torch.testing.assert_close(s, torch.linalg.svdvals(batch.double()), atol=1e-12, rtol=0)
+    torch.testing.assert_close((u * s[..., None, :]) @ vh, batch.double(), atol=1e-12, rtol=0)

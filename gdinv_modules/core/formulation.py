@@ -25,6 +25,7 @@ from typing import Dict, Literal, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.decomposition import wide_svdvals
 from gdinv_modules.core.errors import InvalidOptionError
 
 __all__ = [
@@ -135,9 +136,9 @@ class Formulation:
         For ``symmetric`` the operator is the :math:`n^2 \times n^2` matrix
         :math:`(M^\top \otimes I + I \otimes M)/2`: keep n small there.
         """
-        work = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
         if self.spectrum_is_ms:
-            return torch.linalg.svdvals(work)
+            return wide_svdvals(matrix)
+        work = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
         n = matrix.shape[-1]
         eye = torch.eye(n, dtype=work.dtype, device=work.device)
         # vec(XM) = (M^T kron I) vec(X) and vec(MX) = (I kron M) vec(X), vec stacking columns.

@@ -12,11 +12,13 @@ Moore-Penrose pseudo-inverse :math:`M^+`. The ``right`` formulation is the same 
 :math:`MX \to MM^+`, the projector onto M's column space.
 """
 
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.decomposition import wide_svd, wide_svdvals
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.functional import wide_dtype
 
@@ -42,13 +44,14 @@ def product_target(
     matrix: Tensor,
     formulation: Union[str, Formulation] = "left",
     *,
-    svd: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
+    singular_values: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:  # shapes: (..., m, n) -> (...), (..., k, k) or None
     """The rank of each matrix, and the projector the product tends to (``None`` where every
     matrix of the batch has full rank k, so the target is the identity).
 
-    One SVD, in float64, at the start of a run, with :func:`rank_cutoff`; pass ``svd``
-    (``torch.linalg.svd(M.double(), full_matrices=False)``) to reuse one already taken.
+    M's singular values, in float64, with :func:`rank_cutoff` (pass ``singular_values``, from
+    :func:`~gdinv_modules.core.decomposition.wide_svdvals`, to reuse them); the singular
+    vectors, a costlier SVD, only where some matrix lacks full rank.
 
     Example:
         >>> rank, target = product_target(torch.tensor([[1.0, 1.0], [1.0, 1.0]]))
@@ -58,12 +61,14 @@ def product_target(
     """
     form = as_formulation(formulation)
     k = form.order(matrix.shape)
-    wide = matrix.to(wide_dtype(matrix.dtype))
-    u, s, vh = torch.linalg.svd(wide, full_matrices=False) if svd is None else svd
-    keep = s > rank_cutoff(s[..., :1], matrix.dtype, tuple(matrix.shape[-2:]))
-    rank = keep.sum(dim=-1)
+    cutoff = partial(rank_cutoff, dtype=matrix.dtype, shape=tuple(matrix.shape[-2:]))
+    s = wide_svdvals(matrix) if singular_values is None else singular_values
+    rank = (s > cutoff(s[..., :1])).sum(dim=-1)
     if bool((rank == k).all()):
         return rank, None
+    u, s, vh = wide_svd(matrix)
+    keep = s > cutoff(s[..., :1])
+    rank = keep.sum(dim=-1)
     basis = form.projector_basis(u, vh)
     kept = basis * keep[..., None, :].to(basis.dtype)
     projector = kept @ kept.mH

@@ -29,7 +29,8 @@ class StepOptions:
         ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss; the residual that
             ``tol`` bounds becomes a bound on the relative distance to its minimiser.
         loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        check_rank: one SVD of M at the start; a rank-deficient M gets a
+        check_rank: M's singular values at the start, in float64 (its singular vectors too
+            where it lacks full rank); a rank-deficient M gets a
             :class:`SingularMatrixWarning`, and its residual is measured against the projector
             the product tends to.
         shard: how the ranks of a distributed run split the steps: ``"batch"`` (each rank a

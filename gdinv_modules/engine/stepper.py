@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.decomposition import wide_svdvals
 from gdinv_modules.core.errors import (
     DivergenceError,
     InvalidOptionError,
@@ -328,9 +329,10 @@ class HeavyBallStepper:
 
     def _check_rank(self) -> None:
         module, matrix = self.module, self.matrix
-        svd = torch.linalg.svd(matrix.to(wide_dtype(matrix.dtype)), full_matrices=False)
-        self.singular_values = svd[1]  # the report reuses them
-        self.matrix_rank, self.target = product_target(matrix, module.formulation, svd=svd)
+        self.singular_values = wide_svdvals(matrix)  # the tuner and the report reuse them
+        self.matrix_rank, self.target = product_target(
+            matrix, module.formulation, singular_values=self.singular_values
+        )
         if self.target is None:
             return
         k = module.order
@@ -382,10 +384,11 @@ class HeavyBallStepper:
             torch.full(batch_shape, float(group["momentum"]), dtype=torch.float64),
         )
 
-    def report(self, tol: float) -> ConvergenceReport:
+    def report(self, tol: float, final_residual: Optional[Tensor] = None) -> ConvergenceReport:
         """The convergence report of the steps so far (host syncs: call it at the end). The
         theory's rates need M's spectrum: from the rank check's SVD, or none with
-        ``check_rank=False`` (no SVD of its own)."""
+        ``check_rank=False`` (no SVD of its own). ``final_residual``: the residual at X where
+        the caller measured it already; else it is measured here."""
         lr, momentum = self.effective_parameters()
         return ConvergenceReport.from_run(
             self.history.losses,
@@ -394,7 +397,7 @@ class HeavyBallStepper:
             lr,
             momentum,
             tol,
-            self.residual_at(),
+            self.residual_at() if final_residual is None else final_residual,
             rank=self.matrix_rank,
             ridge=self.ridge,
             singular_values=self.singular_values,
