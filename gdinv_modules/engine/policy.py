@@ -261,9 +261,8 @@ class StoppingPolicy:
         judged = self.tol if self.tol is not None else default_tol(module.inverse.dtype)
         converged = residual <= judged
         report = replace(
-            stepper.report(judged),
+            stepper.report(judged, residual),
             converged=converged.reshape(-1).tolist(),
-            final_residual=residual.reshape(-1).tolist(),
             refine_steps=refine_steps,
             descent_stop=stop.reason,
         )

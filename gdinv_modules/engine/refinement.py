@@ -124,14 +124,16 @@ def refine(
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
     *,
     max_steps: int = MAX_REFINE_STEPS,
+    current: Optional[Tensor] = None,  # shape: (..., n, n), X's correction, if known
 ) -> Refinement:
     r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling.
 
     Each matrix keeps its best X: a step that does not lower a matrix's residual is not
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
     raise it), and a matrix whose last step fell far short of squaring its correction has met
-    the rounding floor and takes no more; the steps end once no matrix moves (one host sync
-    per step).
+    the rounding floor and takes no more; the steps end once no matrix moves or every one met
+    its floor (one host sync per step). ``current``: X's correction where the caller has it
+    (its product is not taken again).
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -144,12 +146,14 @@ def refine(
         True
     """
     with autocast_off(matrix):
-        return _refine(inverse, matrix, max_steps)
+        return _refine(inverse, matrix, max_steps, current)
 
 
-def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
+def _refine(
+    inverse: Tensor, matrix: Tensor, max_steps: int, current: Optional[Tensor]
+) -> Refinement:
     n = matrix.shape[-1]
-    current = correction(inverse, matrix)
+    current = correction(inverse, matrix) if current is None else current
     norm = torch.linalg.matrix_norm(current)
     restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
     if bool(restarted.any()):
@@ -164,12 +168,15 @@ def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
         warming = restarted & (norm >= WARM_RESIDUAL)
         better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
         better &= ~floor
-        if not bool(better.any()):
+        # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
+        floor |= better & ~warming & (candidate_norm > QUADRATIC_SLACK * norm.square())
+        moved, open_ = torch.stack([better.any(), ~floor.all()]).tolist()  # one host sync
+        if not moved:
             break
         steps += 1
         inverse = torch.where(better[..., None, None], candidate, inverse)
         current = torch.where(better[..., None, None], candidate_correction, current)
-        # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
-        floor |= better & ~warming & (candidate_norm > QUADRATIC_SLACK * norm.square())
         norm = torch.where(better, candidate_norm, norm)
+        if not open_:  # every matrix met its floor: a further step would find nothing
+            break
     return Refinement(inverse, norm / n**0.5, steps, restarted)
