@@ -251,7 +251,8 @@ def squared_norm(tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (...), floa
         >>> squared_norm(torch.ones(2, 3)).item()
         6.0
     """
-    return tensor.abs().double().square().sum(dim=(-2, -1))
+    wide = tensor.abs().double() if tensor.is_complex() else tensor.to(torch.float64, copy=True)
+    return wide.square_().sum(dim=(-2, -1))  # one temporary, not two
 
 
 def autocast_off(tensor: Tensor) -> AbstractContextManager:

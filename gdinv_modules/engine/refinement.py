@@ -62,7 +62,8 @@ class Refinement:
 
 
 def correction(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in the wide dtype
-    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype.
+    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype (one new tensor
+    besides the wide copies of X and M, where they are not wide already).
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
@@ -70,19 +71,17 @@ def correction(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in the
                 [-0., -1.]], dtype=torch.float64)
     """
     wide = wide_dtype(matrix.dtype)
-    result = -(inverse.to(wide) @ matrix.to(wide))
-    result.diagonal(dim1=-2, dim2=-1).add_(1)
+    result = inverse.to(wide) @ matrix.to(wide)
+    result.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
     return result
 
 
-def refinement_step(
-    inverse: Tensor,  # shape: (..., n, n)
-    matrix: Tensor,  # shape: (..., n, n)
-    current: Tensor,  # shape: (..., n, n), correction(inverse, matrix)
-) -> Tuple[Tensor, Tensor]:
-    r"""One step :math:`X \leftarrow X + C X`; returns the new X and its correction."""
-    refined = inverse + current.to(inverse.dtype) @ inverse
-    return refined, correction(refined, matrix)
+def refinement_step(inverse: Tensor, current: Tensor) -> Tensor:  # shape: (..., n, n)
+    r"""One step :math:`X \leftarrow X + C X`, given X's correction C; returns the new X (its
+    correction is :func:`correction`'s to take, once the caller has let C go)."""
+    refined = current.to(inverse.dtype) @ inverse
+    refined += inverse
+    return refined
 
 
 def refine_counted(
@@ -99,9 +98,12 @@ def refine_counted(
         True
     """
     with autocast_off(matrix):
-        current = correction(inverse, matrix) if current is None else current
+        wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
+        current = correction(inverse, wide_matrix) if current is None else current
         for _ in range(steps):
-            inverse, current = refinement_step(inverse, matrix, current)
+            inverse = refinement_step(inverse, current)
+            del current  # its memory serves the next correction
+            current = correction(inverse, wide_matrix)
     return inverse, current
 
 
@@ -153,30 +155,35 @@ def _refine(
     inverse: Tensor, matrix: Tensor, max_steps: int, current: Optional[Tensor]
 ) -> Refinement:
     n = matrix.shape[-1]
-    current = correction(inverse, matrix) if current is None else current
+    wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
+    current = correction(inverse, wide_matrix) if current is None else current
     norm = torch.linalg.matrix_norm(current)
     restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
     if bool(restarted.any()):
         inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
-        current = correction(inverse, matrix)
+        current = correction(inverse, wide_matrix)
         norm = torch.linalg.matrix_norm(current)
     steps = 0
-    floor = torch.zeros_like(restarted)  # per matrix: a step fell short of squaring
+    # per matrix: at its rounding floor, or its last step found nothing (the same X would
+    # find the same step again)
+    done = torch.zeros_like(restarted)
     while steps < max_steps:
-        candidate, candidate_correction = refinement_step(inverse, matrix, current)
-        candidate_norm = torch.linalg.matrix_norm(candidate_correction)
+        candidate = refinement_step(inverse, current)
+        del current  # its memory serves the next correction
+        current = correction(candidate, wide_matrix)
+        candidate_norm = torch.linalg.matrix_norm(current)
         warming = restarted & (norm >= WARM_RESIDUAL)
         better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
-        better &= ~floor
+        better &= ~done
         # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
-        floor |= better & ~warming & (candidate_norm > QUADRATIC_SLACK * norm.square())
-        moved, open_ = torch.stack([better.any(), ~floor.all()]).tolist()  # one host sync
+        done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
+        moved, every, finished = torch.stack([better.any(), better.all(), done.all()]).tolist()
         if not moved:
             break
         steps += 1
-        inverse = torch.where(better[..., None, None], candidate, inverse)
-        current = torch.where(better[..., None, None], candidate_correction, current)
+        # Only X is kept for a matrix that did not move: it is done, and its correction unused.
+        inverse = candidate if every else torch.where(better[..., None, None], candidate, inverse)
         norm = torch.where(better, candidate_norm, norm)
-        if not open_:  # every matrix met its floor: a further step would find nothing
+        if finished:
             break
     return Refinement(inverse, norm / n**0.5, steps, restarted)
