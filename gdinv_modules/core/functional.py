@@ -122,8 +122,9 @@ def identity_error(product: Tensor) -> Tensor:  # shape: (..., k, k) -> (..., k,
         tensor([[0., 0.],
                 [0., 0.]])
     """
-    k = product.shape[-1]
-    return product - torch.eye(k, dtype=product.dtype, device=product.device)
+    error = product.clone()  # one new tensor: no identity of its own
+    error.diagonal(dim1=-2, dim2=-1).sub_(1)
+    return error
 
 
 def identity_sse(product: Tensor) -> Tuple[Tensor, int]:  # shape: (..., k, k) -> ((), count)

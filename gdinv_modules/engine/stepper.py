@@ -249,6 +249,7 @@ class HeavyBallStepper:
                 gradient = tuner.scale(gradient)
             inverse.grad = gradient
             step()
+            inverse.grad = gradient = None  # its memory serves the next step's gradient
 
     def _collect(self, losses: Tensor) -> Tensor:
         """End of a window under a split: every rank gets the whole X, momentum buffer and
