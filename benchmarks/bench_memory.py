@@ -4,21 +4,25 @@ GPU, without one), with the lines that held them at the peak.
 
     python benchmarks/bench_memory.py [--n 256] [--lines 6]
 
-For ``invert()`` and an ``InverseTracker`` update, in float64 and float32; M and the tracker's
+For ``invert()``, an ``InverseTracker`` update and a ``LitInverse`` built and fitted for 300
+steps on the CPU, in float64 and float32; M and the tracker's
 buffers were allocated before the call and are not counted (as in ``bench_gpu_calls.py``); the
 target is at most 6.
 """
 
 import argparse
+import logging
 import traceback
+import warnings
 import weakref
 from collections import Counter
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gdinv_modules import InverseTracker, conditioned_matrix, invert
+from gdinv_modules import InverseTracker, LitInverse, conditioned_matrix, invert
 
 
 class LiveBytes(TorchDispatchMode):
@@ -71,11 +75,25 @@ def measure(
         print(f"    {copies:.1f}  {where}")
 
 
+def fit(matrix: torch.Tensor) -> None:
+    trainer = pl.Trainer(
+        max_steps=300,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(LitInverse(matrix, lr="auto", momentum="auto"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--lines", type=int, default=6, help="the largest holders shown")
     args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's, of torch's pytree
     n = args.n
     for dtype in (torch.float64, torch.float32):
         matrix = conditioned_matrix(n, condition=50.0, dtype=torch.float64).to(dtype)
@@ -90,6 +108,7 @@ def main() -> None:
             args.lines,
             *tracker.buffers(),
         )
+        measure(f"LitInverse, 300 steps {dtype}", lambda m=matrix: fit(m), matrix, args.lines)
 
 
 if __name__ == "__main__":
