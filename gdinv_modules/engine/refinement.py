@@ -126,7 +126,6 @@ def refine(
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
     *,
     max_steps: int = MAX_REFINE_STEPS,
-    current: Optional[Tensor] = None,  # shape: (..., n, n), X's correction, if known
 ) -> Refinement:
     r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling.
 
@@ -134,8 +133,7 @@ def refine(
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
     raise it), and a matrix whose last step fell far short of squaring its correction has met
     the rounding floor and takes no more; the steps end once no matrix moves or every one met
-    its floor (one host sync per step). ``current``: X's correction where the caller has it
-    (its product is not taken again).
+    its floor (one host sync per step).
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -148,15 +146,13 @@ def refine(
         True
     """
     with autocast_off(matrix):
-        return _refine(inverse, matrix, max_steps, current)
+        return _refine(inverse, matrix, max_steps)
 
 
-def _refine(
-    inverse: Tensor, matrix: Tensor, max_steps: int, current: Optional[Tensor]
-) -> Refinement:
+def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
     n = matrix.shape[-1]
     wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
-    current = correction(inverse, wide_matrix) if current is None else current
+    current = correction(inverse, wide_matrix)
     norm = torch.linalg.matrix_norm(current)
     restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
     if bool(restarted.any()):
