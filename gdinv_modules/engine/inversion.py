@@ -143,7 +143,8 @@ def invert(
     work = (matrix if device is None else matrix.to(device)).detach()
     module = InverseModule(work, formulation=formulation, init=init, seed=seed)
     stepper = HeavyBallStepper(module, step_options)
-    outcome = converge(StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine))
+    policy = StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine)
+    outcome = converge(policy, from_zeros=init == "zeros")
     inverse = module.inverse.detach().to(device=matrix.device, dtype=matrix.dtype)
     if matrix.requires_grad and torch.is_grad_enabled():
         if not (stepper.target is None and not stepper.ridge and work.shape[-1] == work.shape[-2]):

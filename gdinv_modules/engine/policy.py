@@ -178,6 +178,14 @@ class StoppingPolicy:
             length = min(length, self.max_steps - steps)
         return max(length, 0)
 
+    def start_from_zeros(self) -> Optional[Stop]:
+        """:meth:`after_window` before the first window from X = 0: for an invertible M and no
+        ridge its residual is 1, known without a product."""
+        if not self.invertible:
+            return self.after_window()
+        self._record.append((0, 1.0))
+        return Stop("skipped", 0, 1.0) if self._skip else None
+
     def after_window(self) -> Optional[Stop]:
         """Check the run after a window (one host sync): a :class:`Stop`, or ``None`` to go on.
 
@@ -386,10 +394,14 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def converge(policy: StoppingPolicy) -> Outcome:
+def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
     """Run the policy's stepper to a stop and finish: the loop of :func:`invert` and the
-    tracker's jump (a Trainer runs the same steps through ``LitInverse``)."""
+    tracker's jump (a Trainer runs the same steps through ``LitInverse``). ``from_zeros``: X
+    starts at 0, whose residual is 1, so the first check comes after the first window (a
+    product saved) rather than before it."""
     policy.begin()
-    while (stop := policy.after_window()) is None:
+    stop = policy.start_from_zeros() if from_zeros else policy.after_window()
+    while stop is None:
         policy.stepper.run(policy.window())
+        stop = policy.after_window()
     return policy.finish(stop)
