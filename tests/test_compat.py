@@ -1,10 +1,13 @@
-"""The one wrapper around Lightning's private API: it fails here the day Lightning changes it."""
+"""The two places that reach past Lightning's public API: they fail here the day Lightning
+changes them."""
 
+import lightning
+import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import quiet_trainer
 
-from gdinv_modules.training.compat import count_optimizer_steps
+from gdinv_modules.training.compat import checkpoint_step_intervals, count_optimizer_steps
 
 
 class CountsWithoutStepping(pl.LightningModule):
@@ -31,3 +34,14 @@ def test_counted_steps_are_global_steps_and_max_steps_stops_on_them():
     trainer.fit(model)
     assert trainer.global_step == 15
     assert model.weight.item() == 1.0  # counted, not taken
+
+
+@pytest.mark.parametrize("package", [pl, lightning.pytorch])
+def test_a_checkpoints_every_n_train_steps_is_read_from_its_state_key(package):
+    callbacks = [
+        package.callbacks.ModelCheckpoint(every_n_train_steps=150),
+        package.callbacks.ModelCheckpoint(),  # by epochs
+        package.callbacks.ModelCheckpoint(every_n_train_steps=40, monitor="loss"),
+    ]
+    trainer = package.Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False)
+    assert checkpoint_step_intervals(trainer) == [150, 40]

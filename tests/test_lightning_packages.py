@@ -136,6 +136,37 @@ def lightning_module(kit):
     return Whitened()
 
 
+def test_a_checkpoint_every_k_steps_saves_at_each_multiple_of_k(kit, tmp_path):
+    checkpoint = kit.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=150, save_top_k=-1, filename="{step}"
+    )
+    model = kit.ours.LitInverse(random_matrix(4))  # windows of 100 steps
+    run = trainer(kit, max_steps=900, callbacks=[checkpoint], enable_checkpointing=True)
+    run.fit(model)
+    saved = sorted(int(path.stem.split("=")[1]) for path in tmp_path.glob("step=*.ckpt"))
+    assert saved == list(range(150, 901, 150))
+    plain = kit.ours.LitInverse(random_matrix(4))
+    trainer(kit, max_steps=900).fit(plain)
+    assert torch.equal(model.losses, plain.losses)  # windows end there; the steps are the same
+
+
+@pytest.mark.parametrize("monitor", ["LearningRateMonitor"])  # DeviceStatsMonitor needs psutil
+def test_monitors_that_count_windows_are_named_with_what_to_read(kit, tmp_path, monitor):
+    model = kit.ours.LitInverse(spd_matrix(4, condition=10.0), lr="auto", momentum="auto")
+    logger = kit.loggers.CSVLogger(tmp_path)
+    callback = getattr(kit.callbacks, monitor)()
+    with pytest.warns(UserWarning, match=f"{monitor} logs at .* the window's index"):
+        trainer(kit, max_steps=300, logger=logger, callbacks=[callback]).fit(model)
+    text = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    header, *rows = text.splitlines()
+    columns = header.split(",")
+    # LitInverse's own lr and momentum are written at the optimizer steps of loss
+    lr_steps = [
+        r.split(",")[columns.index("step")] for r in rows if r.split(",")[columns.index("lr")]
+    ]
+    assert {"lr", "momentum", "loss"} <= set(columns) and lr_steps[-1] == "300"
+
+
 def test_several_trackers_share_a_trainer_and_are_current_when_training_ends(kit, tmp_path):
     a = kit.ours.TrackInverse("a", every_n_steps=3)
     b = kit.ours.TrackInverse("b")

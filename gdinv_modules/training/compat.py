@@ -3,14 +3,22 @@
 A window of steps replayed from a CUDA graph steps the torch optimizer inside the graph, so
 Lightning's ``LightningOptimizer.step`` (which counts ``trainer.global_step``) does not run for
 it. Lightning has no public call that counts a step without taking one; this wrapper calls the
-two per-step hooks that ``LightningOptimizer.step`` calls around the step, and
-``tests/test_compat.py`` fails the day a Lightning release changes them. ``setup.cfg`` pins
+two per-step hooks that ``LightningOptimizer.step`` calls around the step.
+
+A ``ModelCheckpoint(every_n_train_steps=k)`` looks at ``global_step`` only when a batch (here
+a window) ends; windows that end at each multiple of k let it save there. Its k is public only
+inside its ``state_key``, which this reads.
+
+``tests/test_compat.py`` fails the day a Lightning release changes either. ``setup.cfg`` pins
 the Lightning range it was tested on.
 """
 
+import ast
+from typing import Any, List
+
 from pytorch_lightning.core.optimizer import LightningOptimizer
 
-__all__ = ["count_optimizer_steps"]
+__all__ = ["checkpoint_step_intervals", "count_optimizer_steps"]
 
 
 def count_optimizer_steps(optimizer: LightningOptimizer, steps: int) -> None:
@@ -19,3 +27,22 @@ def count_optimizer_steps(optimizer: LightningOptimizer, steps: int) -> None:
     for _ in range(steps):
         optimizer._on_before_step()
         optimizer._on_after_step()
+
+
+def checkpoint_step_intervals(trainer: Any) -> List[int]:
+    """The ``every_n_train_steps`` of the Trainer's checkpoint callbacks that save by steps
+    (a ``pytorch_lightning`` or ``lightning`` Trainer)."""
+    intervals = []
+    for callback in trainer.checkpoint_callbacks:
+        # e.g. "ModelCheckpoint{'monitor': None, ..., 'every_n_train_steps': 150, ...}"
+        key = callback.state_key
+        if "{" not in key:
+            continue
+        try:
+            settings = ast.literal_eval(key[key.index("{") :])
+        except (ValueError, SyntaxError):
+            continue
+        every = settings.get("every_n_train_steps") if isinstance(settings, dict) else None
+        if isinstance(every, int) and every > 0:
+            intervals.append(every)
+    return intervals

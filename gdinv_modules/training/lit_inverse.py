@@ -39,7 +39,7 @@ from gdinv_modules.engine.sharding import ShardMode
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import Init, InverseModule
 from gdinv_modules.nn.metric import IdentityMSE
-from gdinv_modules.training.compat import count_optimizer_steps
+from gdinv_modules.training.compat import checkpoint_step_intervals, count_optimizer_steps
 from gdinv_modules.training.datamodule import window_ticks
 from gdinv_modules.training.lit_callbacks import ConvergenceMonitor, StepLogger
 from gdinv_modules.training.progress import StepProgressBar
@@ -99,6 +99,7 @@ class LitInverseMixin:
         self.inverse_module: Optional[InverseModule] = None
         self._stepper: Optional[HeavyBallStepper] = None
         self._policy: Optional[StoppingPolicy] = None
+        self._save_every: List[int] = []  # the Trainer's every_n_train_steps
         self._stop: Optional[Stop] = None
         self.outcome: Optional[Outcome] = None  # how the last fit ended
         self._fit_context = ExitStack()
@@ -215,6 +216,13 @@ class LitInverseMixin:
                 raise InvalidOptionError(
                     f"LitInverse cannot run under {name}: {REFUSED_CALLBACKS[name]}"
                 )
+            if name in WINDOW_COUNTED_CALLBACKS:
+                warn_user(
+                    f"{name} logs at Lightning's count of training_step calls, which under "
+                    "LitInverse are windows of optimizer steps: its rows' step is the window's "
+                    f"index, not the optimizer step of loss; {WINDOW_COUNTED_CALLBACKS[name]}",
+                    UserWarning,
+                )
         self.stepper.follow_module()
 
     def teardown(self, stage: str) -> None:
@@ -259,6 +267,7 @@ class LitInverseMixin:
         )
         self._policy.begin()
         self._stop = self.outcome = None
+        self._save_every = checkpoint_step_intervals(trainer)
 
     def after_window(self) -> bool:
         """Whether the fit stops after this window (the policy's one host sync)."""
@@ -282,7 +291,8 @@ class LitInverseMixin:
     def training_step(self, batch: Any, batch_idx: int) -> None:
         stepper = self.stepper
         assert self._policy is not None
-        steps = self._policy.window()
+        done = self.trainer.global_step  # a window ends where a checkpoint saves by steps
+        steps = min([self._policy.window()] + [k - done % k for k in self._save_every])
         optimizer = cast(LightningOptimizer, self.optimizers())
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         step = optimizer.step
@@ -330,6 +340,13 @@ class LitInverseMixin:
 
 
 # Lightning's tools that assume a loss of batches, and what to use instead.
+# Lightning's callbacks that log at its count of batches (here windows), and what to read instead.
+WINDOW_COUNTED_CALLBACKS = {
+    "LearningRateMonitor": "with lr='auto' or momentum='auto' LitInverse logs lr and momentum "
+    "itself, at optimizer steps; fixed ones are in its hparams",
+    "DeviceStatsMonitor": "read its rows as one per window of steps",
+}
+
 REFUSED_CALLBACKS = {
     "LearningRateFinder": "lr_find sweeps a loss of batches; use lr='auto', which chooses lr "
     "(and momentum='auto') from M's spectrum",
