@@ -64,6 +64,7 @@ __all__ = [
     "InverseTracker",
     "LitInverse",
     "MatrixDataModule",
+    "StepProgressBar",
     "TrackInverse",
     "ConvergenceReport",
     "load_matrix",
@@ -88,6 +89,7 @@ _LAZY = {
     "LitInverse": "training.lit_inverse",
     "MatrixDataModule": "training.datamodule",
     "TrackInverse": "training.callbacks",
+    "StepProgressBar": "training.progress",
 }
 
 

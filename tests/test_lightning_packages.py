@@ -167,6 +167,15 @@ def test_monitors_that_count_windows_are_named_with_what_to_read(kit, tmp_path, 
     assert {"lr", "momentum", "loss"} <= set(columns) and lr_steps[-1] == "300"
 
 
+def test_a_step_bar_passed_by_the_user_is_the_only_bar_and_counts_steps(kit):
+    bar = kit.ours.StepProgressBar(refresh_rate=5)
+    run = trainer(kit, max_steps=300, callbacks=[bar], enable_progress_bar=True)
+    run.fit(kit.ours.LitInverse(random_matrix(4)))
+    bars = [cb for cb in run.callbacks if isinstance(cb, kit.callbacks.ProgressBar)]
+    assert bars == [bar] and bar.refresh_rate == 5
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (300, 300)
+
+
 def test_several_trackers_share_a_trainer_and_are_current_when_training_ends(kit, tmp_path):
     a = kit.ours.TrackInverse("a", every_n_steps=3)
     b = kit.ours.TrackInverse("b")

@@ -13,7 +13,15 @@ from gdinv_modules.training.unified import (
     MatrixDataModule,
     ResumableCheckpoint,
     RunOutputs,
+    StepProgressBar,
     TrackInverse,
 )
 
-__all__ = ["LitInverse", "MatrixDataModule", "TrackInverse", "ResumableCheckpoint", "RunOutputs"]
+__all__ = [
+    "LitInverse",
+    "MatrixDataModule",
+    "TrackInverse",
+    "ResumableCheckpoint",
+    "RunOutputs",
+    "StepProgressBar",
+]
