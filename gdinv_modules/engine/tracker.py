@@ -206,8 +206,8 @@ class InverseTracker(nn.Module):
                 "InverseTracker cannot be traced (torch.jit.trace would replay one update's "
                 "steps for every M): use torch.compile, which breaks the graph at the update"
             )
-        matrix = self._checked(matrix).detach()
-        try:
+        try:  # the checks' host syncs are the first thing a transform refuses
+            matrix = self._checked(matrix).detach()
             with autocast_off(matrix):
                 update = self._update(matrix)
             self.matrix.copy_(matrix)  # the first write: a transform's M is refused here
