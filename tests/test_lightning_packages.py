@@ -225,12 +225,33 @@ def test_lr_find_and_weight_averaging_are_refused_pointing_to_what_works(kit):
         trainer(kit, max_steps=10, callbacks=[finder]).fit(kit.ours.LitInverse(random_matrix(4)))
 
 
-def test_a_users_bar_keeps_its_settings_and_counts_steps(kit):
-    bar = kit.callbacks.TQDMProgressBar(refresh_rate=0)
+def test_a_users_tqdm_bar_keeps_its_settings_and_counts_steps(kit):
+    bar = kit.callbacks.TQDMProgressBar(refresh_rate=0, process_position=1)
     run = trainer(kit, max_steps=100, callbacks=[bar], enable_progress_bar=True)
     run.fit(kit.ours.LitInverse(random_matrix(4)))
     chosen = run.progress_bar_callback
-    assert chosen.train_description == "steps" and chosen.refresh_rate == 0
+    assert chosen.train_description == "steps" and chosen is not bar  # yours is left as it was
+    assert (chosen.refresh_rate, chosen.process_position) == (0, 1)
+
+
+def test_a_users_rich_bar_keeps_its_settings_counts_steps_and_shows_small_values(kit):
+    theme = kit.callbacks.progress.rich_progress.RichProgressBarTheme(description="bold")
+    bar = kit.callbacks.RichProgressBar(refresh_rate=3, leave=True, theme=theme)
+    run = trainer(kit, max_steps=250, callbacks=[bar], enable_progress_bar=True)
+    model = kit.ours.LitInverse(spd_matrix(4, condition=10.0), lr="auto", momentum="auto")
+    run.fit(model)  # 3 epochs of windows: one bar for the run
+    chosen = run.progress_bar_callback
+    assert type(chosen).__name__ == "StepRichProgressBar" and isinstance(chosen, type(bar))
+    assert (chosen.refresh_rate, chosen.theme) == (3, theme) and bar.progress is None
+    (task,) = chosen.progress.tasks  # leave=True would have made one per epoch
+    assert (task.completed, task.total, task.description) == (250, 250, "[bold]steps")
+    shown = chosen.get_metrics(run, model)
+    assert float(shown["residual"]) == pytest.approx(run.callback_metrics["residual"].item(), 1e-2)
+    assert float(shown["residual"]) < 1e-3 and "e-" in shown["residual"]  # not "0.000"
+    custom = kit.callbacks.RichProgressBar(theme=type(theme)(metrics_format=".2e"))
+    run = trainer(kit, max_steps=100, callbacks=[custom], enable_progress_bar=True)
+    run.fit(model := kit.ours.LitInverse(random_matrix(4)))
+    assert isinstance(run.progress_bar_callback.get_metrics(run, model)["loss"], float)
 
 
 @pytest.mark.parametrize(

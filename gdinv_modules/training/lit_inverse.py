@@ -10,6 +10,7 @@ from typing import (
     Iterator,
     List,
     Literal,
+    Mapping,
     NamedTuple,
     Optional,
     Union,
@@ -18,7 +19,7 @@ from typing import (
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
@@ -42,7 +43,7 @@ from gdinv_modules.nn.metric import IdentityMSE
 from gdinv_modules.training.compat import checkpoint_step_intervals, count_optimizer_steps
 from gdinv_modules.training.datamodule import window_ticks
 from gdinv_modules.training.lit_callbacks import ConvergenceMonitor, StepLogger
-from gdinv_modules.training.progress import StepProgressBar
+from gdinv_modules.training.progress import StepProgressBar, StepRichProgressBar, as_step_bar
 
 __all__ = ["LitInverse", "cuda_matmul_precision"]
 
@@ -242,9 +243,9 @@ class LitInverseMixin:
         kit = self.lightning_kit
         callbacks: List[pl.Callback] = [kit.monitor(), kit.logger()]
         bar = self.trainer.progress_bar_callback
-        if type(bar) is kit.default_bar:  # Lightning's, or one you made: its settings stay
-            settings = dict(refresh_rate=bar.refresh_rate, process_position=bar.process_position)
-            callbacks.append(kit.bar(**settings))
+        step_bar = kit.step_bars.get(type(bar))  # Lightning's bars, not a subclass of yours
+        if bar is not None and step_bar is not None:
+            callbacks.append(as_step_bar(bar, step_bar))
         return callbacks
 
     def on_train_start(self) -> None:
@@ -360,8 +361,7 @@ class LightningKit(NamedTuple):
 
     monitor: type
     logger: type
-    bar: type
-    default_bar: type  # Lightning's progress bar, which ``bar`` replaces
+    step_bars: Mapping[type, type]  # Lightning's progress bar -> ours, which counts steps
 
 
 class LitInverse(LitInverseMixin, pl.LightningModule):
@@ -414,5 +414,7 @@ class LitInverse(LitInverseMixin, pl.LightningModule):
     """
 
     lightning_kit: ClassVar[LightningKit] = LightningKit(
-        ConvergenceMonitor, StepLogger, StepProgressBar, TQDMProgressBar
+        ConvergenceMonitor,
+        StepLogger,
+        {TQDMProgressBar: StepProgressBar, RichProgressBar: StepRichProgressBar},
     )

@@ -8,13 +8,14 @@ Import them as ``from gdinv_modules.lightning import LitInverse``.
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import RichProgressBar as LightningRichProgressBar
 from lightning.pytorch.callbacks import TQDMProgressBar as LightningTQDMProgressBar
 
 from gdinv_modules.training.callbacks import ResumableCheckpointMixin, TrackInverseMixin
 from gdinv_modules.training.datamodule import MatrixDataModuleMixin
 from gdinv_modules.training.lit_callbacks import ConvergenceMonitorMixin, StepLoggerMixin
 from gdinv_modules.training.lit_inverse import LightningKit, LitInverseMixin
-from gdinv_modules.training.progress import StepProgressBarMixin
+from gdinv_modules.training.progress import StepProgressBarMixin, StepRichProgressBarMixin
 from gdinv_modules.training.run_outputs import RunOutputsMixin
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ConvergenceMonitor",
     "StepLogger",
     "StepProgressBar",
+    "StepRichProgressBar",
 ]
 
 
@@ -41,11 +43,20 @@ class StepProgressBar(StepProgressBarMixin, LightningTQDMProgressBar):
     """:class:`gdinv_modules.training.progress.StepProgressBar`, for ``lightning``."""
 
 
+class StepRichProgressBar(StepRichProgressBarMixin, LightningRichProgressBar):
+    """:class:`gdinv_modules.training.progress.StepRichProgressBar`, for ``lightning``."""
+
+
 class LitInverse(LitInverseMixin, L.LightningModule):
     """:class:`gdinv_modules.training.lit_inverse.LitInverse`, for ``lightning``."""
 
     lightning_kit = LightningKit(
-        ConvergenceMonitor, StepLogger, StepProgressBar, LightningTQDMProgressBar
+        ConvergenceMonitor,
+        StepLogger,
+        {
+            LightningTQDMProgressBar: StepProgressBar,
+            LightningRichProgressBar: StepRichProgressBar,
+        },
     )
 
 
