@@ -7,7 +7,11 @@ import pytorch_lightning as pl
 import torch
 from conftest import quiet_trainer
 
-from gdinv_modules.training.compat import checkpoint_step_intervals, count_optimizer_steps
+from gdinv_modules.training.compat import (
+    checkpoint_step_intervals,
+    count_optimizer_steps,
+    runs_in_started_processes,
+)
 
 
 class CountsWithoutStepping(pl.LightningModule):
@@ -45,3 +49,13 @@ def test_a_checkpoints_every_n_train_steps_is_read_from_its_state_key(package):
     ]
     trainer = package.Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False)
     assert checkpoint_step_intervals(trainer) == [150, 40]
+
+
+@pytest.mark.parametrize("package", [pl, lightning.pytorch])
+def test_the_launcher_that_starts_processes_is_told_apart(package):
+    def started(**options):
+        trainer = package.Trainer(accelerator="cpu", logger=False, **options)
+        return runs_in_started_processes(trainer)
+
+    assert started(strategy="ddp_spawn", devices=2) and started(strategy="ddp_fork", devices=2)
+    assert not started(strategy="ddp", devices=2) and not started()

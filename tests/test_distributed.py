@@ -75,15 +75,19 @@ SPAWN_SCRIPT = """
 import warnings
 import pytorch_lightning as pl
 import torch
-from gdinv_modules import LitInverse, random_matrix
+from gdinv_modules import LitInverse, TrackInverse, random_matrix
 
 warnings.filterwarnings("ignore")
+warnings.filterwarnings("always", message="TrackInverse")  # here and in the spawned processes
 if __name__ == "__main__":
     options = dict(lr="auto", momentum="auto", tol="auto", steps_per_window=50)
     spawned = LitInverse(random_matrix(4, batch_shape=(2,)), **options)
     quiet = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False,
                  enable_model_summary=False, accelerator="cpu")
-    pl.Trainer(max_steps=400, devices=2, strategy="ddp_spawn", **quiet).fit(spawned)
+    tracked = TrackInverse("inverse")
+    pl.Trainer(max_steps=400, devices=2, strategy="ddp_spawn", callbacks=[tracked],
+               **quiet).fit(spawned)
+    assert tracked.tracker is None  # Lightning's: a callback's state stays in its processes
     alone = LitInverse(random_matrix(4, batch_shape=(2,)), **options)
     pl.Trainer(max_steps=400, devices=1, **quiet).fit(alone)
     assert spawned.stepper.steps == alone.stepper.steps > 0
@@ -100,3 +104,6 @@ def test_after_ddp_spawn_the_history_and_the_report_are_in_the_main_process(tmp_
         [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    # said once, by rank 0, before the run, with what to do instead
+    assert done.stderr.count("TrackInverse('inverse') updates in the processes") == 1
+    assert "strategy='ddp'" in done.stderr and "InverseTracker(model.inverse)" in done.stderr

@@ -8,10 +8,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from gdinv_modules.core.errors import InvalidOptionError, NotReadyError
+from gdinv_modules.core.errors import InvalidOptionError, NotReadyError, warn_user
 from gdinv_modules.core.functional import Tol
 from gdinv_modules.core.validation import check_positive_int
 from gdinv_modules.engine.tracker import InverseTracker
+from gdinv_modules.training.compat import runs_in_started_processes
 
 __all__ = ["ResumableCheckpoint", "TrackInverse"]
 
@@ -54,8 +55,22 @@ class TrackInverseMixin:
     def inverse(self) -> Tensor:  # shape: (..., n, n)
         """The inverse of the tensor as of the last update."""
         if self.tracker is None:
-            raise NotReadyError(f"TrackInverse({self.attribute!r}) has not updated yet")
+            raise NotReadyError(
+                f"TrackInverse({self.attribute!r}) has not updated yet (after a fit under "
+                "strategy='ddp_spawn', its updates stayed in the processes that ran it)"
+            )
         return self.tracker.inverse
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.global_rank == 0 and runs_in_started_processes(trainer):
+            warn_user(
+                f"TrackInverse({self.attribute!r}) updates in the processes that a ddp_spawn "
+                "(or ddp_fork) strategy starts, and Lightning brings back the module's weights "
+                "but not a callback's state: after fit, this callback in "
+                "your process has no inverse. Use strategy='ddp' (your process is rank 0), or "
+                f"invert the final tensor after fit: InverseTracker(model.{self.attribute})",
+                UserWarning,
+            )
 
     def tensor(self, pl_module: pl.LightningModule) -> Tensor:
         """The tracked tensor, read from the module now."""

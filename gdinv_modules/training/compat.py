@@ -9,7 +9,11 @@ A ``ModelCheckpoint(every_n_train_steps=k)`` looks at ``global_step`` only when 
 a window) ends; windows that end at each multiple of k let it save there. Its k is public only
 inside its ``state_key``, which this reads.
 
-``tests/test_compat.py`` fails the day a Lightning release changes either. ``setup.cfg`` pins
+Under ``strategy="ddp_spawn"`` (or ``ddp_fork``, ``ddp_notebook``) the run happens in processes
+that multiprocessing starts, and only the module's weights and ``callback_metrics`` come back:
+a callback's state ends with them. Lightning says which launcher runs only by its class.
+
+``tests/test_compat.py`` fails the day a Lightning release changes any of these. ``setup.cfg`` pins
 the Lightning range it was tested on.
 """
 
@@ -18,7 +22,7 @@ from typing import Any, List
 
 from pytorch_lightning.core.optimizer import LightningOptimizer
 
-__all__ = ["checkpoint_step_intervals", "count_optimizer_steps"]
+__all__ = ["checkpoint_step_intervals", "count_optimizer_steps", "runs_in_started_processes"]
 
 
 def count_optimizer_steps(optimizer: LightningOptimizer, steps: int) -> None:
@@ -46,3 +50,10 @@ def checkpoint_step_intervals(trainer: Any) -> List[int]:
         if isinstance(every, int) and every > 0:
             intervals.append(every)
     return intervals
+
+
+def runs_in_started_processes(trainer: Any) -> bool:
+    """Whether the Trainer runs in processes that multiprocessing starts (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``), whose callbacks' state does not come back to yours."""
+    launcher = trainer.strategy.launcher
+    return launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher"
