@@ -1,4 +1,4 @@
-"""The two places that reach past Lightning's public API: they fail here the day Lightning
+"""The places that reach past Lightning's public API: they fail here the day Lightning
 changes them."""
 
 import lightning
