@@ -6,9 +6,16 @@ the batch, a launch and a host sync per matrix, and a batch of 4096 x 64x64 took
 H200 where LAPACK on the host's cores takes milliseconds. Such a batch is decomposed on the CPU
 and its factors come back to M's device; a single matrix, or a batch of small ones, stays on
 the GPU.
+
+On the CPU, torch decomposes a batch one matrix after another on one thread, and a small
+matrix's LAPACK call uses one thread itself: a batch of small matrices is split into one part
+per torch thread, decomposed side by side (the calls release the GIL).
 """
 
-from typing import Tuple
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -17,6 +24,36 @@ __all__ = ["wide_svd", "wide_svdvals"]
 
 BATCHED_SVD_MAX_N = 32  # cuSOLVER's gesvdjBatched: the largest m and n it decomposes batched
 GRAM_MAX_CONDITION = 1e4  # the largest condition number whose values the Gram matrix gives
+SPLIT_MAX_N = 128  # CPU matrices up to this size take one thread each: a batch is split
+
+Factors = TypeVar("Factors", Tensor, Tuple[Tensor, ...])
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int, process: int) -> ThreadPoolExecutor:
+    """The threads, per process: a forked process (``ddp_fork``) has none of its parent's."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="gdinv-decomposition")
+
+
+def _side_by_side(function: Callable[[Tensor], Factors], matrix: Tensor) -> Factors:
+    """``function(matrix)``, a batched decomposition; for a CPU batch of small matrices, one
+    part of the batch per torch thread, at once (the same LAPACK calls: a matrix's memory may
+    be aligned otherwise in its part, its factors a few ulps apart)."""
+    threads, count = torch.get_num_threads(), matrix.shape[:-2].numel()
+    small = max(matrix.shape[-2:]) <= SPLIT_MAX_N
+    if matrix.device.type != "cpu" or min(threads, count) < 2 or not small:
+        return function(matrix)
+    batch_shape = matrix.shape[:-2]
+    parts = matrix.reshape(-1, *matrix.shape[-2:]).tensor_split(min(threads, count))
+    done = list(_pool(threads, os.getpid()).map(function, parts))
+
+    def joined(pieces: Tuple[Tensor, ...]) -> Tensor:
+        whole = torch.cat(pieces)
+        return whole.reshape(*batch_shape, *whole.shape[1:])
+
+    if isinstance(done[0], tuple):
+        return tuple(joined(pieces) for pieces in zip(*done, strict=True))  # type: ignore[return-value]
+    return joined(tuple(done))  # type: ignore[arg-type,return-value]
 
 
 def _wide(matrix: Tensor) -> Tensor:
@@ -36,7 +73,8 @@ def wide_svd(matrix: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         >>> s.dtype, s.tolist()
         (torch.float64, [3.0, 2.0])
     """
-    u, s, vh = torch.linalg.svd(_wide(matrix), full_matrices=False)
+    thin_svd = functools.partial(torch.linalg.svd, full_matrices=False)
+    u, s, vh = _side_by_side(thin_svd, _wide(matrix))
     return u.to(matrix.device), s.to(matrix.device), vh.to(matrix.device)
 
 
@@ -56,7 +94,7 @@ def wide_svdvals(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (..., min(m
     """
     wide = _wide(matrix)
     gram = wide.mH @ wide if wide.shape[-2] >= wide.shape[-1] else wide @ wide.mH
-    values = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
+    values = _side_by_side(torch.linalg.eigvalsh, gram).flip(-1).clamp_min(0).sqrt()
     if not bool((values[..., -1] * GRAM_MAX_CONDITION >= values[..., 0]).all()):
-        values = torch.linalg.svdvals(wide)
+        values = _side_by_side(torch.linalg.svdvals, wide)
     return values.to(matrix.device)
