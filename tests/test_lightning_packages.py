@@ -238,8 +238,10 @@ def test_a_users_rich_bar_keeps_its_settings_counts_steps_and_shows_small_values
     theme = kit.callbacks.progress.rich_progress.RichProgressBarTheme(description="bold")
     bar = kit.callbacks.RichProgressBar(refresh_rate=3, leave=True, theme=theme)
     run = trainer(kit, max_steps=250, callbacks=[bar], enable_progress_bar=True)
-    model = kit.ours.LitInverse(spd_matrix(4, condition=10.0), lr="auto", momentum="auto")
-    run.fit(model)  # 3 epochs of windows: one bar for the run
+    matrix = spd_matrix(4, condition=10.0)
+    model = kit.ours.LitInverse(matrix, lr="auto", momentum="auto", steps_per_window=10)
+    run.fit(model)  # 25 windows, 3 epochs of 10: one bar for the run
+    assert run.current_epoch >= 2
     chosen = run.progress_bar_callback
     assert type(chosen).__name__ == "StepRichProgressBar" and isinstance(chosen, type(bar))
     assert (chosen.refresh_rate, chosen.theme) == (3, theme) and bar.progress is None
