@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import first_below, quiet_trainer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gdinv_modules import (
     DivergenceError,
@@ -12,6 +13,8 @@ from gdinv_modules import (
     NotReadyError,
     SingularMatrixWarning,
     StepOptions,
+    conditioned_matrix,
+    invert,
 )
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import low_rank_matrix, spd_matrix
@@ -99,3 +102,32 @@ def test_the_stepper_needs_a_module_that_holds_m():
         HeavyBallStepper(InverseModule(torch.eye(2)), StepOptions(lr=-1.0))
     with pytest.raises(InvalidOptionError, match="no option 'moment'; did you mean 'momentum'"):
         StepOptions.from_mapping({"moment": 0.5}, owner="HeavyBallStepper")
+
+
+class _Products(TorchDispatchMode):
+    """Counts matrix products (a matrix-vector product is one too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        self.count += func.overloadpacket in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype, first_correction", [(torch.float64, 0), (torch.float32, 1)])
+def test_invert_takes_the_products_its_steps_need(dtype, first_correction, monkeypatch):
+    # Two a step, descent's or refinement's; one per check of descent; the Gram matrix of the
+    # rank check; refinement's first correction only where the last check's product is not it
+    # (float32 M: the correction is taken in float64).
+    checks = []
+    measure = HeavyBallStepper.measure
+    monkeypatch.setattr(HeavyBallStepper, "measure", lambda self: checks.append(1) or measure(self))
+    matrix = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=dtype)
+    with _Products() as products:
+        result = invert(matrix)
+    steps = result.report.steps + result.report.refine_steps
+    assert result.report.refine_steps > 0 and len(checks) >= 1
+    assert products.count == 2 * steps + len(checks) + 1 + first_correction

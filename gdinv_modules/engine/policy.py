@@ -250,17 +250,19 @@ class StoppingPolicy:
         return None
 
     @torch.no_grad()
-    def finish(self, stop: Optional[Stop]) -> Outcome:
+    def finish(self, stop: Optional[Stop], *, checked: bool = False) -> Outcome:
         """Refine where it applies (X is written into the module), measure the final residual
         in the wide dtype and write the report; ``stop``: the last :meth:`after_window`'s
-        (``None``: a Trainer ended the fit)."""
+        (``None``: a Trainer ended the fit). ``checked``: X is as the last check found it, so
+        refinement may start from that check's product."""
         stepper = self.stepper
         module = stepper.module
         stop = stop or Stop("trainer", stepper.steps, *self._best())
         matrix = module.resolve_matrix()
         refine_steps = 0
         if self.refinable:
-            refinement = refine(module.inverse.detach(), matrix)
+            current = stepper.take_checked_correction() if checked else None
+            refinement = refine(module.inverse.detach(), matrix, current=current)
             module.inverse.copy_(refinement.inverse)
             refine_steps = refinement.steps
             residual = refinement.residual.real.double().cpu()
@@ -404,4 +406,4 @@ def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
     while stop is None:
         policy.stepper.run(policy.window())
         stop = policy.after_window()
-    return policy.finish(stop)
+    return policy.finish(stop, checked=True)

@@ -126,6 +126,7 @@ def refine(
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
     *,
     max_steps: int = MAX_REFINE_STEPS,
+    current: Optional[Tensor] = None,  # shape: (..., n, n), X's correction, if known
 ) -> Refinement:
     r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling.
 
@@ -146,13 +147,15 @@ def refine(
         True
     """
     with autocast_off(matrix):
-        return _refine(inverse, matrix, max_steps)
+        return _refine(inverse, matrix, max_steps, current)
 
 
-def _refine(inverse: Tensor, matrix: Tensor, max_steps: int) -> Refinement:
+def _refine(
+    inverse: Tensor, matrix: Tensor, max_steps: int, current: Optional[Tensor]
+) -> Refinement:
     n = matrix.shape[-1]
     wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
-    current = correction(inverse, wide_matrix)
+    current = correction(inverse, wide_matrix) if current is None else current
     norm = torch.linalg.matrix_norm(current)
     restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
     if bool(restarted.any()):

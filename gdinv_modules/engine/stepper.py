@@ -27,6 +27,7 @@ from gdinv_modules.core.errors import (
     SingularMatrixWarning,
     warn_user,
 )
+from gdinv_modules.core.formulation import LEFT
 from gdinv_modules.core.functional import (
     autocast_off,
     identity_error,
@@ -112,6 +113,8 @@ class HeavyBallStepper:
         self.residual: Optional[Tensor] = None  # shape: (...)
         self.worst_residual = math.inf  # the largest residual at the last check
         self.replayed = False  # whether the last window ran from a CUDA graph
+        # shape: (..., k, k), E at X as the last check measured it, until the next window
+        self.checked_product: Optional[Tensor] = None
         self.started = False
 
     @property
@@ -190,6 +193,7 @@ class HeavyBallStepper:
         return losses
 
     def _run(self, steps: int, step: Optional[Callable[[], Any]]) -> Tensor:
+        self.checked_product = None  # X moves: its memory serves the window
         first_step = self.steps
         step = self.optimizer.step if step is None else step
         module, shard = self.module, self.sharding
@@ -298,7 +302,7 @@ class HeavyBallStepper:
                 its first value.
         """
         if self.loss is None or self.residual is None or self.history.first is None:
-            self.measure()
+            self.checked_product = self.measure()
         assert self.loss is not None and self.residual is not None
         first = self.history.first
         first_max = self.loss.max() if first is None else first.max().to(self.loss)
@@ -310,6 +314,19 @@ class HeavyBallStepper:
         if not math.isfinite(worst_loss) or worst_loss > GROWTH_LIMIT * max(first_loss, 1e-30):
             raise DivergenceError(self._divergence_message(worst_loss, first_loss))
         return tol is not None and worst_residual <= tol
+
+    def take_checked_correction(self) -> Optional[Tensor]:  # shape: (..., n, n)
+        """Refinement's first correction :math:`I - XM`, made in place from the product the
+        last check measured at this X, where that product is it: ``left``, in the wide dtype
+        (float64 or complex128 M). ``None`` otherwise; the product is let go either way.
+        Only for a caller that has not let X change since the check (:func:`converge`)."""
+        product, self.checked_product = self.checked_product, None
+        if product is None or self.module.formulation is not LEFT:
+            return None
+        if product.dtype != wide_dtype(product.dtype):
+            return None
+        product.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
+        return product
 
     def _divergence_message(self, loss: float, first_loss: float) -> str:
         matrix = self.matrix
