@@ -60,14 +60,24 @@ class LiveBytes(TorchDispatchMode):
         self.owners.pop(key, None)
 
 
-def measure(
-    name: str, call: Callable[[], object], matrix: torch.Tensor, lines: int, *existing
-) -> None:
+def peak_copies(
+    call: Callable[[], object], matrix: torch.Tensor, *existing: torch.Tensor
+) -> Tuple[float, LiveBytes]:
+    """The most copies of M that ``call`` held at once (``tests/test_memory.py`` checks them),
+    and the counter, which knows who held them."""
     unit = matrix.numel() * matrix.element_size()
     mode = LiveBytes(min_bytes=unit // 4, existing=(matrix, *existing))
     with mode:
         call()
-    print(f"{name}: peak {mode.peak / unit:.1f} copies of M")
+    return mode.peak / unit, mode
+
+
+def measure(
+    name: str, call: Callable[[], object], matrix: torch.Tensor, lines: int, *existing
+) -> None:
+    unit = matrix.numel() * matrix.element_size()
+    peak, mode = peak_copies(call, matrix, *existing)
+    print(f"{name}: peak {peak:.1f} copies of M")
     held: Counter = Counter()
     for size, where in mode.at_peak:
         held[where] += size / unit

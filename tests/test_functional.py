@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.formulation import FORMULATIONS, LEFT, RIGHT
 from gdinv_modules.core.functional import (
     identity_mse,
@@ -86,3 +87,16 @@ def test_loss_and_gradient_leave_their_inputs_alone():
     for formulation in FORMULATIONS:
         loss_and_gradient(x, m, formulation, ridge=0.1)
         assert torch.equal(x, before[0]) and torch.equal(m, before[1])
+
+
+@pytest.mark.parametrize("formulation", list(FORMULATIONS))
+def test_a_given_product_gives_the_loss_and_gradient_of_one_computed(formulation):
+    m = random_matrix(4, batch_shape=(2,), dtype=torch.float64)
+    x = random_matrix(4, seed=9, batch_shape=(2,), dtype=torch.float64)
+    expected = loss_and_gradient(x, m, formulation, ridge=0.1)
+    given = loss_and_gradient(
+        x, m, formulation, ridge=0.1, product=inverse_product(x, m, formulation)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(given, expected, strict=True))
+    with pytest.raises(InvalidOptionError, match="one of the two"):
+        loss_and_gradient(x, m, "left", product=x @ m, columns=slice(0, 2))

@@ -18,6 +18,7 @@ from gdinv_modules import (
 )
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import low_rank_matrix, spd_matrix
+from gdinv_modules.engine.policy import StoppingPolicy, converge
 
 AUTO = StepOptions(lr="auto", momentum="auto")
 
@@ -119,9 +120,10 @@ class _Products(TorchDispatchMode):
 
 @pytest.mark.parametrize("dtype, first_correction", [(torch.float64, 0), (torch.float32, 1)])
 def test_invert_takes_the_products_its_steps_need(dtype, first_correction, monkeypatch):
-    # Two a step, descent's or refinement's; one per check of descent; the Gram matrix of the
-    # rank check; refinement's first correction only where the last check's product is not it
-    # (float32 M: the correction is taken in float64).
+    # Two a step, descent's or refinement's, and the rank check's Gram matrix. Each check of
+    # descent measures E, which the next window's first step takes as its product, or the last
+    # one refinement as its first correction (float64 M; for float32 M it takes that in
+    # float64): one check's product is extra, the first window's after X = 0.
     checks = []
     measure = HeavyBallStepper.measure
     monkeypatch.setattr(HeavyBallStepper, "measure", lambda self: checks.append(1) or measure(self))
@@ -129,5 +131,27 @@ def test_invert_takes_the_products_its_steps_need(dtype, first_correction, monke
     with _Products() as products:
         result = invert(matrix)
     steps = result.report.steps + result.report.refine_steps
-    assert result.report.refine_steps > 0 and len(checks) >= 1
-    assert products.count == 2 * steps + len(checks) + 1 + first_correction
+    assert result.report.refine_steps > 0 and len(checks) >= 2  # windows after a check
+    assert products.count == 2 * steps + 2 + first_correction
+
+
+def test_a_run_that_fails_keeps_no_product_for_the_next(monkeypatch):
+    # converge() keeps each check's product for the next window; a run that ends in an error
+    # must not leave it for a later run on another X (the tracker keeps its stepper).
+    stepper = HeavyBallStepper(
+        InverseModule(spd_matrix(4, condition=10.0, dtype=torch.float64)), AUTO
+    )
+    kept = []
+    check = HeavyBallStepper.check
+
+    def failing_after_two(self, tol, *, keep_product=False):
+        done = check(self, tol, keep_product=keep_product)
+        kept.append(self.checked_product is not None)
+        if len(kept) == 2:
+            raise DivergenceError("a check that fails, for the test")
+        return done
+
+    monkeypatch.setattr(HeavyBallStepper, "check", failing_after_two)
+    with pytest.raises(DivergenceError, match="for the test"):
+        converge(StoppingPolicy(stepper, tol=1e-14, max_steps=1000))
+    assert kept == [True, True] and stepper.checked_product is None

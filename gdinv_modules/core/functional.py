@@ -206,6 +206,7 @@ def loss_and_gradient(
     ridge: float = 0.0,
     *,
     columns: Optional[slice] = None,
+    product: Optional[Tensor] = None,  # shape: (..., k, k), E at X, if known (overwritten)
 ) -> Tuple[Tensor, Tensor]:  # shapes: (...), (..., n, m)
     """The per-matrix loss at X and the closed-form gradient of the summed loss.
 
@@ -235,7 +236,9 @@ def loss_and_gradient(
     if columns is not None:
         matrix = form.columns_of(matrix, columns)
         offset = form.identity_offset(columns)
-    error = form.product(inverse, matrix)
+    if product is not None and columns is not None:
+        raise InvalidOptionError("product is E whole, columns a part of it: pass one of the two")
+    error = form.product(inverse, matrix) if product is None else product
     error.diagonal(offset, dim1=-2, dim2=-1).sub_(1)  # E - I in place: the product is ours
     loss = inverse_loss(error, inverse, ridge, order=k)
     gradient = form.gradient(error, matrix, 2.0 / (k * k))

@@ -120,7 +120,6 @@ def safe_start(matrix: Tensor) -> Tensor:  # shape: (..., n, n)
     return matrix.mH / scale[..., None, None]
 
 
-@torch.no_grad()
 def refine(
     inverse: Tensor,  # shape: (..., n, n), X from descent
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
@@ -146,43 +145,41 @@ def refine(
         >>> refine(torch.zeros_like(far), far).residual.item() < 1e-15  # kappa 1e10, restarted
         True
     """
-    with autocast_off(matrix):
-        return _refine(inverse, matrix, max_steps, current)
-
-
-def _refine(
-    inverse: Tensor, matrix: Tensor, max_steps: int, current: Optional[Tensor]
-) -> Refinement:
-    n = matrix.shape[-1]
-    wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
-    current = correction(inverse, wide_matrix) if current is None else current
-    norm = torch.linalg.matrix_norm(current)
-    restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
-    if bool(restarted.any()):
-        inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
-        current = correction(inverse, wide_matrix)
+    # ``current`` is held by no frame but this one (callers pass it inline, and no decorator
+    # wraps this function): its memory serves the next correction.
+    with torch.no_grad(), autocast_off(matrix):
+        n = matrix.shape[-1]
+        wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
+        current = correction(inverse, wide_matrix) if current is None else current
         norm = torch.linalg.matrix_norm(current)
-    steps = 0
-    # per matrix: at its rounding floor, or its last step found nothing (the same X would
-    # find the same step again)
-    done = torch.zeros_like(restarted)
-    while steps < max_steps:
-        candidate = refinement_step(inverse, current)
-        del current  # its memory serves the next correction
-        current = correction(candidate, wide_matrix)
-        candidate_norm = torch.linalg.matrix_norm(current)
-        warming = restarted & (norm >= WARM_RESIDUAL)
-        better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
-        better &= ~done
-        # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
-        done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
-        moved, every, finished = torch.stack([better.any(), better.all(), done.all()]).tolist()
-        if not moved:
-            break
-        steps += 1
-        # Only X is kept for a matrix that did not move: it is done, and its correction unused.
-        inverse = candidate if every else torch.where(better[..., None, None], candidate, inverse)
-        norm = torch.where(better, candidate_norm, norm)
-        if finished:
-            break
-    return Refinement(inverse, norm / n**0.5, steps, restarted)
+        restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
+        if bool(restarted.any()):
+            inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
+            current = correction(inverse, wide_matrix)
+            norm = torch.linalg.matrix_norm(current)
+        steps = 0
+        # per matrix: at its rounding floor, or its last step found nothing (the same X would
+        # find the same step again)
+        done = torch.zeros_like(restarted)
+        while steps < max_steps:
+            candidate = refinement_step(inverse, current)
+            del current  # its memory serves the next correction
+            current = correction(candidate, wide_matrix)
+            candidate_norm = torch.linalg.matrix_norm(current)
+            warming = restarted & (norm >= WARM_RESIDUAL)
+            better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
+            better &= ~done
+            # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
+            done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
+            moved, every, finished = torch.stack([better.any(), better.all(), done.all()]).tolist()
+            if not moved:
+                break
+            steps += 1
+            # Only X is kept for a matrix that did not move: it is done, its correction unused.
+            if not every:
+                candidate = torch.where(better[..., None, None], candidate, inverse)
+            inverse = candidate
+            norm = torch.where(better, candidate_norm, norm)
+            if finished:
+                break
+        return Refinement(inverse, norm / n**0.5, steps, restarted)

@@ -87,16 +87,23 @@ class Sharding:
         return plan
 
     def loss_and_gradient(
-        self, inverse: Tensor, matrix: Tensor, formulation: Formulation, ridge: float = 0.0
+        self,
+        inverse: Tensor,
+        matrix: Tensor,
+        formulation: Formulation,
+        ridge: float = 0.0,
+        *,
+        product: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """This process's part of the per-matrix loss, and the gradient of the whole loss.
+        ``product``: E at X where the caller has it (a single process's only; overwritten).
 
         ``"batch"``: the losses of this process's matrices, and a gradient that is zero outside
         them. ``"columns"``: the partial losses of this process's columns (summed over the
         processes at the end of the step's batch) and the full gradient (summed now).
         """
         if self.mode == "none":
-            return loss_and_gradient(inverse, matrix, formulation, ridge)
+            return loss_and_gradient(inverse, matrix, formulation, ridge, product=product)
         if self.mode == "batch":
             loss, local = loss_and_gradient(
                 self._local(inverse), self._local(matrix), formulation, ridge

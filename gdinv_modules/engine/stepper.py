@@ -193,7 +193,6 @@ class HeavyBallStepper:
         return losses
 
     def _run(self, steps: int, step: Optional[Callable[[], Any]]) -> Tensor:
-        self.checked_product = None  # X moves: its memory serves the window
         first_step = self.steps
         step = self.optimizer.step if step is None else step
         module, shard = self.module, self.sharding
@@ -201,11 +200,13 @@ class HeavyBallStepper:
         losses = module.inverse.real.new_empty((steps, *local_shape))
         graph, self.replayed = self.step_graph, False
         inputs = None if graph is None or not graph.warm else self._graph_inputs(steps)
-        if graph is not None and not graph.warm:
+        if graph is None or (graph.warm and inputs is None):
+            self._window(losses, step, first_step)  # from the checked product, if kept
+        elif not graph.warm:
+            self.checked_product = None
             graph.warm_up(lambda out: self._window(out, step, first_step), losses)
-        elif graph is None or inputs is None:
-            self._window(losses, step, first_step)
         else:
+            self.checked_product = None  # a recorded window computes its own
             group = self.optimizer.param_groups[0]
             graph.run(
                 lambda out: self._window(out, self.optimizer.step, first_step),
@@ -240,8 +241,12 @@ class HeavyBallStepper:
         tuner, ridge, shard = self.tuner, self.ridge, self.sharding
         formulation = self.module.formulation
         inverse, matrix = self.module.inverse, self.matrix
+        product, self.checked_product = self.checked_product, None  # E at X, or None
         for index in range(len(losses)):
-            loss, gradient = shard.loss_and_gradient(inverse, matrix, formulation, ridge)
+            loss, gradient = shard.loss_and_gradient(
+                inverse, matrix, formulation, ridge, product=product
+            )
+            product = None
             losses[index] = loss
             if tuner is not None:
                 if tuner.due(first_step + index):
@@ -293,16 +298,19 @@ class HeavyBallStepper:
             return ridge_error_bound(module.inverse, gradient, self.ridge)
         return relative_residual(module() if product is None else product, self.target)
 
-    def check(self, tol: Optional[float]) -> bool:
+    def check(self, tol: Optional[float], *, keep_product: bool = False) -> bool:
         """Whether every matrix's residual is at most ``tol`` (one host sync). Measures first
-        where :meth:`run` ran since the last :meth:`measure`.
+        where :meth:`run` ran since the last :meth:`measure`; with ``keep_product``, keeps
+        that product E for the next window's first step (or refinement's first correction):
+        only for a caller that lets nothing else change X before then.
 
         Raises:
             DivergenceError: the loss is not finite, or has grown ``GROWTH_LIMIT`` times past
                 its first value.
         """
         if self.loss is None or self.residual is None or self.history.first is None:
-            self.checked_product = self.measure()
+            product = self.measure()
+            self.checked_product = product if keep_product else None
         assert self.loss is not None and self.residual is not None
         first = self.history.first
         first_max = self.loss.max() if first is None else first.max().to(self.loss)
