@@ -180,9 +180,12 @@ class StoppingPolicy:
 
     def start_from_zeros(self, *, keep_product: bool = False) -> Optional[Stop]:
         """:meth:`after_window` before the first window from X = 0: for an invertible M and no
-        ridge its residual is 1, known without a product."""
+        ridge its residual is 1, known without a product; with ``keep_product`` the first
+        window starts from E = 0, taken without one too."""
         if not self.invertible:
             return self.after_window(keep_product=keep_product)
+        if keep_product:
+            self.stepper.checked_product = torch.zeros_like(self.stepper.module.inverse)
         self._record.append((0, 1.0))
         return Stop("skipped", 0, 1.0) if self._skip else None
 
