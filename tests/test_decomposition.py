@@ -4,7 +4,6 @@ allows, from the SVD elsewhere, against torch.linalg.svdvals."""
 import pytest
 import torch
 
-from gdinv_modules.core import decomposition
 from gdinv_modules.core.decomposition import GRAM_MAX_CONDITION, wide_svd, wide_svdvals
 from gdinv_modules.core.matrices import conditioned_matrix, low_rank_matrix
 
@@ -45,25 +44,22 @@ def test_float32_input_is_widened_and_the_svd_reconstructs_it():
 
 
 @pytest.mark.parametrize("batch_shape", [(2, 3), (7,), (1,)])
-def test_a_cpu_batch_split_over_threads_decomposes_as_one_call(batch_shape, monkeypatch):
+def test_a_cpu_batch_split_over_threads_decomposes_as_one_call(batch_shape):
     matrix = torch.randn(*batch_shape, 12, 9, dtype=F64, generator=torch.Generator().manual_seed(0))
     ill = conditioned_matrix(12, condition=1e8, batch_shape=batch_shape, dtype=F64)
-
-    def decompositions():  # past the Gram limit, ill's values are the SVD's, split too
-        return wide_svdvals(matrix), wide_svd(matrix), wide_svdvals(ill)
-
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # 3 parts, of 3, 2 and 2 of 7 matrices
     try:
-        values, (u, s, vh), ill_values = decompositions()
-        monkeypatch.setattr(decomposition, "SPLIT_MAX_N", 0)  # one call, as torch makes it
-        whole_values, (_, whole_s, _), whole_ill_values = decompositions()
+        values, (u, s, vh) = wide_svdvals(matrix), wide_svd(matrix)
+        ill_values = wide_svdvals(ill)  # past the Gram limit: the SVD's values, split too
+        gram = matrix.mT @ matrix  # as wide_svdvals forms it, whole, on as many threads
+        whole_values = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
     finally:
         torch.set_num_threads(threads)
-    # the same LAPACK calls; a part's memory may be aligned as the whole's was not (ulps apart)
+    # the same LAPACK routines; a part's memory may be aligned as the whole's was not (ulps)
     eps = torch.finfo(F64).eps
     torch.testing.assert_close(values, whole_values, rtol=64 * eps, atol=0)
-    torch.testing.assert_close(s, whole_s, rtol=64 * eps, atol=0)
-    torch.testing.assert_close(ill_values, whole_ill_values, rtol=1e-7, atol=0)  # kappa eps
+    torch.testing.assert_close(s, torch.linalg.svdvals(matrix), rtol=64 * eps, atol=0)
+    torch.testing.assert_close(ill_values, torch.linalg.svdvals(ill), rtol=1e-7, atol=0)
     assert u.shape == (*batch_shape, 12, 9) and vh.shape == (*batch_shape, 9, 9)
     torch.testing.assert_close(u @ torch.diag_embed(s) @ vh, matrix, rtol=0, atol=1e-13)
