@@ -212,3 +212,15 @@ def test_a_parametrized_x_is_refused_by_the_stepper_by_name():
     parametrize.register_parametrization(module, "inverse", torch.nn.Identity())
     with pytest.raises(InvalidOptionError, match="HeavyBallStepper steps the parameter X itself"):
         HeavyBallStepper(module)
+
+
+def test_invert_under_grad_is_the_inverses_derivative_and_under_vmap_refused_by_name():
+    matrix = well_conditioned(batch_shape=(2,))
+    ours = torch.func.grad(lambda m: invert(m).inverse.sum())(matrix)
+    theirs = torch.func.grad(lambda m: torch.linalg.inv(m).sum())(matrix)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    with pytest.raises(InvalidOptionError, match="vmap.*call it outside.*inverse_of"):
+        torch.func.vmap(lambda m: invert(m).inverse)(matrix)
+    inverse = invert(matrix).inverse  # the way the refusal names: X from outside, passed in
+    inside = torch.func.vmap(torch.func.jacrev(inverse_of))(matrix, inverse)
+    torch.testing.assert_close(inside, torch.func.vmap(torch.func.jacrev(torch.linalg.inv))(matrix))

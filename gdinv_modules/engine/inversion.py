@@ -34,6 +34,13 @@ from gdinv_modules.nn.inverse_module import Init, InverseModule
 
 __all__ = ["invert", "InverseResult"]
 
+INSIDE_VMAP = (
+    "invert() cannot run inside torch.func.vmap (its steps stop at host-synced checks): it "
+    "takes a batch itself, so call it outside on the stacked matrices, shape (..., n, n), and "
+    "pass X in; inside, inverse_of(M, X) from gdinv_modules.engine.implicit gives X with M's "
+    "derivatives"
+)
+
 
 @dataclass
 class InverseResult:
@@ -141,7 +148,12 @@ def invert(
     if matrix.numel() == 0:
         return _empty_result(matrix, judged)
     work = (matrix if device is None else matrix.to(device)).detach()
-    module = InverseModule(work, formulation=formulation, init=init, seed=seed)
+    try:  # the finite check's host sync is the first thing vmap refuses
+        module = InverseModule(work, formulation=formulation, init=init, seed=seed)
+    except RuntimeError as error:
+        if "data-dependent" not in str(error):
+            raise
+        raise InvalidOptionError(INSIDE_VMAP) from None
     stepper = HeavyBallStepper(module, step_options)
     policy = StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine)
     outcome = converge(policy, from_zeros=init == "zeros")
