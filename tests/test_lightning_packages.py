@@ -4,6 +4,7 @@ several trackers, step-counted callbacks and Lightning's tools that do not apply
 
 import logging
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning
@@ -264,3 +265,22 @@ def test_lightnings_refusal_of_automatic_flags_is_followed_by_what_to_use(kit, f
     with pytest.warns(UserWarning, match=f"instead of {flag}.*{instead}"):
         with pytest.raises(Exception, match="not supported for manual optimization"):
             trainer(kit, max_steps=10, **{flag: 2}).fit(kit.ours.LitInverse(random_matrix(4)))
+
+
+def test_after_refinement_the_logs_callback_metrics_and_bar_show_the_refined_x(kit, tmp_path):
+    model = kit.ours.LitInverse(
+        spd_matrix(16, condition=100.0), lr="auto", momentum="auto", tol="auto", refine=True
+    )
+    logger = kit.loggers.CSVLogger(tmp_path)
+    run = trainer(kit, max_steps=5000, logger=logger, enable_progress_bar=True)
+    run.fit(model)
+    refined = model.report().final_residual[0]
+    assert model.report().refine_steps > 0 and refined < 1e-5
+    header, *rows = (Path(run.log_dir) / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    last, before = (dict(zip(columns, row.split(","), strict=True)) for row in rows[:-3:-1])
+    assert last["step"] == before["step"] == str(run.global_step)  # the refined row follows
+    assert float(before["residual"]) > 1e-3 and float(last["residual"]) == pytest.approx(refined)
+    assert run.callback_metrics["residual"].item() == pytest.approx(refined)
+    shown = run.progress_bar_callback.get_metrics(run, model)
+    assert float(shown["residual"]) == pytest.approx(refined, rel=1e-2)

@@ -1,10 +1,11 @@
 """The callbacks ``LitInverse`` installs for itself (``configure_callbacks``): the stop, and
 the loggers' writes at optimizer steps. They read ``LitInverse`` through its public methods."""
 
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 
 from gdinv_modules.core.errors import warn_user
 
@@ -19,6 +20,9 @@ class ConvergenceMonitorMixin:
     ) -> None:
         if pl_module.after_window():  # type: ignore[operator]
             trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.finish_fit()  # type: ignore[operator]
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -48,7 +52,7 @@ class StepLoggerMixin:
 
     def __init__(self) -> None:
         self._previous = 0  # global_step at the end of the window before
-        self._written = -1  # the step last written
+        self._written: Tuple[int, Dict[str, float]] = (-1, {})  # the step and row last written
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._previous = trainer.global_step
@@ -60,8 +64,19 @@ class StepLoggerMixin:
         self._previous = step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._written != trainer.global_step:
+        # The last state always: again at its step where refinement moved X since that write.
+        metrics = trainer.callback_metrics
+        if not (metrics and trainer.loggers) or self._written != (
+            trainer.global_step,
+            self._row(metrics),
+        ):
             self.write(trainer)
+
+    @staticmethod
+    def _row(metrics: Dict[str, Tensor]) -> Dict[str, float]:
+        """The values as numbers (one host sync)."""
+        values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
+        return dict(zip(metrics, values.tolist(), strict=True))
 
     def write(self, trainer: pl.Trainer) -> None:
         """Send ``trainer.callback_metrics`` to every logger at step ``global_step`` (one host
@@ -72,12 +87,11 @@ class StepLoggerMixin:
         trainer.logged_metrics.update({key: value.detach() for key, value in metrics.items()})
         if not trainer.loggers:
             return
-        values = torch.stack([value.detach().to(torch.float64) for value in metrics.values()])
-        row = dict(zip(metrics, values.tolist(), strict=True))
+        row = self._row(metrics)
         for logger in trainer.loggers:
             logger.log_metrics(row, step=trainer.global_step)
             logger.save()
-        self._written = trainer.global_step
+        self._written = (trainer.global_step, row)
 
 
 class ConvergenceMonitor(ConvergenceMonitorMixin, pl.Callback):
@@ -85,8 +99,10 @@ class ConvergenceMonitor(ConvergenceMonitorMixin, pl.Callback):
     stop (one host sync per window, none per step): at ``tol``, at a stall or an exhausted
     budget (``LitInverse`` then refines and warns as :func:`invert` does), and with a
     :class:`~gdinv_modules.core.errors.DivergenceError` where the loss is not finite or has
-    grown without bound. A fit that fails still tears ``LitInverse`` down (its TF32 setting and
-    warning filter end with the fit)."""
+    grown without bound. When training ends it has ``LitInverse`` refine, report and warn
+    (:meth:`LitInverse.finish_fit`) ahead of :class:`StepLogger`'s last write and the bar, so
+    both show the refined X's values. A fit that fails still tears ``LitInverse`` down (its
+    TF32 setting and warning filter end with the fit)."""
 
 
 class StepLogger(StepLoggerMixin, pl.Callback):

@@ -31,7 +31,7 @@ from gdinv_modules.core.errors import (
     warn_user,
 )
 from gdinv_modules.core.formulation import FormulationName
-from gdinv_modules.core.functional import Tol, default_tol, resolve_tol
+from gdinv_modules.core.functional import Tol, default_tol, identity_mse, resolve_tol
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.core.validation import STEP_DTYPES, check_positive_int
 from gdinv_modules.engine.options import StepOptions
@@ -277,14 +277,27 @@ class LitInverseMixin:
         self._stop = self._policy.after_window()
         return self._stop is not None
 
-    def on_train_end(self) -> None:
-        """Refine where ``refine`` is on, write the report, and warn where a matrix missed
-        ``tol`` (the warning :func:`invert` gives, pointing at the user's ``fit`` line)."""
+    def finish_fit(self) -> None:
+        """At the end of training (:class:`ConvergenceMonitor`, before the loggers' last write):
+        refine where ``refine`` is on, write the report, and warn where a matrix missed
+        ``tol`` (the warning :func:`invert` gives, pointing at the user's ``fit`` line). Where
+        refinement moved X, ``loss``, ``mse`` and ``residual`` become the refined X's."""
         if self._policy is None:
             return
-        self.outcome = self._policy.finish(self._stop)
-        if self.outcome.message and self.trainer.is_global_zero:
-            warn_user(self.outcome.message, ConvergenceWarning)
+        self.outcome = outcome = self._policy.finish(self._stop)
+        if outcome.report.refine_steps:
+            stepper, trainer = self.stepper, self.trainer
+            product = stepper.measure()
+            assert stepper.loss is not None
+            refined = {
+                "loss": stepper.loss.mean(),
+                "residual": outcome.residual.max().to(stepper.loss),
+                "mse": identity_mse(product),
+            }
+            for metrics in (trainer.callback_metrics, trainer.progress_bar_metrics):
+                metrics.update({key: value for key, value in refined.items() if key in metrics})
+        if outcome.message and self.trainer.is_global_zero:
+            warn_user(outcome.message, ConvergenceWarning)
 
     def on_train_epoch_end(self) -> None:
         self.metric.reset()  # as Lightning does for a logged Metric object

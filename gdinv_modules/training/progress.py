@@ -56,6 +56,12 @@ class StepProgressBarMixin(StepCountingMixin):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass  # the bar's numbers are set after each window
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bar = self.train_progress_bar
+        if not bar.disable:  # the values refinement left, before the bar closes
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)  # type: ignore[misc]
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -75,6 +81,10 @@ class StepRichProgressBarMixin(StepCountingMixin):
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)  # type: ignore[misc]
         self.show_steps(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # type: ignore[misc]
+        self.on_train_epoch_end(trainer, pl_module)  # Rich's: shows the values refinement left
 
     def show_steps(self, trainer: pl.Trainer) -> None:
         """Set the bar to ``trainer.global_step`` of :meth:`total_steps`."""
