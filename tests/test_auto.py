@@ -261,7 +261,11 @@ def test_invert_keeps_dtype_and_returns_per_matrix_fields():
         (dict(tol=0.0), "tol"),
         (dict(tol=-1e-3), "tol"),
         (dict(max_steps=0), "max_steps"),
-    ],
+        (dict(device="tpu"), "device='tpu' is not available"),
+        (dict(device="cpu:x"), "device='cpu:x' is not available"),
+    ]
+    + ([] if torch.cuda.is_available() else [(dict(device="cuda"), "device='cuda' is not")])
+    + [(dict(device=f"cuda:{torch.cuda.device_count()}"), "is not available")],
 )
 def test_invert_refuses_bad_options(kwargs, words):
     with pytest.raises(InvalidOptionError, match=words):

@@ -25,6 +25,7 @@ __all__ = [
     "check_non_negative_float",
     "check_momentum",
     "check_known",
+    "check_device",
 ]
 
 T = TypeVar("T")
@@ -100,6 +101,22 @@ def check_choice(value: T, choices: Sequence[T], *, name: str) -> T:
     if value not in choices:
         raise InvalidOptionError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_device(value: object, *, name: str = "device") -> torch.device:
+    """Raise :class:`InvalidOptionError` unless ``value`` names a device this torch can use
+    (a CPU-only build has no ``"cuda"``; a GPU index past the last one is refused too).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        device = torch.device(value)  # type: ignore[arg-type]
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError, TypeError) as error:
+        raise InvalidOptionError(f"{name}={value!r} is not available here: {error}") from None
+    return device
 
 
 def check_positive_int(value: object, *, name: str) -> int:

@@ -25,7 +25,12 @@ from gdinv_modules.core.errors import (
 from gdinv_modules.core.formulation import Formulation, FormulationName
 from gdinv_modules.core.functional import Tol, resolve_tol
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.core.validation import check_matrix, check_positive_int, check_step_dtype
+from gdinv_modules.core.validation import (
+    check_device,
+    check_matrix,
+    check_positive_int,
+    check_step_dtype,
+)
 from gdinv_modules.engine.implicit import inverse_of
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import Outcome, StoppingPolicy, converge
@@ -142,6 +147,8 @@ def invert(
     check_matrix(matrix, square=False, allow_empty=True)
     check_step_dtype(matrix.dtype)
     check_positive_int(max_steps, name="max_steps")
+    if device is not None:
+        device = check_device(device)
     judged = resolve_tol(tol, matrix.dtype)
     if judged is None:
         raise InvalidOptionError("invert() stops at a tolerance: give tol a number, or 'auto'")
