@@ -284,3 +284,14 @@ def test_after_refinement_the_logs_callback_metrics_and_bar_show_the_refined_x(k
     assert run.callback_metrics["residual"].item() == pytest.approx(refined)
     shown = run.progress_bar_callback.get_metrics(run, model)
     assert float(shown["residual"]) == pytest.approx(refined, rel=1e-2)
+
+
+def test_a_compiled_lit_inverse_fits_as_the_plain_one(kit):
+    # A habit: trainer.fit(torch.compile(model)). The window's host-synced loop runs as it is.
+    models = []
+    for compile_it in (False, True):
+        model = kit.ours.LitInverse(spd_matrix(8, condition=10.0), lr="auto", momentum="auto")
+        trainer(kit, max_steps=300).fit(torch.compile(model) if compile_it else model)
+        models.append(model)
+    plain, compiled = models
+    assert torch.equal(compiled.inverse, plain.inverse) and compiled.stepper.steps == 300

@@ -302,6 +302,7 @@ class LitInverseMixin:
     def on_train_epoch_end(self) -> None:
         self.metric.reset()  # as Lightning does for a logged Metric object
 
+    @torch.compiler.disable  # a window's host-synced Python loop: run as it is when compiled
     def training_step(self, batch: Any, batch_idx: int) -> None:
         stepper = self.stepper
         assert self._policy is not None
