@@ -191,3 +191,12 @@ def test_a_run_prints_no_lightning_chatter(tmp_path):
     for chatter in ("Total params", "LeafSpec", "litlogger", "GPU available", "Seed set"):
         assert chatter not in printed, chatter
     assert "after 200 steps" in result.stdout  # our summary stays
+
+
+def test_a_run_of_no_steps_writes_its_outputs_and_says_it_did_not_converge(tmp_path, capsys):
+    run = fit("auto_spd.yaml", tmp_path, "--trainer.max_steps", "0")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["convergence"]["converged"] == [False]
+    assert (run / "losses.csv").read_text().splitlines() == ["step,loss"]
+    assert (run / "loss_curve.png").stat().st_size > 0
+    assert "after 0 steps" in capsys.readouterr().out

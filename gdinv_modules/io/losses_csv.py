@@ -28,7 +28,8 @@ def write_losses_csv(
         >>> read_losses_csv(write_losses_csv(torch.tensor([0.5, 0.25]), path))
         tensor([0.5000, 0.2500], dtype=torch.float64)
     """
-    mean = losses.detach().double().reshape(len(losses), -1).mean(dim=1).cpu()
+    rows = losses.detach().double().cpu()
+    mean = rows.reshape(len(rows), -1).mean(dim=1) if len(rows) else rows.new_empty(0)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)

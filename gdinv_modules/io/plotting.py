@@ -95,7 +95,8 @@ def run_figure(
     floors = torch.tensor(report.loss_floor, dtype=torch.float64)
     floor = float(floors.max()) if len(floors) else 0.0
     # A rank-deficient M's loss ends at its floor: what converges is the loss above it.
-    values = (losses.double().reshape(len(losses), -1).cpu() - floors).mean(dim=1)
+    per_step = losses.double().cpu().reshape(len(losses), max(len(floors), 1))  # also no step
+    values = (per_step - floors).mean(dim=1)
     x = torch.arange(len(values)) if steps is None else torch.as_tensor(steps).cpu()
     x = x.double()
     figure = Figure(figsize=(8, 5), dpi=100)
