@@ -144,8 +144,8 @@ def test_a_run_that_fails_keeps_no_product_for_the_next(monkeypatch):
     kept = []
     check = HeavyBallStepper.check
 
-    def failing_after_two(self, tol, *, keep_product=False):
-        done = check(self, tol, keep_product=keep_product)
+    def failing_after_two(self, tol):
+        done = check(self, tol)
         kept.append(self.checked_product is not None)
         if len(kept) == 2:
             raise DivergenceError("a check that fails, for the test")

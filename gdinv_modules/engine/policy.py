@@ -178,27 +178,24 @@ class StoppingPolicy:
             length = min(length, self.max_steps - steps)
         return max(length, 0)
 
-    def start_from_zeros(self, *, keep_product: bool = False) -> Optional[Stop]:
+    def start_from_zeros(self) -> Optional[Stop]:
         """:meth:`after_window` before the first window from X = 0: for an invertible M and no
-        ridge its residual is 1, known without a product; with ``keep_product`` the first
-        window starts from E = 0, taken without one too."""
+        ridge its residual is 1, known without a product, and E = 0 is offered to the first
+        window (:meth:`HeavyBallStepper.offer_product`)."""
         if not self.invertible:
-            return self.after_window(keep_product=keep_product)
-        if keep_product:
-            self.stepper.checked_product = torch.zeros_like(self.stepper.module.inverse)
+            return self.after_window()
+        self.stepper.offer_product(torch.zeros_like(self.stepper.module.inverse))
         self._record.append((0, 1.0))
         return Stop("skipped", 0, 1.0) if self._skip else None
 
-    def after_window(self, *, keep_product: bool = False) -> Optional[Stop]:
+    def after_window(self) -> Optional[Stop]:
         """Check the run after a window (one host sync): a :class:`Stop`, or ``None`` to go on.
-        ``keep_product``: the caller lets nothing else change X before the next window or
-        :meth:`finish`, which start from the check's product (:meth:`HeavyBallStepper.check`).
 
         Raises:
             DivergenceError: the loss is not finite, or grew without bound.
         """
         stepper = self.stepper
-        reached = stepper.check(self.target, keep_product=keep_product)
+        reached = stepper.check(self.target)
         best = min(stepper.worst_residual, self._record[-1][1] if self._record else math.inf)
         self._record.append((stepper.steps, best))
         if reached:
@@ -255,11 +252,11 @@ class StoppingPolicy:
         return None
 
     @torch.no_grad()
-    def finish(self, stop: Optional[Stop], *, checked: bool = False) -> Outcome:
+    def finish(self, stop: Optional[Stop]) -> Outcome:
         """Refine where it applies (X is written into the module), measure the final residual
         in the wide dtype and write the report; ``stop``: the last :meth:`after_window`'s
-        (``None``: a Trainer ended the fit). ``checked``: X is as the last check found it, so
-        refinement may start from that check's product (kept by ``keep_product``)."""
+        (``None``: a Trainer ended the fit). Refinement starts from the last check's product
+        where one was kept (:meth:`HeavyBallStepper.keeping_products`)."""
         stepper = self.stepper
         module = stepper.module
         stop = stop or Stop("trainer", stepper.steps, *self._best())
@@ -269,7 +266,7 @@ class StoppingPolicy:
             refinement = refine(
                 module.inverse.detach(),
                 matrix,
-                current=stepper.take_checked_correction() if checked else None,  # no local
+                current=stepper.take_checked_correction(),  # inline: no frame holds it
             )
             module.inverse.copy_(refinement.inverse)
             refine_steps = refinement.steps
@@ -412,12 +409,9 @@ def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
     policy.begin()
     # Nothing but these steps moves X here: each window, and refinement, start from the
     # product its check measured.
-    keep = dict(keep_product=True)
-    try:
-        stop = policy.start_from_zeros(**keep) if from_zeros else policy.after_window(**keep)
+    with policy.stepper.keeping_products():
+        stop = policy.start_from_zeros() if from_zeros else policy.after_window()
         while stop is None:
             policy.stepper.run(policy.window())
-            stop = policy.after_window(**keep)
-        return policy.finish(stop, checked=True)
-    finally:
-        policy.stepper.checked_product = None  # of this X only: the stepper may run on
+            stop = policy.after_window()
+        return policy.finish(stop)

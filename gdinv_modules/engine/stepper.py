@@ -13,7 +13,8 @@ divergence. ``LitInverse`` and ``invert`` drive this object; so can a plain loop
 """
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -115,6 +116,7 @@ class HeavyBallStepper:
         self.replayed = False  # whether the last window ran from a CUDA graph
         # shape: (..., k, k), E at X as the last check measured it, until the next window
         self.checked_product: Optional[Tensor] = None
+        self._keeping = False  # inside keeping_products()
         self.started = False
 
     @property
@@ -298,19 +300,34 @@ class HeavyBallStepper:
             return ridge_error_bound(module.inverse, gradient, self.ridge)
         return relative_residual(module() if product is None else product, self.target)
 
-    def check(self, tol: Optional[float], *, keep_product: bool = False) -> bool:
+    @contextmanager
+    def keeping_products(self) -> Iterator[None]:
+        """Within it, each check keeps the product E it measured (:meth:`offer_product`) for
+        the next window's first step, or refinement's first correction
+        (:meth:`take_checked_correction`): for a caller that lets nothing else change X
+        (:func:`~gdinv_modules.engine.policy.converge`). None is kept past it."""
+        self._keeping = True
+        try:
+            yield
+        finally:
+            self._keeping = False
+            self.checked_product = None
+
+    def offer_product(self, product: Tensor) -> None:  # shape: (..., k, k), E at X now
+        """Keep E at the current X for the next window, inside :meth:`keeping_products`."""
+        self.checked_product = product if self._keeping else None
+
+    def check(self, tol: Optional[float]) -> bool:
         """Whether every matrix's residual is at most ``tol`` (one host sync). Measures first
-        where :meth:`run` ran since the last :meth:`measure`; with ``keep_product``, keeps
-        that product E for the next window's first step (or refinement's first correction):
-        only for a caller that lets nothing else change X before then.
+        where :meth:`run` ran since the last :meth:`measure` (and offers that product,
+        :meth:`offer_product`).
 
         Raises:
             DivergenceError: the loss is not finite, or has grown ``GROWTH_LIMIT`` times past
                 its first value.
         """
         if self.loss is None or self.residual is None or self.history.first is None:
-            product = self.measure()
-            self.checked_product = product if keep_product else None
+            self.offer_product(self.measure())
         assert self.loss is not None and self.residual is not None
         first = self.history.first
         first_max = self.loss.max() if first is None else first.max().to(self.loss)
@@ -327,7 +344,7 @@ class HeavyBallStepper:
         """Refinement's first correction :math:`I - XM`, made in place from the product the
         last check measured at this X, where that product is it: ``left``, in the wide dtype
         (float64 or complex128 M). ``None`` otherwise; the product is let go either way.
-        Only for a caller that has not let X change since the check (:func:`converge`)."""
+        Kept only inside :meth:`keeping_products`."""
         product, self.checked_product = self.checked_product, None
         if product is None or self.module.formulation is not LEFT:
             return None
