@@ -9,6 +9,7 @@ from reference import heavy_ball_steps
 from gdinv_modules import ConvergenceError, ConvergenceWarning, DivergenceError, LitInverse, invert
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.matrices import (
+    conditioned_matrix,
     diagonal_matrix,
     hilbert_matrix,
     random_matrix,
@@ -233,6 +234,16 @@ def test_auto_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
     quiet_trainer(max_steps=600).fit(resumed, ckpt_path=checkpoint.last_model_path)
     assert torch.equal(resumed.losses, whole.losses)
     assert torch.equal(resumed.inverse, whole.inverse)
+
+
+def test_without_the_rank_check_a_small_matrix_runs_as_with_it():
+    # sigma_max from the Gram matrix as the check takes it: the same pair, the same X, bit for bit
+    matrix = conditioned_matrix(32, condition=50.0, batch_shape=(6,), dtype=torch.float32)
+    checked, unchecked = invert(matrix), invert(matrix, check_rank=False)
+    assert unchecked.report.steps == checked.report.steps
+    assert unchecked.report.lr == checked.report.lr  # power iteration's were 1e-6 apart
+    assert unchecked.report.rank == [None] * 6 and checked.report.rank == [32] * 6
+    assert torch.equal(unchecked.inverse, checked.inverse)
 
 
 def test_invert_warns_or_raises_when_not_converged():

