@@ -22,12 +22,14 @@ echo "gpu benchmark: exit $?" | tee -a "$out/bench_gpu.log"
 # per-test timeout (benchmarks/RESULTS.md, the GPU run of issue 19).
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
-OMP_NUM_THREADS=2 timeout 200 python3 -m pytest -q -p no:cacheprovider -p no:benchmark \
-    --no-header -rfE --tb=line $parallel $per_test > "$out/tests.log" 2>&1
+# -v names each test's result as it ends, and SIGINT at the limit lets pytest print its
+# summary: the last two runs lost the failures' names and reasons with the cut.
+OMP_NUM_THREADS=2 timeout -s INT -k 15 200 python3 -m pytest -v -p no:cacheprovider \
+    -p no:benchmark --no-header -rfE --tb=line $parallel $per_test > "$out/tests.log" 2>&1
 echo "whole suite with the GPU visible: exit $?" | tee -a "$out/tests.log"
 timeout 40 python3 benchmarks/bench_inverse.py --panel-only --device cuda \
     --output "$out/panel_gpu.json" > "$out/panel_gpu.log" 2>&1
 echo "invert panel: exit $?" | tee -a "$out/panel_gpu.log"
 grep "^n=" "$out/panel_gpu.log"
-grep -E "^(FAILED|ERROR)" "$out/tests.log"
+grep -E "(FAILED|ERROR)" "$out/tests.log"
 tail -n 2 "$out/tests.log"
