@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import rich.progress
 import torch
 import yaml
 from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar, TQDMProgressBar
@@ -160,6 +161,26 @@ def test_the_step_bar_counts_optimizer_steps(tmp_path, capsys, bar):
     assert shown.train_description == "steps"
     printed = capsys.readouterr()
     assert "300/300" in printed.out + printed.err and "Epoch" not in printed.out + printed.err
+
+
+def test_the_rich_bar_only_moves_forward_so_its_speed_is_the_steps(tmp_path, monkeypatch):
+    # Rich reckons it/s from the bar's forward moves: one back to the window within the epoch
+    # and on again counted every step so far once more (100x the speed after 20,000 steps)
+    moves = []
+    update = rich.progress.Progress.update
+
+    def recorded(progress, task_id, **changes):
+        task = next(task for task in progress.tasks if task.id == task_id)
+        before = task.completed
+        update(progress, task_id, **changes)
+        moves.append((task.description, before, task.completed))
+
+    monkeypatch.setattr(rich.progress.Progress, "update", recorded)
+    trainer = users_trainer(tmp_path, max_steps=1500, callbacks=[RichProgressBar()])
+    trainer.fit(LitInverse(random_matrix(4)))  # windows of 100 steps, 10 to an epoch
+    steps = [(before, after) for name, before, after in moves if name.endswith("steps")]
+    assert len(steps) >= 15 and steps[-1][1] == 1500
+    assert all(after >= before for before, after in steps)
 
 
 def test_output_dir_holds_the_whole_run_and_a_second_run_there_is_refused(tmp_path):

@@ -74,12 +74,26 @@ class StepRichProgressBarMixin(StepCountingMixin):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.train_progress_bar_id is None:  # one bar for the run, not one per epoch
             super().on_train_epoch_start(trainer, pl_module)  # type: ignore[misc]
+            if self.progress is not None and self.train_progress_bar_id is not None:
+                # a resumed run starts at its step, not as one jump of that many steps/s
+                self.progress.reset(self.train_progress_bar_id, completed=trainer.global_step)
         self.show_steps(trainer)
 
     def on_train_batch_end(  # type: ignore[override]
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args)  # type: ignore[misc]
+        # Lightning's bar moves to batch_idx + 1, the window within the epoch: moved back there
+        # and on to the step count again, Rich counted each window's steps as all the run's so
+        # far (it reckons its speed from forward moves; 519,439 it/s shown for 5,100). Told the
+        # step count, it moves forward only.
+        super().on_train_batch_end(  # type: ignore[misc]
+            trainer, pl_module, outputs, batch, trainer.global_step - 1
+        )
         self.show_steps(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
