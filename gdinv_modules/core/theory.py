@@ -125,8 +125,12 @@ def power_sigma_max(
     else:
         generator = torch.Generator().manual_seed(seed)
         start = torch.rand(inverse_shape(work.shape), generator=generator, dtype=torch.float64)
-        operator = lambda v: form.normal_operator(v, work)  # noqa: E731
-        estimate = power_norm(operator, start.to(work) + 0.5, iterations=iterations, rtol=rtol)
+        estimate = power_norm(
+            lambda v: form.normal_operator(v, work),
+            start.to(work) + 0.5,
+            iterations=iterations,
+            rtol=rtol,
+        )
     return estimate.to(matrix.real.dtype)
 
 
