@@ -12,8 +12,8 @@ from gdinv_modules.core.decomposition import (
     wide_svdvals,
 )
 from gdinv_modules.core.matrices import conditioned_matrix, low_rank_matrix
-from gdinv_modules.core.theory import power_spectral_norm
-from gdinv_modules.engine.tuner import GRAM_MAX_N, estimate_sigma_max
+from gdinv_modules.core.theory import power_spectral_norm, spectral_norm
+from gdinv_modules.engine.tuner import estimate_sigma_max
 
 F64 = torch.float64
 
@@ -99,11 +99,15 @@ def test_power_iteration_with_row_vectors_finds_the_spectral_norm(dtype, shape):
     torch.testing.assert_close(got, torch.ones(shape[:-2], dtype=F64), rtol=1e-12, atol=0)
 
 
-def test_the_tuner_takes_the_gram_value_up_to_its_size_and_power_iteration_past_it():
-    small = conditioned_matrix(GRAM_MAX_N, condition=2.25, batch_shape=(8,), dtype=torch.float32)
-    assert torch.equal(estimate_sigma_max(small, "left"), wide_sigma_max(small))
-    large = conditioned_matrix(GRAM_MAX_N + 1, condition=2.25, dtype=F64)
-    expected = torch.linalg.svdvals(large)[0]
+def test_the_spectral_norm_is_exact_from_the_gram_matrices_where_they_cost_less():
+    # 64 x 64x64: the Gram matrices' work is that of 64 power iterations, not of 16
+    batch = conditioned_matrix(64, condition=2.25, batch_shape=(64,), dtype=torch.float32)
+    exact = wide_sigma_max(batch)
+    assert torch.equal(spectral_norm(batch, iterations=64), exact)
+    assert torch.equal(estimate_sigma_max(batch, "left"), exact)
+    estimate = spectral_norm(batch, iterations=16)  # power iteration: a Rayleigh quotient
+    assert not torch.equal(estimate, exact)
+    assert bool((estimate <= exact * (1 + 1e-12)).all() and (estimate >= 0.9 * exact).all())
+    large = conditioned_matrix(257, condition=2.25, dtype=F64)  # past 64 iterations' worth
     got = estimate_sigma_max(large, "right")
-    assert got <= expected * (1 + 1e-12) and got >= 0.99 * expected  # a Rayleigh quotient
-    assert not torch.equal(got, wide_sigma_max(large))
+    assert got <= torch.linalg.svdvals(large)[0] * (1 + 1e-12) and got != wide_sigma_max(large)

@@ -1,8 +1,8 @@
 r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral estimates of M.
 
 - :math:`a_\max` (the largest singular value of the product's operator; :math:`\sigma_\max(M)`
-  for ``left``/``right``) comes from power iteration before the first step (from the Gram
-  matrix's eigenvalues for small matrices on the CPU), times a safety margin, since the
+  for ``left``/``right``) comes from power iteration before the first step (exact from the
+  Gram matrix's eigenvalues for small matrices on the CPU), times a safety margin, since the
   Rayleigh quotient never overestimates and heavy ball near Polyak's pair is
   unstable for any singular value above :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
 - :math:`a_\min` is estimated as the run goes, for free: with the residual :math:`R` and the
@@ -32,12 +32,12 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.decomposition import wide_sigma_max
 from gdinv_modules.core.errors import DivergenceError
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.theory import (
     MAX_MOMENTUM,
     power_sigma_max,
+    spectral_norm,
     stable_bound_advice,
     stable_lr_bound,
     tuned_parameters,
@@ -47,16 +47,17 @@ __all__ = ["HeavyBallTuner", "estimate_sigma_max"]
 
 SIGMA_MAX_MARGIN = 1.01
 MAX_CONDITION = 1e8
-GRAM_MAX_N = 64  # on the CPU up to this size, the Gram matrix's eigenvalues beat power iteration
+SIGMA_MAX_ITERATIONS = 64  # power iterations, where they estimate sigma_max
+SIGMA_MAX_RTOL = 1e-6  # ... stopping once every estimate moved by less
 
 
 def estimate_sigma_max(
     matrix: Tensor, formulation: Union[str, Formulation]
 ) -> Tensor:  # shape: (..., m, n) -> (...), float64
-    r""":math:`a_\max` per matrix where no SVD gave it: exact from the Gram matrix's largest
-    eigenvalue for ``left``/``right`` on the CPU up to :data:`GRAM_MAX_N` (64 power iterations'
-    fixed costs outweigh an ``eigvalsh`` there: 64 x 64x64 in 6 ms against 9, one 64 x 64 in
-    0.14 ms against 1.6), else by :func:`~gdinv_modules.core.theory.power_sigma_max`.
+    r""":math:`a_\max` per matrix where no SVD gave it: for ``left``/``right`` M's spectral
+    norm by :func:`~gdinv_modules.core.theory.spectral_norm` (exact from the Gram matrices on
+    the CPU up to 64 x 64x64 or one 256 x 256, where 64 power iterations cost more), else by
+    :func:`~gdinv_modules.core.theory.power_sigma_max`.
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 4.0]))
@@ -64,9 +65,11 @@ def estimate_sigma_max(
         4.0
     """
     form = as_formulation(formulation)
-    if form.spectrum_is_ms and matrix.device.type == "cpu" and min(matrix.shape[-2:]) <= GRAM_MAX_N:
-        return wide_sigma_max(matrix)
-    return power_sigma_max(matrix, form).double()
+    if form.spectrum_is_ms:
+        return spectral_norm(matrix, iterations=SIGMA_MAX_ITERATIONS, rtol=SIGMA_MAX_RTOL)
+    return power_sigma_max(
+        matrix, form, iterations=SIGMA_MAX_ITERATIONS, rtol=SIGMA_MAX_RTOL
+    ).double()
 
 
 class HeavyBallTuner:
