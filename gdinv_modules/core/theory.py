@@ -28,7 +28,7 @@ __all__ = [
     "power_norm",
     "power_spectral_norm",
     "spectral_norm",
-    "power_sigma_max",
+    "operator_sigma_max",
     "stable_lr_bound",
     "polyak_parameters",
     "tuned_parameters",
@@ -85,7 +85,6 @@ def power_spectral_norm(
     *,
     iterations: int,
     rtol: Optional[float] = None,
-    seed: int = 0,
 ) -> Tensor:  # shape: (...), float64
     r""":math:`\lVert A\rVert_2` per matrix by :func:`power_norm` on :math:`A A^H`, with row
     vectors: :math:`r \mapsto (r A) A^H`, two vector-matrix products an iteration (on the CPU a
@@ -97,7 +96,7 @@ def power_spectral_norm(
         >>> round(power_spectral_norm(a, iterations=64).item(), 6)
         6.708204
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     shape = (*matrix.shape[:-2], 1, matrix.shape[-2])
     start = torch.rand(shape, generator=generator, dtype=torch.float64).to(matrix) + 0.5
     return power_norm(
@@ -129,38 +128,36 @@ def spectral_norm(
     return power_spectral_norm(wide, iterations=iterations, rtol=rtol)
 
 
-def power_sigma_max(
+def operator_sigma_max(
     matrix: Tensor,
     formulation: Union[str, Formulation] = "left",
     *,
     iterations: int = 64,
     rtol: float = 1e-6,
-    seed: int = 0,
-) -> Tensor:  # shape: (..., m, n) -> (...)
-    r"""Estimate :math:`a_\max` per matrix by :func:`power_norm`, in the wide dtype: on M with
-    vectors where the operator has M's spectrum (``left``, ``right``:
-    :func:`power_spectral_norm`), else on :math:`\mathcal{A}^*\mathcal{A}` (four matrix
-    products an iteration).
+) -> Tensor:  # shape: (..., m, n) -> (...), float64
+    r""":math:`a_\max` per matrix, in the wide dtype: where the operator has M's spectrum
+    (``left``, ``right``) M's :func:`spectral_norm` (exact from the Gram matrices where they
+    cost less than ``iterations``), else by power iteration on
+    :math:`\mathcal{A}^*\mathcal{A}` (four matrix products an iteration).
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
-        >>> round(power_sigma_max(m).item(), 6)
-        5.0
+        >>> operator_sigma_max(m).item(), round(operator_sigma_max(m, "symmetric").item(), 6)
+        (5.0, 5.0)
     """
     form = as_formulation(formulation)
-    work = matrix.to(wide_dtype(matrix.dtype))
     if form.spectrum_is_ms:
-        estimate = power_spectral_norm(work, iterations=iterations, rtol=rtol, seed=seed)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        start = torch.rand(inverse_shape(work.shape), generator=generator, dtype=torch.float64)
-        estimate = power_norm(
-            lambda v: form.normal_operator(v, work),
-            start.to(work) + 0.5,
-            iterations=iterations,
-            rtol=rtol,
-        )
-    return estimate.to(matrix.real.dtype)
+        return spectral_norm(matrix, iterations=iterations, rtol=rtol)
+    work = matrix.to(wide_dtype(matrix.dtype))
+    start = torch.rand(
+        inverse_shape(work.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    return power_norm(
+        lambda v: form.normal_operator(v, work),
+        start.to(work) + 0.5,
+        iterations=iterations,
+        rtol=rtol,
+    )
 
 
 def stable_lr_bound(

@@ -40,13 +40,17 @@ from gdinv_modules.core.functional import (
 )
 from gdinv_modules.core.rank import loss_floor, product_target
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.core.theory import ridge_error_bound, stable_bound_advice
+from gdinv_modules.core.theory import (
+    operator_sigma_max,
+    ridge_error_bound,
+    stable_bound_advice,
+)
 from gdinv_modules.core.validation import check_step_dtype
 from gdinv_modules.engine.history import LossHistory
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.sharding import Sharding
 from gdinv_modules.engine.step_graph import StepGraph
-from gdinv_modules.engine.tuner import HeavyBallTuner, estimate_sigma_max
+from gdinv_modules.engine.tuner import HeavyBallTuner
 from gdinv_modules.nn.inverse_module import InverseModule
 
 __all__ = ["HeavyBallStepper", "GROWTH_LIMIT"]
@@ -361,7 +365,7 @@ class HeavyBallStepper:
                 "run (the steps never write it); the loss is not finite because M is not"
             )
         group = self.optimizer.param_groups[0]
-        sigma_max = estimate_sigma_max(matrix, self.module.formulation).double().max().item()
+        sigma_max = operator_sigma_max(matrix, self.module.formulation).max().item()
         return (
             f"the run diverged at step {self.steps}: loss {loss:.3e} (first {first_loss:.3e}) "
             f"with lr={group['lr']:g}, momentum={group['momentum']:g}; "

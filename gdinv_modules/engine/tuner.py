@@ -36,40 +36,16 @@ from gdinv_modules.core.errors import DivergenceError
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.theory import (
     MAX_MOMENTUM,
-    power_sigma_max,
-    spectral_norm,
+    operator_sigma_max,
     stable_bound_advice,
     stable_lr_bound,
     tuned_parameters,
 )
 
-__all__ = ["HeavyBallTuner", "estimate_sigma_max"]
+__all__ = ["HeavyBallTuner"]
 
 SIGMA_MAX_MARGIN = 1.01
 MAX_CONDITION = 1e8
-SIGMA_MAX_ITERATIONS = 64  # power iterations, where they estimate sigma_max
-SIGMA_MAX_RTOL = 1e-6  # ... stopping once every estimate moved by less
-
-
-def estimate_sigma_max(
-    matrix: Tensor, formulation: Union[str, Formulation]
-) -> Tensor:  # shape: (..., m, n) -> (...), float64
-    r""":math:`a_\max` per matrix where no SVD gave it: for ``left``/``right`` M's spectral
-    norm by :func:`~gdinv_modules.core.theory.spectral_norm` (exact from the Gram matrices on
-    the CPU up to 64 x 64x64 or one 256 x 256, where 64 power iterations cost more), else by
-    :func:`~gdinv_modules.core.theory.power_sigma_max`.
-
-    Example:
-        >>> m = torch.diag(torch.tensor([1.0, 4.0]))
-        >>> estimate_sigma_max(m, "left").item()
-        4.0
-    """
-    form = as_formulation(formulation)
-    if form.spectrum_is_ms:
-        return spectral_norm(matrix, iterations=SIGMA_MAX_ITERATIONS, rtol=SIGMA_MAX_RTOL)
-    return power_sigma_max(
-        matrix, form, iterations=SIGMA_MAX_ITERATIONS, rtol=SIGMA_MAX_RTOL
-    ).double()
 
 
 class HeavyBallTuner:
@@ -106,7 +82,7 @@ class HeavyBallTuner:
         self.fixed_momentum = momentum
         self.ridge_term = ridge * self.k * self.k
         if sigma_max is None:
-            sigma_max = estimate_sigma_max(matrix, formulation)
+            sigma_max = operator_sigma_max(matrix, formulation)
         top = sigma_max.double()
         estimate = (top.square() + self.ridge_term).sqrt()
         # M = 0 has a zero gradient everywhere: any finite pair will do.
