@@ -107,3 +107,35 @@ def test_after_ddp_spawn_the_history_and_the_report_are_in_the_main_process(tmp_
     # said once, by rank 0, before the run, with what to do instead
     assert done.stderr.count("TrackInverse('inverse') updates in the processes") == 1
     assert "strategy='ddp'" in done.stderr and "InverseTracker(model.inverse)" in done.stderr
+
+
+EXIT_SCRIPT = """
+import atexit
+import warnings
+import pytorch_lightning as pl
+import torch
+from gdinv_modules import LitInverse, random_matrix
+
+warnings.filterwarnings("ignore")
+# atexit calls last what was registered first: this runs after LitInverse's handler
+atexit.register(lambda: print("initialized at exit:", torch.distributed.is_initialized()))
+if __name__ == "__main__":
+    model = LitInverse(random_matrix(4), lr="auto", momentum="auto", tol="auto")
+    pl.Trainer(max_steps=200, devices=1, strategy="ddp", accelerator="cpu", logger=False,
+               enable_progress_bar=False, enable_checkpointing=False,
+               enable_model_summary=False).fit(model)
+    print("initialized after fit:", torch.distributed.is_initialized())
+"""
+
+
+def test_a_gloo_group_is_destroyed_at_exit_before_the_interpreter_finalizes(tmp_path):
+    """Lightning destroys only an NCCL group at exit; a gloo group left to finalization can
+    abort a finished rank (SIGABRT, seen once in CI on the ddp_spawn test above)."""
+    script = tmp_path / "exits.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2:] == ["initialized after fit: True", "initialized at exit: False"]

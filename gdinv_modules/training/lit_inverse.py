@@ -1,5 +1,7 @@
 """``LitInverse``: trains an :class:`InverseModule` under a Lightning ``Trainer``."""
 
+import atexit
+import functools
 import warnings
 from contextlib import ExitStack, contextmanager
 from typing import (
@@ -224,6 +226,8 @@ class LitInverseMixin:
                     f"index, not the optimizer step of loss; {WINDOW_COUNTED_CALLBACKS[name]}",
                     UserWarning,
                 )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _destroy_process_group_at_exit()
         self.stepper.follow_module()
 
     def teardown(self, stage: str) -> None:
@@ -354,7 +358,22 @@ class LitInverseMixin:
             self.stepper.load_state_dict({"optimizer": optimizers[0]})
 
 
-# Lightning's tools that assume a loss of batches, and what to use instead.
+@functools.lru_cache(maxsize=None)
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the process group at this process's exit, while the interpreter still runs.
+
+    Lightning does so for an NCCL group only. A gloo group (DDP on the CPU) left to the
+    interpreter's finalization can abort a finished run's process (SIGABRT, "terminate called
+    without an active exception"): its worker threads still hold work whose tensors need the
+    interpreter. Registered once per process (a rank that ``ddp_spawn`` starts has its own)."""
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 # Lightning's callbacks that log at its count of batches (here windows), and what to read instead.
 WINDOW_COUNTED_CALLBACKS = {
     "LearningRateMonitor": "with lr='auto' or momentum='auto' LitInverse logs lr and momentum "
@@ -362,6 +381,7 @@ WINDOW_COUNTED_CALLBACKS = {
     "DeviceStatsMonitor": "read its rows as one per window of steps",
 }
 
+# Lightning's tools that assume a loss of batches, and what to use instead.
 REFUSED_CALLBACKS = {
     "LearningRateFinder": "lr_find sweeps a loss of batches; use lr='auto', which chooses lr "
     "(and momentum='auto') from M's spectrum",
