@@ -178,6 +178,8 @@ class LitInverseMixin:
         return self.module(matrix)
 
     def setup(self, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _destroy_process_group_at_exit()  # the Trainer's strategy has set it up by now
         matrix = getattr(self.trainer.datamodule, "matrix", None)
         if matrix is None:
             pass  # M is ours already, or comes from ckpt_path (at on_load_checkpoint), or
@@ -226,8 +228,6 @@ class LitInverseMixin:
                     f"index, not the optimizer step of loss; {WINDOW_COUNTED_CALLBACKS[name]}",
                     UserWarning,
                 )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            _destroy_process_group_at_exit()
         self.stepper.follow_module()
 
     def teardown(self, stage: str) -> None:
