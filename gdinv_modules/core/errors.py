@@ -17,6 +17,7 @@ __all__ = [
     "MatrixShapeError",
     "MatrixDtypeError",
     "NonFiniteMatrixError",
+    "MatrixScaleError",
     "MatrixFileError",
     "InvalidOptionError",
     "OutputExistsError",
@@ -45,6 +46,12 @@ class MatrixDtypeError(GDInvError):
 
 class NonFiniteMatrixError(GDInvError):
     """A matrix holds NaN or infinite entries."""
+
+
+class MatrixScaleError(GDInvError):
+    """M's scale is past what its dtype's steps hold: its largest entry outside the band of
+    :func:`~gdinv_modules.core.scaling.scale_band` (``invert`` and the tracker scale such an M
+    themselves), or an inverse past the dtype's range."""
 
 
 class MatrixFileError(GDInvError):

@@ -1,7 +1,7 @@
 """``ConvergenceReport``: how a run converged, measured, beside what the theory predicts."""
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -9,6 +9,7 @@ from torch import Tensor
 
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.rank import loss_floor
+from gdinv_modules.core.scaling import times_power_of_two
 from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
 
 __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
@@ -226,6 +227,28 @@ class ConvergenceReport:
             descent_stop="empty",
         )
 
+    def of_unscaled_matrix(self, exponent: int) -> "ConvergenceReport":
+        r"""This report of a run on :math:`2^e M`, told of M (:mod:`~gdinv_modules.core.scaling`):
+        the learning rates times :math:`2^{2e}`, the singular values times :math:`2^{-e}`, the
+        ridge times :math:`2^{-2e}`; the residuals, rates and steps are M's already.
+
+        Example:
+            >>> report = ConvergenceReport.empty(1e-5)
+            >>> scaled = replace(report, lr=[0.5], sigma_max=[2.0], sigma_min=[None], ridge=1.0)
+            >>> told = scaled.of_unscaled_matrix(-3)
+            >>> told.lr, told.sigma_max, told.sigma_min, told.ridge
+            ([0.0078125], [16.0], [None], 64.0)
+        """
+        if exponent == 0:
+            return self
+        return replace(
+            self,
+            lr=_times_power_of_two(self.lr, 2 * exponent),
+            sigma_max=_times_power_of_two(self.sigma_max, -exponent),
+            sigma_min=_times_power_of_two(self.sigma_min, -exponent),
+            ridge=_times_power_of_two([self.ridge], -2 * exponent)[0],
+        )
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
@@ -267,6 +290,13 @@ class ConvergenceReport:
                 else []
             )
         )
+
+
+def _times_power_of_two(values: List[Any], exponent: int) -> List[Any]:
+    """Each number times 2**exponent in float64 (inf past its range), ``None`` kept."""
+    known = [value for value in values if value is not None]
+    scaled = iter(times_power_of_two(torch.tensor(known, dtype=torch.float64), exponent).tolist())
+    return [None if value is None else next(scaled) for value in values]
 
 
 def _optional(values: Tensor) -> List[Optional[float]]:

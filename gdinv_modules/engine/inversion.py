@@ -9,7 +9,7 @@ what to do (``check_errors=True`` raises :class:`ConvergenceError`).
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import torch
@@ -19,12 +19,14 @@ from gdinv_modules.core.errors import (
     ConvergenceError,
     ConvergenceWarning,
     InvalidOptionError,
+    MatrixScaleError,
     SingularMatrixError,
     warn_user,
 )
 from gdinv_modules.core.formulation import Formulation, FormulationName
-from gdinv_modules.core.functional import Tol, resolve_tol
+from gdinv_modules.core.functional import Tol, resolve_tol, wide_dtype
 from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.core.scaling import scale_exponent, times_power_of_two
 from gdinv_modules.core.validation import (
     check_device,
     check_matrix,
@@ -155,16 +157,30 @@ def invert(
     if matrix.numel() == 0:
         return _empty_result(matrix, judged)
     work = (matrix if device is None else matrix.to(device)).detach()
-    try:  # the finite check's host sync is the first thing vmap refuses
-        module = InverseModule(work, formulation=formulation, init=init, seed=seed)
+    try:  # the scale's host sync is the first thing vmap refuses
+        exponent = scale_exponent(work)  # 0 unless M's scale is past what the steps hold
     except RuntimeError as error:
-        if "data-dependent" not in str(error):
+        if "vmap" not in str(error):
             raise
         raise InvalidOptionError(INSIDE_VMAP) from None
+    if exponent:
+        work = times_power_of_two(work, exponent)
+        step_options = step_options.for_scaled_matrix(exponent)
+    module = InverseModule(work, formulation=formulation, init=init, seed=seed)
     stepper = HeavyBallStepper(module, step_options)
     policy = StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine)
     outcome = converge(policy, from_zeros=init == "zeros")
-    inverse = module.inverse.detach().to(device=matrix.device, dtype=matrix.dtype)
+    inverse = times_power_of_two(module.inverse.detach(), exponent)
+    if exponent and not bool(inverse.isfinite().all()):
+        name = str(matrix.dtype).replace("torch.", "")
+        wide = str(wide_dtype(matrix.dtype)).replace("torch.", "")
+        raise MatrixScaleError(
+            f"M's inverse is past {name}'s range (M's largest entry is "
+            f"{matrix.abs().amax().item():.3g}): "
+            + (f"use {wide}, or " if wide != name else "")
+            + f"invert M * 2**{exponent}, whose inverse is M's times 2**{-exponent}"
+        )
+    inverse = inverse.to(device=matrix.device, dtype=matrix.dtype)
     if matrix.requires_grad and torch.is_grad_enabled():
         if not (stepper.target is None and not stepper.ridge and work.shape[-1] == work.shape[-2]):
             raise SingularMatrixError(
@@ -173,6 +189,7 @@ def invert(
                 "pass M.detach() for X alone"
             )
         inverse = inverse_of(matrix, inverse)
+    outcome = replace(outcome, report=outcome.report.of_unscaled_matrix(exponent))
     result = InverseResult.from_outcome(inverse, stepper.history.losses.cpu(), outcome)
     if result.message:
         if check_errors:

@@ -1,9 +1,11 @@
 """``StepOptions``: how :class:`HeavyBallStepper` steps, shared by ``invert``, ``LitInverse``
 and the stepper itself (one definition, checked once)."""
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Mapping, Sequence, Union
 
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.validation import (
     check_choice,
     check_known,
@@ -70,6 +72,23 @@ class StepOptions:
         """Whether lr or momentum is chosen automatically."""
         return "auto" in (self.lr, self.momentum)
 
+    def for_scaled_matrix(self, exponent: int) -> "StepOptions":
+        r"""These options for :math:`2^e M` (:mod:`~gdinv_modules.core.scaling`): a fixed lr
+        times :math:`2^{-2e}`, the ridge times :math:`2^{2e}`, so the steps are M's.
+
+        Example:
+            >>> StepOptions(lr=0.5, ridge=1e-3).for_scaled_matrix(1).lr
+            0.125
+        """
+        lr = self.lr if self.lr == "auto" else _ldexp(float(self.lr), -2 * exponent)
+        ridge = _ldexp(self.ridge, 2 * exponent)
+        if lr in (0.0, math.inf) or ridge == math.inf or (ridge == 0) != (self.ridge == 0):
+            raise InvalidOptionError(
+                f"lr={self.lr} and ridge={self.ridge} are past float64's range for this M scaled "
+                f"by 2**{exponent} to what the steps hold: use lr='auto', or scale M yourself"
+            )
+        return replace(self, lr=lr, ridge=ridge)
+
     @classmethod
     def names(cls) -> Sequence[str]:
         """The option names, in order."""
@@ -83,3 +102,10 @@ class StepOptions:
         (the caller's own) is refused with the closest name."""
         check_known(options, [*cls.names(), *also], owner=owner)
         return cls(**{name: value for name, value in options.items() if name in cls.names()})
+
+
+def _ldexp(value: float, exponent: int) -> float:  # value * 2**exponent, inf past float64's range
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.inf

@@ -23,6 +23,7 @@ from gdinv_modules.core.decomposition import wide_svdvals
 from gdinv_modules.core.errors import (
     DivergenceError,
     InvalidOptionError,
+    MatrixScaleError,
     NonFiniteMatrixError,
     NotReadyError,
     SingularMatrixWarning,
@@ -40,6 +41,7 @@ from gdinv_modules.core.functional import (
 )
 from gdinv_modules.core.rank import loss_floor, product_target
 from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.core.scaling import scale_band, scale_exponent
 from gdinv_modules.core.theory import (
     operator_sigma_max,
     ridge_error_bound,
@@ -138,6 +140,8 @@ class HeavyBallStepper:
         rank check (once), the tuner's spectral estimates (once) and the CUDA graph.
         :meth:`run` starts a single-process run by itself."""
         module, options = self.module, self.options
+        if not self.started:
+            _check_scale(self.matrix)
         self.sharding = Sharding.plan(
             options.shard,
             batch_count=module.batch_shape.numel(),
@@ -476,3 +480,18 @@ class HeavyBallStepper:
         self._tuner_state = state.get("tuner")
         if self.tuner is not None and self._tuner_state is not None:
             self.tuner.load_state_dict(self._tuner_state)
+
+
+def _check_scale(matrix: Tensor) -> None:  # shape: (..., m, n)
+    """Refuse an M whose scale is past what its dtype's steps hold (core/scaling.py)."""
+    exponent = scale_exponent(matrix)
+    if exponent:
+        band = scale_band(matrix.dtype)
+        name = str(matrix.dtype).replace("torch.", "")
+        raise MatrixScaleError(
+            f"M's largest entry is {matrix.abs().amax().item():.3g}, past the scales {name}'s "
+            f"steps hold (2**-{band} to 2**{band}: a learning rate near k^2 / sigma_max^2, and "
+            f"M's Gram matrix, stay in range): scale M by a power of two, M * 2**{exponent} "
+            f"(exact; its inverse is M's inverse times 2**{-exponent}), or use invert() or "
+            "InverseTracker, which do so themselves"
+        )

@@ -39,6 +39,7 @@ from gdinv_modules.core.errors import (
     warn_user,
 )
 from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol
+from gdinv_modules.core.scaling import scale_exponent, times_power_of_two
 from gdinv_modules.core.theory import spectral_norm
 from gdinv_modules.core.validation import (
     check_finite,
@@ -261,11 +262,15 @@ class InverseTracker(nn.Module):
 
     def _jump(self, matrix: Tensor, inverse: Tensor) -> TrackedUpdate:
         """Warm heavy ball, then refinement, under :func:`invert`'s policy and warning; from
-        zeros where the warm X is no closer than zeros (never slower than a cold solve)."""
-        module = InverseModule(matrix.clone(), init="zeros")
+        zeros where the warm X is no closer than zeros (never slower than a cold solve). An M
+        whose scale is past what the steps hold is solved as ``2**e M`` (core/scaling.py)."""
         n = matrix.shape[-1]
         warm = torch.linalg.matrix_norm(correction(inverse, matrix)).real < math.sqrt(n)
-        module.inverse.copy_(torch.where(warm[..., None, None], inverse, 0))
+        exponent = scale_exponent(matrix)
+        scaled = times_power_of_two(matrix, exponent) if exponent else matrix.clone()
+        module = InverseModule(scaled, init="zeros")
+        start = times_power_of_two(inverse, -exponent)
+        module.inverse.copy_(torch.where(warm[..., None, None], start, 0))
         stepper = HeavyBallStepper(module, StepOptions(lr="auto", momentum="auto"))
         policy = StoppingPolicy(stepper, tol=self.tol, max_steps=self.max_steps, refine=True)
         with warnings.catch_warnings():
@@ -280,9 +285,8 @@ class InverseTracker(nn.Module):
         if outcome.message:
             warn_user(outcome.message, ConvergenceWarning)
         report = outcome.report
-        return TrackedUpdate(
-            module.inverse.detach(), outcome.residual, report.refine_steps, report.steps, True
-        )
+        found = times_power_of_two(module.inverse.detach(), exponent)
+        return TrackedUpdate(found, outcome.residual, report.refine_steps, report.steps, True)
 
     def forward(self, matrix: Tensor) -> Tensor:  # shape: (..., n, n) -> (..., n, n)
         """Update to ``matrix``, then return X as a differentiable function of it
