@@ -9,7 +9,7 @@ from torch import Tensor
 
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.rank import loss_floor
-from gdinv_modules.core.scaling import times_power_of_two
+from gdinv_modules.core.scaling import float_times_power_of_two
 from gdinv_modules.core.theory import heavy_ball_rate, polyak_parameters
 
 __all__ = ["ConvergenceReport", "measured_rate", "residual_history", "first_step_below"]
@@ -246,7 +246,7 @@ class ConvergenceReport:
             lr=_times_power_of_two(self.lr, 2 * exponent),
             sigma_max=_times_power_of_two(self.sigma_max, -exponent),
             sigma_min=_times_power_of_two(self.sigma_min, -exponent),
-            ridge=_times_power_of_two([self.ridge], -2 * exponent)[0],
+            ridge=float_times_power_of_two(self.ridge, -2 * exponent),
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -293,10 +293,10 @@ class ConvergenceReport:
 
 
 def _times_power_of_two(values: List[Any], exponent: int) -> List[Any]:
-    """Each number times 2**exponent in float64 (inf past its range), ``None`` kept."""
-    known = [value for value in values if value is not None]
-    scaled = iter(times_power_of_two(torch.tensor(known, dtype=torch.float64), exponent).tolist())
-    return [None if value is None else next(scaled) for value in values]
+    """Each number times 2**exponent (inf past float64's range), ``None`` kept."""
+    return [
+        None if value is None else float_times_power_of_two(value, exponent) for value in values
+    ]
 
 
 def _optional(values: Tensor) -> List[Optional[float]]:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["scale_band", "scale_exponent", "times_power_of_two"]
+__all__ = ["scale_band", "scale_exponent", "times_power_of_two", "float_times_power_of_two"]
 
 
 def scale_band(dtype: torch.dtype) -> int:
@@ -72,3 +72,16 @@ def times_power_of_two(tensor: Tensor, exponent: int) -> Tensor:
         return tensor
     half = exponent // 2
     return tensor * 2.0**half * 2.0 ** (exponent - half)
+
+
+def float_times_power_of_two(value: float, exponent: int) -> float:
+    """``value * 2**exponent`` for a Python float: exact, or infinite past float64's range.
+
+    Example:
+        >>> float_times_power_of_two(0.75, -2), float_times_power_of_two(1.0, 2000)
+        (0.1875, inf)
+    """
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.copysign(math.inf, value)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.scaling import float_times_power_of_two
 from gdinv_modules.core.validation import (
     check_choice,
     check_known,
@@ -80,8 +81,12 @@ class StepOptions:
             >>> StepOptions(lr=0.5, ridge=1e-3).for_scaled_matrix(1).lr
             0.125
         """
-        lr = self.lr if self.lr == "auto" else _ldexp(float(self.lr), -2 * exponent)
-        ridge = _ldexp(self.ridge, 2 * exponent)
+        lr = (
+            self.lr
+            if self.lr == "auto"
+            else float_times_power_of_two(float(self.lr), -2 * exponent)
+        )
+        ridge = float_times_power_of_two(self.ridge, 2 * exponent)
         if lr in (0.0, math.inf) or ridge == math.inf or (ridge == 0) != (self.ridge == 0):
             raise InvalidOptionError(
                 f"lr={self.lr} and ridge={self.ridge} are past float64's range for this M scaled "
@@ -102,10 +107,3 @@ class StepOptions:
         (the caller's own) is refused with the closest name."""
         check_known(options, [*cls.names(), *also], owner=owner)
         return cls(**{name: value for name, value in options.items() if name in cls.names()})
-
-
-def _ldexp(value: float, exponent: int) -> float:  # value * 2**exponent, inf past float64's range
-    try:
-        return math.ldexp(value, exponent)
-    except OverflowError:
-        return math.inf
