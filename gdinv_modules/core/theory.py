@@ -35,12 +35,17 @@ __all__ = [
     "heavy_ball_rate",
     "stable_bound_advice",
     "MAX_MOMENTUM",
+    "POWER_STARTS",
+    "gram_costs_less",
     "ridge_error_bound",
 ]
 
 MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
+POWER_STARTS = 4  # rows of power iteration per matrix: the largest estimate of them is taken
 # On the CPU one power iteration's fixed costs buy about the Gram eigenvalues of one 64 x 64
-# matrix (measured on 2 cores: 16 iterations against batches from one 16 x 16 to 64 x 64x64).
+# matrix, and each entry of M costs an iteration of r rows about the Gram work of 1 + r
+# (measured on 2 cores, 16 and 64 iterations against one 16 x 16 to one 1024 x 1024 and
+# batches up to 256 x 64x64 and 1024 x 32x32: benchmarks/bench_crossover.py).
 GRAM_WORK_PER_ITERATION = 64**3
 
 
@@ -50,12 +55,18 @@ def power_norm(
     *,
     iterations: int,
     rtol: Optional[float] = None,
+    each_row: bool = False,
 ) -> Tensor:  # shape: (...), float64
     r"""The square root of the largest eigenvalue of a positive semi-definite ``operator``
     (:math:`A^*A`, so the result is :math:`\lVert A\rVert_2`), per matrix, by power iteration
-    from ``start``; norms run over the last two dimensions.
+    from ``start``; norms run over the last two dimensions, or with ``each_row`` over the last
+    alone: each row of ``start`` is a vector of its own (``operator`` maps rows to rows) and a
+    matrix's estimate is the largest of its rows'.
 
-    The Rayleigh quotient never overestimates: callers keep a margin. With ``rtol`` it stops
+    The Rayleigh quotient never overestimates, and it stays near a lower singular value for as
+    long as the start has little of the top singular vector: several rows make that unlikely
+    (of a batch of 4096 matrices, one start missed :math:`\sigma_\max` by 4%, the largest of
+    four by 6e-7; ``benchmarks/RESULTS.md``), and callers keep a margin. With ``rtol`` it stops
     once every estimate moved by less than ``rtol`` (checked every 8 iterations: one host sync
     each); without, it takes ``iterations`` with no host sync.
 
@@ -65,19 +76,22 @@ def power_norm(
         ...            iterations=32).item()
         0.5
     """
+    dims = (-1,) if each_row else (-2, -1)
     tiny = torch.finfo(torch.float64).tiny
-    v = start / torch.linalg.vector_norm(start, dim=(-2, -1), keepdim=True).clamp_min(tiny)
-    estimate = torch.zeros(start.shape[:-2], dtype=torch.float64, device=start.device)
+    v = start / torch.linalg.vector_norm(start, dim=dims, keepdim=True).clamp_min(tiny)
+    estimate = torch.zeros(start.shape[: -len(dims)], dtype=torch.float64, device=start.device)
     for iteration in range(iterations):
         image = operator(v)
-        quotient = (image.conj() * v).sum(dim=(-2, -1)).real.double()  # <v, A*A v>, |v| = 1
+        quotient = (image.conj() * v).sum(dim=dims).real.double()  # <v, A*A v>, |v| = 1
         previous, estimate = estimate, quotient.clamp_min(0).sqrt()
-        norm = torch.linalg.vector_norm(image, dim=(-2, -1), keepdim=True)
+        norm = torch.linalg.vector_norm(image, dim=dims, keepdim=True)
         v = torch.where(norm > 0, image / norm.clamp_min(tiny), v)
         if rtol is not None and iteration % 8 == 7:
-            if bool(((estimate - previous).abs() <= rtol * estimate).all()):
+            moved = (estimate.amax(-1) - previous.amax(-1)) if each_row else estimate - previous
+            top = estimate.amax(-1) if each_row else estimate
+            if bool((moved.abs() <= rtol * top).all()):
                 break
-    return estimate
+    return estimate.amax(-1) if each_row else estimate
 
 
 def power_spectral_norm(
@@ -85,11 +99,13 @@ def power_spectral_norm(
     *,
     iterations: int,
     rtol: Optional[float] = None,
+    starts: int = POWER_STARTS,
 ) -> Tensor:  # shape: (...), float64
     r""":math:`\lVert A\rVert_2` per matrix by :func:`power_norm` on :math:`A A^H`, with row
-    vectors: :math:`r \mapsto (r A) A^H`, two vector-matrix products an iteration (on the CPU a
-    batch's row times a matrix is 5 to 10 times faster than its matrix times a column, and
-    :math:`A^H` as a right factor needs no copy).
+    vectors: :math:`r \mapsto (r A) A^H`, two products an iteration (on the CPU a batch's row
+    times a matrix is 5 to 10 times faster than its matrix times a column, and :math:`A^H` as a
+    right factor needs no copy), from ``starts`` Gaussian rows per matrix at once (the
+    products read A once for all of them).
 
     Example:
         >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
@@ -97,11 +113,35 @@ def power_spectral_norm(
         6.708204
     """
     generator = torch.Generator().manual_seed(0)
-    shape = (*matrix.shape[:-2], 1, matrix.shape[-2])
-    start = torch.rand(shape, generator=generator, dtype=torch.float64).to(matrix) + 0.5
+    shape = (*matrix.shape[:-2], starts, matrix.shape[-2])
+    start = torch.randn(shape, generator=generator, dtype=torch.float64).to(matrix)
     return power_norm(
-        lambda row: (row @ matrix) @ matrix.mH, start, iterations=iterations, rtol=rtol
+        lambda rows: (rows @ matrix) @ matrix.mH,
+        start,
+        iterations=iterations,
+        rtol=rtol,
+        each_row=True,
     )
+
+
+def gram_costs_less(
+    matrix: Tensor, iterations: int, starts: int = POWER_STARTS
+) -> bool:  # shape: (..., m, n)
+    r"""Whether the Gram matrices' eigenvalues cost less than ``iterations`` power iterations
+    from ``starts`` rows: on the CPU where their work, the batch's size times
+    :math:`\min(m, n)^3`, is at most ``iterations`` times :data:`GRAM_WORK_PER_ITERATION`
+    plus ``1 + starts`` per entry of the batch; never on a GPU (where cuSOLVER decomposes a
+    batch matrix by matrix).
+
+    Example:
+        >>> gram_costs_less(torch.ones(256, 64, 64), 16), gram_costs_less(torch.ones(512, 512), 64)
+        (True, False)
+    """
+    if matrix.device.type != "cpu":
+        return False
+    batch, (m, n) = matrix.shape[:-2].numel(), matrix.shape[-2:]
+    power = iterations * (GRAM_WORK_PER_ITERATION + (1 + starts) * batch * m * n)
+    return batch * min(m, n) ** 3 <= power
 
 
 def spectral_norm(
@@ -109,23 +149,22 @@ def spectral_norm(
     *,
     iterations: int,
     rtol: Optional[float] = None,
+    starts: int = POWER_STARTS,
 ) -> Tensor:  # shape: (...), float64
-    r""":math:`\lVert A\rVert_2` per matrix in the wide dtype, by what costs less: exact from
-    the Gram matrices' eigenvalues (:func:`~gdinv_modules.core.decomposition.wide_sigma_max`)
-    on the CPU where their work, the batch's size times :math:`\min(m, n)^3`, is at most
-    ``iterations`` times :data:`GRAM_WORK_PER_ITERATION`; else by ``iterations`` of
-    :func:`power_spectral_norm` (from below).
+    r""":math:`\lVert A\rVert_2` per matrix in the wide dtype, by what costs less
+    (:func:`gram_costs_less`): exact from the Gram matrices' eigenvalues
+    (:func:`~gdinv_modules.core.decomposition.wide_sigma_max`), or by ``iterations`` of
+    :func:`power_spectral_norm` from ``starts`` rows (from below).
 
     Example:
         >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]])
         >>> round(spectral_norm(a, iterations=16).item(), 12)  # sqrt(45), exact
         6.708203932499
     """
-    work = matrix.shape[:-2].numel() * min(matrix.shape[-2:]) ** 3
-    if matrix.device.type == "cpu" and work <= iterations * GRAM_WORK_PER_ITERATION:
+    if gram_costs_less(matrix, iterations, starts):
         return wide_sigma_max(matrix)
     wide = matrix.to(wide_dtype(matrix.dtype))
-    return power_spectral_norm(wide, iterations=iterations, rtol=rtol)
+    return power_spectral_norm(wide, iterations=iterations, rtol=rtol, starts=starts)
 
 
 def operator_sigma_max(
