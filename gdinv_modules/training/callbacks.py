@@ -102,6 +102,11 @@ class TrackInverseMixin:
         if trainer.global_step != self._updated_at:  # current when training ends
             self.track(trainer, pl_module, log=False)
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning has moved the module back from the GPU by now: the inverse follows it
+        if self.tracker is not None:
+            self.tracker.to(self.tensor(pl_module).device)
+
     def track(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = True) -> None:
         """Update the tracker to the tensor's value now, and log how it went."""
         self._updated_at = trainer.global_step
@@ -109,8 +114,8 @@ class TrackInverseMixin:
         if self.tracker is None:
             self.tracker = InverseTracker(matrix, tol=self.tol).to(matrix.device)
             update = self.tracker.last
-        else:
-            update = self.tracker.update(matrix)
+        else:  # on the tensor's device, also where a fit resumes on another
+            update = self.tracker.to(matrix.device).update(matrix)
         if not log:
             return
         pl_module.log_dict(
