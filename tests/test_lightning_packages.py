@@ -210,7 +210,7 @@ def test_every_n_steps_counts_optimizer_steps_under_gradient_accumulation(kit):
 
 def test_logged_metrics_hold_the_last_values(kit):
     model = kit.ours.LitInverse(spd_matrix(4, condition=10.0), lr="auto", momentum="auto")
-    run = trainer(kit, max_steps=300)
+    run = trainer(kit, max_steps=40)  # the loss still falls at every step, far above its floor
     run.fit(model)
     assert set(run.logged_metrics) >= {"loss", "mse", "residual"}
     last = model.losses[-1].item()  # the loss before the last step: the logged one is after it
