@@ -77,3 +77,25 @@ def run_train_py(config: str, save_dir: Path, *extra: str) -> subprocess.Complet
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+class Whitening(pl.LightningModule):
+    """Keeps a running covariance of its inputs, as a whitening layer would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4, dtype=torch.float64)
+        self.register_buffer("covariance", torch.eye(4, dtype=torch.float64))
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.covariance.mul_(0.99).add_(0.01 * batch.T @ batch / len(batch))
+        return self.layer(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(5)
+        data = torch.randn(256, 4, generator=generator, dtype=torch.float64)
+        return torch.utils.data.DataLoader(data * torch.arange(1.0, 5.0).double(), batch_size=16)

@@ -2,9 +2,8 @@
 Skipped where CUDA is not available (run them with scripts/gpu_check.sh on a GPU machine)."""
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import first_below, quiet_trainer
+from conftest import Whitening, first_below, quiet_trainer
 
 from gdinv_modules import LitInverse, TrackInverse, invert
 from gdinv_modules.core.decomposition import wide_svd
@@ -148,28 +147,9 @@ def test_a_large_batch_without_the_rank_check_converges_on_the_gpu():
     torch.testing.assert_close(result.inverse.cpu(), expected, atol=1e-4, rtol=0)
 
 
-class Covariance(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1, dtype=torch.float64)
-        self.register_buffer("covariance", torch.eye(4, dtype=torch.float64))
-
-    def training_step(self, batch, batch_idx):
-        with torch.no_grad():
-            self.covariance.mul_(0.9).add_(0.1 * batch.T @ batch / len(batch))
-        return self.layer(batch).square().mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def train_dataloader(self):
-        data = torch.randn(256, 4, dtype=torch.float64) * torch.arange(1.0, 5.0).double()
-        return torch.utils.data.DataLoader(data, batch_size=32)
-
-
 def test_the_tracked_inverse_follows_the_module_back_from_the_gpu():
     tracked = TrackInverse("covariance")
-    model = Covariance()
+    model = Whitening()
     gpu_trainer(max_epochs=1, callbacks=[tracked]).fit(model)
     assert model.covariance.device.type == "cpu" and tracked.inverse.device.type == "cpu"
     expected = torch.linalg.inv(model.covariance)

@@ -6,7 +6,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import quiet_trainer
+from conftest import Whitening, quiet_trainer
 from torch import nn
 
 from gdinv_modules import InverseTracker, TrackInverse, conditioned_matrix, spd_matrix
@@ -162,28 +162,6 @@ def test_steps_needed_follow_from_squaring():
     assert refinement_steps_needed(0.05, 1e-10) == 3  # 2.5e-3, 6e-6, 4e-11
     assert refinement_steps_needed(0.5, 1e-10) == 6
     assert refinement_steps_needed(1e-12, 1e-10) == 0
-
-
-class Whitening(pl.LightningModule):
-    """Keeps a running covariance of its inputs, as a whitening layer would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(4, 4, dtype=F64)
-        self.register_buffer("covariance", torch.eye(4, dtype=F64))
-
-    def training_step(self, batch, batch_idx):
-        with torch.no_grad():
-            self.covariance.mul_(0.99).add_(0.01 * batch.T @ batch / len(batch))
-        return self.layer(batch).square().mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    def train_dataloader(self):
-        generator = torch.Generator().manual_seed(5)
-        data = torch.randn(256, 4, generator=generator, dtype=F64) * torch.tensor([1.0, 2, 3, 4])
-        return torch.utils.data.DataLoader(data.to(F64), batch_size=16)
 
 
 def test_track_inverse_in_a_trainer_run_logs_and_checkpoints(tmp_path):
