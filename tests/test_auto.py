@@ -175,6 +175,20 @@ def test_divergence_names_lr_momentum_and_the_stable_bound(m1):
     assert isinstance(raised.value, ValueError)
 
 
+def test_a_short_estimate_of_sigma_max_is_named_with_the_exact_bound(monkeypatch):
+    # power iteration from below, as one start fell 4% short on an H200: lr="auto" diverges
+    matrix = conditioned_matrix(16, condition=50.0, dtype=F64)
+    exact = torch.linalg.svdvals(matrix)[0]
+    short = lambda m, formulation: torch.full(m.shape[:-2], 0.9 * exact.item(), dtype=F64)  # noqa: E731
+    monkeypatch.setattr("gdinv_modules.engine.tuner.operator_sigma_max", short)
+    with pytest.raises(DivergenceError) as raised:
+        invert(matrix, check_rank=False)
+    message = str(raised.value)
+    assert "power iteration's estimate of sigma_max" in message and "check_rank=True" in message
+    assert f"sigma_max = {exact.item():.4g}" in message  # the exact one, not the estimate
+    assert invert(matrix).converged.all()  # the rank check's exact sigma_max
+
+
 def test_fixed_lr_past_the_bound_for_any_momentum_is_refused_before_training():
     matrix = spd_matrix(8, condition=20.0, dtype=F64)  # sigma_max = 20: bound 2 * 64 / 400
     with pytest.raises(DivergenceError, match="lr=2 is past the stable bound") as raised:

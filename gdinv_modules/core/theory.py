@@ -291,21 +291,32 @@ def heavy_ball_rate(
     return modulus.amax(dim=-1)
 
 
-def stable_bound_advice(sigma_max: float, momentum: float, k: int, *, auto: bool = False) -> str:
+def stable_bound_advice(
+    sigma_max: float, momentum: float, k: int, *, auto: bool = False, estimated: str = ""
+) -> str:
     """The sentence every message about a step size past the stable bound ends with; ``auto``:
-    lr is chosen already, so the advice is not to choose it.
+    lr is chosen already, so the advice is not to choose it; ``estimated``: lr was chosen from
+    power iteration's estimate of sigma_max (from below), and this names how to get it exactly
+    (empty: it was exact).
 
     Example:
         >>> print(stable_bound_advice(2.0, 0.5, 4))
         heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = 6 for this M ...
     """
     bound = stable_lr_bound(torch.tensor(sigma_max), torch.tensor(momentum), k).item()
-    remedy = (
-        "lr='auto' chose past it, so M changed under the run or X was written from outside; "
-        "check both"
-        if auto
-        else "lower lr or use lr='auto'"
-    )
+    if not auto:
+        remedy = "lower lr or use lr='auto'"
+    elif estimated:
+        remedy = (
+            "lr='auto' chose past it from power iteration's estimate of sigma_max, which falls "
+            "short now and then (or M changed under the run, or X was written from outside): "
+            + estimated
+        )
+    else:
+        remedy = (
+            "lr='auto' chose past it, so M changed under the run or X was written from "
+            "outside; check both"
+        )
     return (
         f"heavy ball is stable only for lr < (1 + momentum) k^2 / sigma_max^2 = {bound:.4g} for "
         f"this M (sigma_max = {sigma_max:.4g}, k = {k}); {remedy}"

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.decomposition import wide_svdvals
+from gdinv_modules.core.decomposition import wide_sigma_max, wide_svdvals
 from gdinv_modules.core.errors import (
     DivergenceError,
     InvalidOptionError,
@@ -369,12 +369,28 @@ class HeavyBallStepper:
                 "run (the steps never write it); the loss is not finite because M is not"
             )
         group = self.optimizer.param_groups[0]
-        sigma_max = operator_sigma_max(matrix, self.module.formulation).max().item()
+        formulation = self.module.formulation
+        if formulation.spectrum_is_ms:  # exact: a diverged run can afford the Gram matrices
+            sigma_max = wide_sigma_max(matrix).max().item()
+        else:
+            sigma_max = operator_sigma_max(matrix, formulation, iterations=1024, rtol=1e-9)
+            sigma_max = sigma_max.max().item()
+        estimated = ""
+        if self._exact_sigma_max() is None:
+            estimated = "give lr a value below this bound" + (
+                ", or keep check_rank=True, which gives sigma_max exactly"
+                if formulation.spectrum_is_ms
+                else ""
+            )
         return (
             f"the run diverged at step {self.steps}: loss {loss:.3e} (first {first_loss:.3e}) "
             f"with lr={group['lr']:g}, momentum={group['momentum']:g}; "
             + stable_bound_advice(
-                sigma_max, group["momentum"], self.module.order, auto=self.options.lr == "auto"
+                sigma_max,
+                group["momentum"],
+                self.module.order,
+                auto=self.options.lr == "auto",
+                estimated=estimated,
             )
         )
 
