@@ -414,4 +414,5 @@ def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
         while stop is None:
             policy.stepper.run(policy.window())
             stop = policy.after_window()
+        policy.stepper.optimizer.state.clear()  # descent is over: its memory serves refinement
         return policy.finish(stop)
