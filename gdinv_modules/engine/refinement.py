@@ -41,6 +41,7 @@ __all__ = [
 MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + log2(n) + 5: kappa up to 1e14
 SAFE_RESIDUAL = 1.0  # ||I - X M||_F below this: the steps converge from X itself
 WARM_RESIDUAL = 0.5  # a restarted matrix is judged by the keep-best rule below this
+WIDENED_BLOCKS = 4  # a narrower X is widened for the correction a quarter of its rows at a time
 QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at the floor
 
 
@@ -61,9 +62,14 @@ class Refinement:
     restarted: Tensor
 
 
-def correction(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in the wide dtype
-    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype (one new tensor
-    besides the wide copies of X and M, where they are not wide already).
+def correction(
+    inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None
+) -> Tensor:  # (..., n, n) in the wide dtype
+    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype: a new tensor beside
+    the wide copies of X and M (where they are not wide already), or written into ``out``, a
+    correction no longer needed, :data:`WIDENED_BLOCKS` blocks of rows at a time (each row of
+    XM needs only its row of X): the steps' corrections take a block's memory, not a
+    matrix's.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
@@ -71,14 +77,21 @@ def correction(inverse: Tensor, matrix: Tensor) -> Tensor:  # (..., n, n) in the
                 [-0., -1.]], dtype=torch.float64)
     """
     wide = wide_dtype(matrix.dtype)
-    result = inverse.to(wide) @ matrix.to(wide)
-    result.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
-    return result
+    matrix = matrix.to(wide)
+    if out is None:
+        out = inverse.to(wide) @ matrix
+    else:  # copies into out's rows, not matmul's out=, which torch.func's tensors refuse
+        rows = -(-inverse.shape[-2] // WIDENED_BLOCKS)
+        for first in range(0, inverse.shape[-2], rows):
+            block = slice(first, first + rows)
+            out[..., block, :] = inverse[..., block, :].to(wide) @ matrix
+    out.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
+    return out
 
 
 def refinement_step(inverse: Tensor, current: Tensor) -> Tensor:  # shape: (..., n, n)
     r"""One step :math:`X \leftarrow X + C X`, given X's correction C; returns the new X (its
-    correction is :func:`correction`'s to take, once the caller has let C go)."""
+    correction is :func:`correction`'s to take, into C's memory)."""
     refined = current.to(inverse.dtype) @ inverse
     refined += inverse
     return refined
@@ -89,7 +102,7 @@ def refine_counted(
 ) -> Tuple[Tensor, Tensor]:  # shapes: (..., n, n), (..., n, n) in the wide dtype
     """``steps`` refinement steps with no host sync (the caller counted them from the
     residual); returns X and its correction. ``current``: X's correction, where the caller
-    has it already.
+    has it already; the steps' corrections overwrite it.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
@@ -102,8 +115,7 @@ def refine_counted(
         current = correction(inverse, wide_matrix) if current is None else current
         for _ in range(steps):
             inverse = refinement_step(inverse, current)
-            del current  # its memory serves the next correction
-            current = correction(inverse, wide_matrix)
+            current = correction(inverse, wide_matrix, out=current)
     return inverse, current
 
 
@@ -145,8 +157,7 @@ def refine(
         >>> refine(torch.zeros_like(far), far).residual.item() < 1e-15  # kappa 1e10, restarted
         True
     """
-    # ``current`` is held by no frame but this one (callers pass it inline, and no decorator
-    # wraps this function): its memory serves the next correction.
+    # ``current``: overwritten by the next correction (its memory serves each step's)
     with torch.no_grad(), autocast_off(matrix):
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
@@ -155,7 +166,7 @@ def refine(
         restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
         if bool(restarted.any()):
             inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
-            current = correction(inverse, wide_matrix)
+            current = correction(inverse, wide_matrix, out=current)
             norm = torch.linalg.matrix_norm(current)
         steps = 0
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
@@ -163,8 +174,7 @@ def refine(
         done = torch.zeros_like(restarted)
         while steps < max_steps:
             candidate = refinement_step(inverse, current)
-            del current  # its memory serves the next correction
-            current = correction(candidate, wide_matrix)
+            current = correction(candidate, wide_matrix, out=current)
             candidate_norm = torch.linalg.matrix_norm(current)
             warming = restarted & (norm >= WARM_RESIDUAL)
             better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))

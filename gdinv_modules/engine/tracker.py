@@ -236,12 +236,12 @@ class InverseTracker(nn.Module):
         ).tolist()
         target = self.tol * math.sqrt(n)
         steps = 0
+        final = norm
         if bool(near.any()):
             steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
-            refined, refined_correction = refine_counted(inverse, matrix, steps, current)
+            refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
             inverse = torch.where(near[..., None, None], refined, inverse)  # no host sync
-            current = torch.where(near[..., None, None], refined_correction, current)
-        final = torch.linalg.matrix_norm(current).real
+            final = torch.where(near, torch.linalg.matrix_norm(current).real, norm)
         jumped = (~near) | (final > target)  # else short of tol: the policy decides, and warns
         residual = (final / math.sqrt(n)).double().cpu()
         if not bool(jumped.any()):
