@@ -106,16 +106,20 @@ def test_the_stepper_needs_a_module_that_holds_m():
 
 
 class _Products(TorchDispatchMode):
-    """Counts matrix products (a matrix-vector product is one too)."""
+    """Adds up matrix products' multiply-adds, in units of one product of ``unit`` (a
+    product taken a block of rows at a time counts once in all)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: torch.Tensor) -> None:
         super().__init__()
-        self.count = 0
+        self.unit, self.count = unit.numel() * unit.shape[-1], 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         aten = torch.ops.aten
-        self.count += func.overloadpacket in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm)
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
+            left = args[1] if func.overloadpacket in (aten.addmm, aten.baddbmm) else args[0]
+            self.count += out.numel() * left.shape[-1] / self.unit
+        return out
 
 
 @pytest.mark.parametrize("dtype, first_correction", [(torch.float64, 0), (torch.float32, 1)])
@@ -128,7 +132,7 @@ def test_invert_takes_the_products_its_steps_need(dtype, first_correction, monke
     measure = HeavyBallStepper.measure
     monkeypatch.setattr(HeavyBallStepper, "measure", lambda self: checks.append(1) or measure(self))
     matrix = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=dtype)
-    with _Products() as products:
+    with _Products(matrix) as products:
         result = invert(matrix)
     steps = result.report.steps + result.report.refine_steps
     assert result.report.refine_steps > 0 and len(checks) >= 2  # windows after a check
