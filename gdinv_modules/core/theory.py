@@ -87,9 +87,10 @@ def power_norm(
         norm = torch.linalg.vector_norm(image, dim=dims, keepdim=True)
         v = torch.where(norm > 0, image / norm.clamp_min(tiny), v)
         if rtol is not None and iteration % 8 == 7:
-            moved = (estimate.amax(-1) - previous.amax(-1)) if each_row else estimate - previous
-            top = estimate.amax(-1) if each_row else estimate
-            if bool((moved.abs() <= rtol * top).all()):
+            top, before = estimate, previous
+            if each_row:  # a matrix moves with its largest estimate
+                top, before = top.amax(-1), before.amax(-1)
+            if bool(((top - before).abs() <= rtol * top).all()):
                 break
     return estimate.amax(-1) if each_row else estimate
 

@@ -17,6 +17,14 @@ from gdinv_modules.training.compat import runs_in_started_processes
 __all__ = ["ResumableCheckpoint", "TrackInverse"]
 
 
+def _on_device(tracker: InverseTracker, matrix: Tensor) -> InverseTracker:
+    """``tracker`` on ``matrix``'s device: moved only where it is elsewhere (no module walk at
+    every step)."""
+    if tracker.matrix.device != matrix.device:
+        tracker.to(matrix.device)
+    return tracker
+
+
 class ResumableCheckpointMixin:
     """The hooks and methods of :class:`ResumableCheckpoint`, for either Lightning package."""
 
@@ -105,7 +113,7 @@ class TrackInverseMixin:
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning has moved the module back from the GPU by now: the inverse follows it
         if self.tracker is not None:
-            self.tracker.to(self.tensor(pl_module).device)
+            _on_device(self.tracker, self.tensor(pl_module))
 
     def track(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = True) -> None:
         """Update the tracker to the tensor's value now, and log how it went."""
@@ -115,7 +123,7 @@ class TrackInverseMixin:
             self.tracker = InverseTracker(matrix, tol=self.tol).to(matrix.device)
             update = self.tracker.last
         else:  # on the tensor's device, also where a fit resumes on another
-            update = self.tracker.to(matrix.device).update(matrix)
+            update = _on_device(self.tracker, matrix).update(matrix)
         if not log:
             return
         pl_module.log_dict(
