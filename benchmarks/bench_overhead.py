@@ -3,8 +3,9 @@ bare step is the two matrix products and the momentum update, nothing else.
 
     python benchmarks/bench_overhead.py [--repeats 5]
 
-The cases of issue 19 (condition number 2.25): 3 x 512 and 1024 float64, 64 x 64x64 float32,
-and 1024 float64 and the batch again with ``check_rank=False``. One process; invert() and the
+The cases of issue 19 (condition number 2.25): 3 x 512 and 1024 float64, 64 x 64x64 float32
+under ``invert()``'s default ``check_rank="auto"``, and 1024 float64 and the batch again with
+``check_rank=False``, and 1024 float64 with the rank check at the start (``True``). One process; invert() and the
 bare steps alternate, each repeated; the median ratio and its spread (min to max) are printed.
 "floor / ideal" prices the refinement steps as what they are, a correction accumulated in the
 wide dtype and an update (``refinement_step`` and ``correction`` alone, no checks): the
@@ -85,6 +86,7 @@ def main() -> None:
     case("64 x 64x64 float32", small, args.repeats)
     case("1024 float64, check_rank=False", big, args.repeats, check_rank=False)
     case("64 x 64x64 float32, check_rank=False", small, args.repeats, check_rank=False)
+    case("1024 float64, check_rank=True", big, args.repeats, check_rank=True)
 
 
 if __name__ == "__main__":

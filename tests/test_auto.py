@@ -186,7 +186,7 @@ def test_a_short_estimate_of_sigma_max_is_named_with_the_exact_bound(monkeypatch
     message = str(raised.value)
     assert "power iteration's estimate of sigma_max" in message and "check_rank=True" in message
     assert f"sigma_max = {exact.item():.4g}" in message  # the exact one, not the estimate
-    assert invert(matrix).converged.all()  # the rank check's exact sigma_max
+    assert invert(matrix, check_rank=True).converged.all()  # the rank check's exact sigma_max
 
 
 def test_fixed_lr_past_the_bound_for_any_momentum_is_refused_before_training():

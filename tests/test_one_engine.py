@@ -16,13 +16,18 @@ from conftest import ROOT, quiet_trainer
 
 from gdinv_modules import (
     ConvergenceWarning,
+    InverseModule,
     InverseTracker,
     LitInverse,
     SingularMatrixWarning,
+    StepOptions,
     conditioned_matrix,
     invert,
     low_rank_matrix,
 )
+from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.engine.policy import RANK_PROOF_STEPS, StoppingPolicy
+from gdinv_modules.engine.stepper import HeavyBallStepper
 
 F32, F64 = torch.float32, torch.float64
 
@@ -205,8 +210,74 @@ def test_train_py_on_ones_own_ill_conditioned_float32_file(tmp_path):
     assert steps <= 2 * invert(matrix).report.steps
 
 
-def test_a_batch_whose_descent_is_skipped_still_reports_per_matrix():
+@pytest.mark.parametrize("check_rank, descent_steps", [(True, 0), ("auto", RANK_PROOF_STEPS)])
+def test_a_batch_whose_descent_is_skipped_still_reports_per_matrix(check_rank, descent_steps):
+    # the rank check's spectrum shows descent hopeless: at the start, or once "auto" runs it
     batch = torch.stack([kahan(30), kahan(30, theta=1.1)])  # both past descent's budget
-    result = invert(batch)
-    assert result.report.descent_stop == "skipped" and result.losses.shape == (0, 2)
+    result = invert(batch, check_rank=check_rank)
+    assert result.report.descent_stop == "skipped"
+    assert result.losses.shape == (descent_steps, 2)
     assert result.converged.all() and result.steps_to_tol.shape == (2,)
+
+
+def count_rank_checks(monkeypatch) -> list:
+    calls = []
+    find_rank = HeavyBallStepper.find_rank
+    monkeypatch.setattr(
+        HeavyBallStepper, "find_rank", lambda self: calls.append(self.steps) or find_rank(self)
+    )
+    return calls
+
+
+def test_auto_skips_the_rank_check_where_descent_shows_full_rank(monkeypatch):
+    calls = count_rank_checks(monkeypatch)
+    matrix = conditioned_matrix(48, condition=2.25, batch_shape=(3,), dtype=F64)
+    auto, checked = invert(matrix), invert(matrix, check_rank=True)
+    assert calls == [0]  # the checked run's, at the start
+    assert auto.report.rank == checked.report.rank == [48] * 3
+    assert auto.report.steps == checked.report.steps <= RANK_PROOF_STEPS
+    assert auto.report.sigma_min == [None] * 3 and checked.report.sigma_min[0] is not None
+    torch.testing.assert_close(auto.inverse, torch.linalg.inv(matrix), atol=1e-13, rtol=0)
+
+
+def test_auto_checks_the_rank_where_the_first_steps_do_not_show_it(monkeypatch):
+    calls = count_rank_checks(monkeypatch)
+    matrix = conditioned_matrix(32, condition=30.0, dtype=F64)
+    result = invert(matrix)
+    assert calls == [RANK_PROOF_STEPS] and result.report.rank == [32]
+    assert result.report.sigma_min[0] == pytest.approx(torch.linalg.svdvals(matrix)[-1].item())
+
+
+@pytest.mark.parametrize("tol", ["auto", 0.5])
+def test_auto_finds_a_rank_deficient_m_and_its_pseudo_inverse(monkeypatch, tol):
+    # tol=0.5 is reached at the first check, before any residual could show the rank
+    calls = count_rank_checks(monkeypatch)
+    matrix = low_rank_matrix(12, 7, dtype=F64)
+    with pytest.warns(SingularMatrixWarning, match="rank 7 of 12"):
+        auto = invert(matrix, tol=tol)
+    assert len(calls) == 1 and auto.report.rank == [7] and bool(auto.converged)
+    if tol == "auto":
+        with pytest.warns(SingularMatrixWarning):
+            checked = invert(matrix, check_rank=True)
+        torch.testing.assert_close(auto.inverse, torch.linalg.pinv(matrix), atol=1e-8, rtol=0)
+        assert auto.report.steps <= checked.report.steps + 2 * RANK_PROOF_STEPS
+
+
+@pytest.mark.parametrize(
+    "options", [dict(formulation="symmetric"), dict(ridge=1e-3), dict(tol=None)]
+)
+def test_auto_checks_at_the_start_where_no_residual_can_show_the_rank(monkeypatch, options):
+    # symmetric: (XM + MX)/2 = I/2 for the singular M = [[0, 1], [0, 0]] and its transpose
+    calls = count_rank_checks(monkeypatch)
+    stepper = HeavyBallStepper(
+        InverseModule(conditioned_matrix(8, condition=4.0, dtype=F64), init="zeros",
+                      formulation=options.pop("formulation", "left")),
+        StepOptions("auto", "auto", check_rank="auto", ridge=options.pop("ridge", 0.0)),
+    )  # fmt: skip
+    StoppingPolicy(stepper, tol=options.pop("tol", 1e-10), max_steps=100).begin()
+    assert calls == [0]
+
+
+def test_check_rank_is_true_false_or_auto():
+    with pytest.raises(InvalidOptionError, match="check_rank must be True, False or 'auto'"):
+        invert(torch.eye(3), check_rank="yes")

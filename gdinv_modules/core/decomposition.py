@@ -109,8 +109,9 @@ def wide_svdvals(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (..., min(m
         >>> s.dtype, [round(value, 12) for value in s.tolist()]
         (torch.float64, [3.0, 2.0])
     """
-    wide = _wide(matrix)
-    values = _side_by_side(torch.linalg.eigvalsh, _gram(wide)).flip(-1).clamp_min(0).sqrt()
+    gram = _gram(_wide(matrix))  # the wide copy is let go: the SVD, where needed, makes another
+    values = _side_by_side(torch.linalg.eigvalsh, gram).flip(-1).clamp_min(0).sqrt()
+    del gram
     if not bool((values[..., -1] * GRAM_MAX_CONDITION >= values[..., 0]).all()):
-        values = _side_by_side(torch.linalg.svdvals, wide)
+        values = _side_by_side(torch.linalg.svdvals, _wide(matrix))
     return values.to(matrix.device)

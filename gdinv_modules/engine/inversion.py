@@ -131,8 +131,9 @@ def invert(
         check_errors: raise :class:`ConvergenceError` where a matrix misses ``tol``, instead
             of a :class:`ConvergenceWarning` (as ``torch.linalg.inv_ex``'s flag).
         device: where the steps run; ``None``: M's device.
-        **options: the steps' :class:`StepOptions` (``lr`` and ``momentum`` default to
-            ``"auto"`` here); an unknown name is refused with the closest one.
+        **options: the steps' :class:`StepOptions` (``lr``, ``momentum`` and ``check_rank``
+            default to ``"auto"`` here: the rank check runs only where the first steps do not
+            show M's full rank); an unknown name is refused with the closest one.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
@@ -144,7 +145,9 @@ def invert(
     """
     own = [name for name in inspect.signature(invert).parameters if name != "options"]
     step_options = StepOptions.from_mapping(
-        {"lr": "auto", "momentum": "auto", **options}, owner="invert()", also=own
+        {"lr": "auto", "momentum": "auto", "check_rank": "auto", **options},
+        owner="invert()",
+        also=own,
     )
     check_matrix(matrix, square=False, allow_empty=True)
     check_step_dtype(matrix.dtype)

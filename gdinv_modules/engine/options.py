@@ -32,10 +32,13 @@ class StepOptions:
         ridge: the Tikhonov weight :math:`\lambda \ge 0` of the loss; the residual that
             ``tol`` bounds becomes a bound on the relative distance to its minimiser.
         loss_every: keep the loss of every ``loss_every``-th step only (:class:`LossHistory`).
-        check_rank: M's singular values at the start, in float64 (its singular vectors too
-            where it lacks full rank); a rank-deficient M gets a
+        check_rank: ``True``: M's singular values at the start, in float64 (its singular
+            vectors too where it lacks full rank); a rank-deficient M gets a
             :class:`SingularMatrixWarning`, and its residual is measured against the projector
-            the product tends to.
+            the product tends to. ``"auto"``: the same check, left to the
+            :class:`~gdinv_modules.engine.policy.StoppingPolicy`, which skips it where the
+            first steps show M's full rank (:math:`\lVert I - XM\rVert_F < 1`); a stepper
+            run without a policy then takes none. ``False``: none.
         shard: how the ranks of a distributed run split the steps: ``"batch"`` (each rank a
             slice of the batch; the columns where there are fewer matrices than ranks),
             ``"columns"`` or ``"none"`` (:class:`Sharding`).
@@ -55,7 +58,7 @@ class StepOptions:
     momentum: Union[float, Auto] = 0.9
     ridge: float = 0.0
     loss_every: int = 1
-    check_rank: bool = True
+    check_rank: Union[bool, Auto] = True
     shard: ShardMode = "batch"
     cuda_graph: bool = False
 
@@ -67,6 +70,10 @@ class StepOptions:
         check_non_negative_float(self.ridge, name="ridge")
         check_positive_int(self.loss_every, name="loss_every")
         check_choice(self.shard, SHARD_MODES, name="shard")
+        if not (isinstance(self.check_rank, bool) or self.check_rank == "auto"):
+            raise InvalidOptionError(
+                f"check_rank must be True, False or 'auto', got {self.check_rank!r}"
+            )
 
     @property
     def auto(self) -> bool:

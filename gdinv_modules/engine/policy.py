@@ -7,7 +7,12 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    (:func:`window_length`: a power of 2, at most 2.5% of the steps so far, at least 4), so
    descent stops within ``max(4, 5%)`` steps of the step where every matrix got there, even
    where a check lands on an upswing of heavy ball's oscillating residual.
-2. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
+2. **The rank**, under ``check_rank="auto"`` (:func:`invert`'s default): a check whose
+   residual shows :math:`\lVert I - XM\rVert_F < 1` proves XM invertible, so M of full rank
+   (``left``; MX for ``right``; ``symmetric`` and a ridge take the check at once),
+   and the rank check (an eigenvalue or singular value decomposition, a few steps' cost)
+   is skipped; it runs after :data:`RANK_PROOF_STEPS` steps where no check showed it.
+3. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
    target (``tol``, or where refinement takes over), divergence, ``max_steps``, and from the
    residuals measured at the checks two verdicts: *stalled*, the residual stopped falling at
    the dtype's floor (heavy ball bottoms out near :math:`0.3\,\epsilon\,\kappa^2`), and
@@ -15,7 +20,7 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    run and M's spectrum is known from the rank check, descent is *skipped* when the theory
    says it cannot help: its floor for this condition number lies above 1, or Polyak's rate
    needs more than twice ``max_steps`` to reach the hand-over.
-3. **The finish** (:meth:`StoppingPolicy.finish`): with ``refine`` on, for a square M of full
+4. **The finish** (:meth:`StoppingPolicy.finish`): with ``refine`` on, for a square M of full
    rank without a ridge, descent stops once :math:`\lVert I - XM\rVert_F \le 1/4` and
    refinement steps (:func:`~gdinv_modules.engine.refinement.refine`) square the residual down
    to the dtype's floor; they restart from a safe start where descent left it above 1 (a
@@ -45,6 +50,9 @@ STALL_GAIN = 2.0  # a residual that fell less than this over the last quarter of
 EXPECTED_GAIN = 100.0  # ... where the tuner's theory expected this much, has stalled
 BUDGET_MARGIN = 2.0  # stop when the predicted steps exceed the budget this many times
 DESCENT_FLOOR = 0.3  # heavy ball's residual bottoms out near DESCENT_FLOOR * eps * kappa^2
+# check_rank="auto": the rank check runs after this many steps, unless a residual showed M's
+# full rank first (a condition number up to about 3 gets there by then: benchmarks/RESULTS.md)
+RANK_PROOF_STEPS = 8
 
 
 def window_length(steps: int) -> int:
@@ -129,6 +137,8 @@ class StoppingPolicy:
         self.refinable = False
         self.target = tol
         self._skip = False  # descent cannot help: straight to refinement
+        # check_rank="auto": the rank check waits for the first checks' residuals
+        self._rank_pending = stepper.options.check_rank == "auto" and stepper.matrix_rank is None
         self._begun = False
         self._record: List[Tuple[int, float]] = []  # (step, best largest residual) per check
 
@@ -141,11 +151,53 @@ class StoppingPolicy:
         stepper = self.stepper
         if not stepper.started:
             stepper.start()
+        formulation = stepper.module.formulation
+        if self._rank_pending and (
+            self.tol is None or stepper.ridge or not formulation.spectrum_is_ms
+        ):  # no residual of the run can show the rank: (XM + MX)/2 = I/2 for a singular M
+            self._find_rank()
+        self._set_target()
+
+    def _set_target(self) -> None:
+        """The descent's target, and whether refinement runs, as M's rank is known so far."""
         self.refinable = self.refine and self.invertible
-        k = stepper.module.order
+        k = self.stepper.module.order
+        self.target = self.tol
         if self.tol is not None and self.refinable:
             self.target = max(self.tol, SWITCH_RESIDUAL / math.sqrt(k))
             self._skip = self._descent_hopeless(self.target)
+
+    def _find_rank(self) -> None:
+        """The rank check ``check_rank="auto"`` put off (:meth:`HeavyBallStepper.find_rank`),
+        without the last check's product (its memory serves the decomposition); where M lacks
+        full rank, the tuner's estimate of the smallest singular value starts again, measured
+        from now on against the projector the product tends to."""
+        stepper = self.stepper
+        self._rank_pending = False
+        stepper.offer_product(None)
+        stepper.find_rank()
+        tuner = stepper.tuner
+        if stepper.target is not None and tuner is not None:
+            tuner.sigma_min_sq, tuner.next_step = None, stepper.steps
+
+    def _rank_shown(self, reached: bool) -> bool:
+        r"""Under ``check_rank="auto"``, after a check: M's full rank is recorded where the
+        check's residual shows it (:math:`\lVert I - XM\rVert_F < 1`: XM is invertible), and
+        the rank check runs where it does not by the end of the first
+        :data:`RANK_PROOF_STEPS` steps, or before a stop at ``tol``. Whether the check ran
+        now."""
+        stepper = self.stepper
+        if not self._rank_pending:
+            return False
+        if stepper.worst_residual * math.sqrt(stepper.module.order) < 1:
+            self._rank_pending = False
+            stepper.assume_full_rank()
+            return False
+        if stepper.steps < RANK_PROOF_STEPS and not reached:
+            return False
+        self._find_rank()
+        self._set_target()
+        return True
 
     def _descent_hopeless(self, target: float) -> bool:
         """Whether, by the exact spectrum, descent's floor lies above 1 or Polyak's rate needs
@@ -196,6 +248,8 @@ class StoppingPolicy:
         """
         stepper = self.stepper
         reached = stepper.check(self.target)
+        if self._rank_shown(reached) and stepper.target is not None:
+            return None  # M lacks full rank: its residuals are the projector's from now on
         best = min(stepper.worst_residual, self._record[-1][1] if self._record else math.inf)
         self._record.append((stepper.steps, best))
         if reached:

@@ -153,8 +153,8 @@ class HeavyBallStepper:
         graph_fits = StepGraph.supports(module.inverse.device) and self.sharding.mode != "columns"
         if options.cuda_graph and graph_fits and self.step_graph is None:
             self.step_graph = StepGraph(module.inverse.device)
-        if options.check_rank and self.matrix_rank is None:
-            self._check_rank()
+        if options.check_rank is True and self.matrix_rank is None:
+            self.find_rank()
         if options.auto and self.tuner is None:
             fixed = {
                 "lr": None if options.lr == "auto" else float(options.lr),
@@ -321,8 +321,9 @@ class HeavyBallStepper:
             self._keeping = False
             self.checked_product = None
 
-    def offer_product(self, product: Tensor) -> None:  # shape: (..., k, k), E at X now
-        """Keep E at the current X for the next window, inside :meth:`keeping_products`."""
+    def offer_product(self, product: Optional[Tensor]) -> None:  # shape: (..., k, k), E at X
+        """Keep E at the current X for the next window, inside :meth:`keeping_products`
+        (``None``: keep none)."""
         self.checked_product = product if self._keeping else None
 
     def check(self, tol: Optional[float]) -> bool:
@@ -378,7 +379,7 @@ class HeavyBallStepper:
         estimated = ""
         if self._exact_sigma_max() is None:
             estimated = "give lr a value below this bound" + (
-                ", or keep check_rank=True, which gives sigma_max exactly"
+                ", or pass check_rank=True, which gives sigma_max exactly"
                 if formulation.spectrum_is_ms
                 else ""
             )
@@ -394,7 +395,10 @@ class HeavyBallStepper:
             )
         )
 
-    def _check_rank(self) -> None:
+    def find_rank(self) -> None:
+        """The rank check (``check_rank``): M's singular values in the wide dtype, its rank, and
+        the projector the product tends to where it lacks full rank, with a
+        :class:`SingularMatrixWarning`."""
         module, matrix = self.module, self.matrix
         self.singular_values = wide_svdvals(matrix)  # the tuner and the report reuse them
         self.matrix_rank, self.target = product_target(
@@ -432,6 +436,11 @@ class HeavyBallStepper:
             SingularMatrixWarning,
         )
 
+    def assume_full_rank(self) -> None:
+        r"""Record M's full rank without the rank check, where a residual showed it:
+        :math:`\lVert I - E\rVert_F < 1` makes the product E invertible."""
+        self.matrix_rank = torch.full(self.module.batch_shape, self.module.order)
+
     def _exact_sigma_max(self) -> Optional[Tensor]:  # shape: (...)
         """M's largest singular value from the rank check's SVD, where it is the product's
         operator's (``left`` and ``right``); else ``None``."""
@@ -453,8 +462,8 @@ class HeavyBallStepper:
 
     def report(self, tol: float, final_residual: Optional[Tensor] = None) -> ConvergenceReport:
         """The convergence report of the steps so far (host syncs: call it at the end). The
-        theory's rates need M's spectrum: from the rank check's SVD, or none with
-        ``check_rank=False`` (no SVD of its own). ``final_residual``: the residual at X where
+        theory's rates need M's spectrum: from the rank check's SVD, or none where the check
+        did not run (no SVD of its own). ``final_residual``: the residual at X where
         the caller measured it already; else it is measured here."""
         lr, momentum = self.effective_parameters()
         return ConvergenceReport.from_run(
@@ -470,7 +479,7 @@ class HeavyBallStepper:
             singular_values=self.singular_values,
             loss_every=self.history.every,
             steps=self.steps,
-            theory=self.options.check_rank,
+            theory=self.options.check_rank is True or self.singular_values is not None,
         )
 
     def state_dict(self) -> Dict[str, Any]:

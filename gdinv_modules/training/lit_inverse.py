@@ -86,7 +86,7 @@ class LitInverseMixin:
         tol: Tol = None,
         refine: bool = False,
         ridge: float = 0.0,
-        check_rank: bool = True,
+        check_rank: Union[bool, Literal["auto"]] = True,
         shard: ShardMode = "batch",
         tf32: bool = False,
         cuda_graph: bool = False,
