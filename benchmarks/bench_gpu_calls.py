@@ -6,7 +6,8 @@ peak memory of ``invert``, ``LitInverse`` and the tracker against the bytes of M
 Side by side in one process, for n = 1024 and a batch of 4096 x 64x64, in float32 and float64:
 
 - ``invert``: the whole call (rank check, tuning, descent, refinement, checks), eager and with
-  ``cuda_graph=True``, and with ``check_rank=False``; the median of ``--repeats`` calls after a
+  ``cuda_graph=True`` under the default ``check_rank="auto"``, and eager with
+  ``check_rank=True`` and ``False``; the median of ``--repeats`` calls after a
   warm-up, each over ``linalg.inv``'s median on the same M (A and B alternate);
 - ``tracker``: ``InverseTracker.update`` along a drifting stream
   ``M_{t+1} = M_t + eps ||M_0||_2 N_t / (2 sqrt(n))`` (N_t Gaussian, so ``||N_t||_2`` is near
@@ -84,7 +85,11 @@ def bench_invert(name, matrix, repeats: int) -> Dict:
     device = matrix.device
     inv = lambda: torch.linalg.inv(matrix)  # noqa: E731
     row: Dict = {"case": name, "dtype": str(matrix.dtype).replace("torch.", ""), "part": "invert"}
-    variants = {"eager": {}, "no_rank_check": {"check_rank": False}}
+    variants = {  # "eager": invert()'s default, check_rank="auto"
+        "eager": {},
+        "rank_check_at_start": {"check_rank": True},
+        "no_rank_check": {"check_rank": False},
+    }
     if device.type == "cuda":
         variants["cuda_graph"] = {"cuda_graph": True}
     for label, options in variants.items():
