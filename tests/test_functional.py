@@ -13,6 +13,7 @@ from gdinv_modules.core.functional import (
     inverse_product,
     loss_and_gradient,
     relative_residual,
+    wide_residual,
 )
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
@@ -100,3 +101,22 @@ def test_a_given_product_gives_the_loss_and_gradient_of_one_computed(formulation
     assert all(torch.equal(a, b) for a, b in zip(given, expected, strict=True))
     with pytest.raises(InvalidOptionError, match="one of the two"):
         loss_and_gradient(x, m, "left", product=x @ m, columns=slice(0, 2))
+
+
+@pytest.mark.parametrize("name", list(FORMULATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_wide_residual_is_the_whole_products_in_the_wide_dtype(name, dtype, with_target):
+    # k = 7: blocks of 2 columns (or rows), the last of 1, each with its part of I's diagonal
+    gen = torch.Generator().manual_seed(3)
+    matrix = torch.randn(2, 7, 7, generator=gen, dtype=dtype) + 3 * torch.eye(7, dtype=dtype)
+    inverse = torch.linalg.inv(matrix) + 1e-3 * torch.randn(2, 7, 7, generator=gen, dtype=dtype)
+    target = torch.randn(2, 7, 7, generator=gen, dtype=dtype) if with_target else None
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    expected = relative_residual(
+        FORMULATIONS[name].product(inverse.to(wide), matrix.to(wide)),
+        None if target is None else target.to(wide),
+    )
+    got = wide_residual(inverse, matrix, name, target)
+    assert got.dtype == torch.float64 and got.shape == (2,)
+    torch.testing.assert_close(got, expected.double(), rtol=1e-14, atol=0)

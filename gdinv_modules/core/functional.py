@@ -37,6 +37,8 @@ __all__ = [
     "identity_sse",
     "identity_mse",
     "relative_residual",
+    "wide_residual",
+    "WIDE_BLOCKS",
     "inverse_loss",
     "loss_and_gradient",
     "squared_norm",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 Tol = Union[float, Literal["auto"], None]
+
+WIDE_BLOCKS = 4  # a product in the wide dtype is taken in this many blocks of rows or columns
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -134,7 +138,8 @@ def identity_sse(product: Tensor) -> Tuple[Tensor, int]:  # shape: (..., k, k) -
         >>> identity_sse(2 * torch.eye(2))
         (tensor(2.), 4)
     """
-    return identity_error(product).abs().square().sum(), product.numel()
+    error = identity_error(product).reshape(-1)  # E - I, the one copy: a dot product sums
+    return torch.vdot(error, error).real, product.numel()  # its squares without another
 
 
 def identity_mse(
@@ -174,6 +179,42 @@ def relative_residual(
     k = product.shape[-1]
     error = identity_error(product) if target is None else product - target
     return torch.linalg.matrix_norm(error) / math.sqrt(k)
+
+
+def wide_residual(
+    inverse: Tensor,  # shape: (..., n, m)
+    matrix: Tensor,  # shape: (..., m, n)
+    formulation: Union[str, Formulation] = "left",
+    target: Optional[Tensor] = None,  # shape: (..., k, k)
+) -> Tensor:  # shape: (...), float64
+    r""":func:`relative_residual` of the product, accumulated in the wide dtype (float64, or
+    complex128), :data:`WIDE_BLOCKS` blocks of E's columns at a time (its rows for ``right``):
+    beside X's wide copy only a block of M and of E are alive, not the whole of both
+    (``symmetric`` takes E whole).
+
+    Example:
+        >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
+        >>> wide_residual(torch.linalg.inv(m), m).item() < 1e-7
+        True
+    """
+    form = as_formulation(formulation)
+    wide = wide_dtype(inverse.dtype)
+    x = inverse.to(wide)
+    if not form.allows_column_split:
+        product = form.product(x, matrix.to(wide))
+        return relative_residual(product, None if target is None else target.to(wide)).double()
+    k = form.order(matrix.shape)
+    width = -(-k // WIDE_BLOCKS)
+    total = torch.zeros(matrix.shape[:-2], dtype=torch.float64, device=matrix.device)
+    for start in range(0, k, width):
+        columns = slice(start, start + width)
+        part = form.product(x, form.columns_of(matrix, columns).to(wide))
+        if target is None:
+            part.diagonal(form.identity_offset(columns), dim1=-2, dim2=-1).sub_(1)
+        else:
+            part -= form.columns_of(target, columns).to(wide)
+        total += squared_norm(part)
+    return total.sqrt() / math.sqrt(k)
 
 
 def inverse_loss(

@@ -35,7 +35,7 @@ from typing import List, Literal, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import default_tol, relative_residual, wide_dtype
+from gdinv_modules.core.functional import default_tol, wide_dtype, wide_residual
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, refine
 from gdinv_modules.engine.stepper import HeavyBallStepper
@@ -360,11 +360,9 @@ class StoppingPolicy:
         if stepper.ridge:
             return stepper.residual_at().double().cpu()
         module = stepper.module
-        wide = wide_dtype(module.inverse.dtype)
-        matrix = module.resolve_matrix().to(wide)
-        product = module.formulation.product(module.inverse.detach().to(wide), matrix)
-        target = None if stepper.target is None else stepper.target.to(wide)
-        return relative_residual(product, target).double().cpu()
+        return wide_residual(
+            module.inverse.detach(), module.resolve_matrix(), module.formulation, stepper.target
+        ).cpu()
 
     def _kappa(self, report: ConvergenceReport) -> Optional[float]:
         """The largest condition number in the batch: exact where the report knows the

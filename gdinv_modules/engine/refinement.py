@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import autocast_off, wide_dtype
+from gdinv_modules.core.functional import WIDE_BLOCKS, autocast_off, wide_dtype
 
 __all__ = [
     "refine",
@@ -41,7 +41,6 @@ __all__ = [
 MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + log2(n) + 5: kappa up to 1e14
 SAFE_RESIDUAL = 1.0  # ||I - X M||_F below this: the steps converge from X itself
 WARM_RESIDUAL = 0.5  # a restarted matrix is judged by the keep-best rule below this
-CORRECTION_BLOCKS = 4  # a correction into the last one is written a quarter of its rows at a time
 QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at the floor
 
 
@@ -67,9 +66,9 @@ def correction(
 ) -> Tensor:  # (..., n, n) in the wide dtype
     r"""The correction :math:`C = I - XM`, accumulated in the wide dtype: a new tensor beside
     the wide copies of X and M (where they are not wide already), or written into ``out``, a
-    correction no longer needed, :data:`CORRECTION_BLOCKS` blocks of rows at a time (each row of
-    XM needs only its row of X): the steps' corrections take a block's memory, not a
-    matrix's.
+    correction no longer needed, :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of
+    rows at a time (each row of XM needs only its row of X): the steps' corrections take a
+    block's memory, not a matrix's.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
@@ -81,7 +80,7 @@ def correction(
     if out is None:
         out = inverse.to(wide) @ matrix
     else:  # copies into out's rows, not matmul's out=, which torch.func's tensors refuse
-        rows = -(-inverse.shape[-2] // CORRECTION_BLOCKS)
+        rows = -(-inverse.shape[-2] // WIDE_BLOCKS)
         for first in range(0, inverse.shape[-2], rows):
             block = slice(first, first + rows)
             out[..., block, :] = inverse[..., block, :].to(wide) @ matrix
