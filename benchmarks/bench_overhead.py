@@ -5,8 +5,9 @@ bare step is the two matrix products and the momentum update, nothing else.
 
 The cases of issue 19 (condition number 2.25): 3 x 512 and 1024 float64, 64 x 64x64 float32
 under ``invert()``'s default ``check_rank="auto"``, and 1024 float64 and the batch again with
-``check_rank=False``, and 1024 float64 with the rank check at the start (``True``). One process; invert() and the
-bare steps alternate, each repeated; the median ratio and its spread (min to max) are printed.
+``check_rank=False``, and 1024 float64 with the rank check at the start (``True``). One
+process; invert() and the bare steps alternate, each repeated; the median ratio and its spread
+(min to max) are printed.
 "floor / ideal" prices the refinement steps as what they are, a correction accumulated in the
 wide dtype and an update (``refinement_step`` and ``correction`` alone, no checks): the
 least ``invert()`` could take with the same steps and the same accuracy.

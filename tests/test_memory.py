@@ -20,8 +20,8 @@ spec.loader.exec_module(bench_memory)
 
 # float32 keeps float64 corrections (two copies each) for refinement
 CEILINGS = {
-    torch.float64: {"invert": 5.25, "update": 3, "fit": 5},
-    torch.float32: {"invert": 9, "update": 7, "fit": 6.5},
+    torch.float64: {"invert": 4.25, "update": 3, "fit": 5},
+    torch.float32: {"invert": 8, "update": 7, "fit": 6.5},
 }
 
 
