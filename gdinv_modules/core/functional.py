@@ -293,11 +293,12 @@ def squared_norm(tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (...), floa
     accurate to well below float32's resolution).
 
     Example:
-        >>> squared_norm(torch.ones(2, 3)).item()
-        6.0
+        >>> squared_norm(torch.tensor([[3.0, 4.0]])).item()
+        25.0
     """
-    wide = tensor.abs().double() if tensor.is_complex() else tensor.to(torch.float64, copy=True)
-    return wide.square_().sum(dim=(-2, -1))  # one temporary, not two
+    wide = torch.complex128 if tensor.is_complex() else torch.float64
+    # the norm converts entry by entry: no float64 copy of the tensor
+    return torch.linalg.vector_norm(tensor, dim=(-2, -1), dtype=wide).square()
 
 
 def autocast_off(tensor: Tensor) -> AbstractContextManager:

@@ -51,7 +51,12 @@ def scale_exponent(matrix: Tensor) -> int:  # shape: (..., m, n)
         >>> scale_exponent(torch.full((2, 2), 3.0)), scale_exponent(torch.full((2, 2), 1e20))
         (0, -67)
     """
-    largest = matrix.abs().amax() if matrix.numel() else matrix.new_zeros(()).abs()
+    if not matrix.numel():
+        largest = matrix.new_zeros(()).abs()
+    elif matrix.is_complex():
+        largest = matrix.abs().amax()
+    else:  # two reductions, no |M| copy
+        largest = torch.stack(torch.aminmax(matrix)).abs().amax()
     value = float(largest)
     band = 2.0 ** scale_band(matrix.dtype)
     if value == 0 or 1 / band <= value <= band:

@@ -291,8 +291,12 @@ class HeavyBallStepper:
         product E, for a metric."""
         with autocast_off(self.module.inverse):
             product = self.module()
-        self.loss = inverse_loss(identity_error(product), self.module.inverse, self.ridge)
-        self.residual = self.residual_at(product)
+        error = identity_error(product)
+        self.loss = inverse_loss(error, self.module.inverse, self.ridge)
+        if self.target is None and not self.ridge:  # relative_residual(product), E - I reused
+            self.residual = torch.linalg.matrix_norm(error) / math.sqrt(self.module.order)
+        else:
+            self.residual = self.residual_at(product)
         return product
 
     @torch.no_grad()

@@ -151,8 +151,9 @@ class HeavyBallTuner:
         self.next_step = step + max(4, step // 8)
 
     def scale(self, gradient: Tensor) -> Tensor:
-        """The gradient scaled by each matrix's share of SGD's learning rate."""
-        return gradient if self.gradient_scale is None else gradient * self.gradient_scale
+        """The gradient scaled by each matrix's share of SGD's learning rate, in place (the
+        steps' own gradient: no new tensor a step)."""
+        return gradient if self.gradient_scale is None else gradient.mul_(self.gradient_scale)
 
     def follow(self, inverse: Tensor) -> None:
         """Move the estimates to X's device, and the gradient scale to its dtype."""
