@@ -154,3 +154,19 @@ def test_the_tracked_inverse_follows_the_module_back_from_the_gpu():
     assert model.covariance.device.type == "cpu" and tracked.inverse.device.type == "cpu"
     expected = torch.linalg.inv(model.covariance)
     torch.testing.assert_close(tracked.inverse, expected, atol=1e-9, rtol=0)
+
+
+def test_a_gpu_batch_skips_the_host_rank_check_where_descent_shows_full_rank(monkeypatch):
+    # the check would take the batch to the host (cuSOLVER has no batched SVD past 32 x 32),
+    # about 1000 of its steps on an H200; kappa 50 shows full rank well before 256 steps
+    from gdinv_modules.engine.stepper import HeavyBallStepper
+
+    calls = []
+    find_rank = HeavyBallStepper.find_rank
+    monkeypatch.setattr(
+        HeavyBallStepper, "find_rank", lambda self: calls.append(self.steps) or find_rank(self)
+    )
+    batch = conditioned_matrix(64, condition=50.0, batch_shape=(256,), dtype=torch.float64)
+    result = invert(batch.cuda())
+    assert calls == [] and result.converged.all() and result.report.rank == [64] * 256
+    torch.testing.assert_close(result.inverse.cpu(), torch.linalg.inv(batch), atol=1e-9, rtol=0)

@@ -26,7 +26,7 @@ from gdinv_modules import (
     low_rank_matrix,
 )
 from gdinv_modules.core.errors import InvalidOptionError
-from gdinv_modules.engine.policy import RANK_PROOF_STEPS, StoppingPolicy
+from gdinv_modules.engine.policy import HOST_RANK_PROOF_STEPS, RANK_PROOF_STEPS, StoppingPolicy
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 F32, F64 = torch.float32, torch.float64
@@ -276,6 +276,21 @@ def test_auto_checks_at_the_start_where_no_residual_can_show_the_rank(monkeypatc
     )  # fmt: skip
     StoppingPolicy(stepper, tol=options.pop("tol", 1e-10), max_steps=100).begin()
     assert calls == [0]
+
+
+@pytest.mark.parametrize("rank, checked_at", [(24, []), (17, [HOST_RANK_PROOF_STEPS])])
+def test_auto_waits_longer_where_the_check_would_run_on_the_host(monkeypatch, rank, checked_at):
+    # a GPU's batch of matrices past 32 x 32 is decomposed on the host, for many steps' cost
+    monkeypatch.setattr("gdinv_modules.engine.policy.on_host", lambda matrix: True)
+    calls = count_rank_checks(monkeypatch)
+    batch = torch.stack(
+        [conditioned_matrix(24, condition=30.0, dtype=F64), low_rank_matrix(24, rank, dtype=F64)]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularMatrixWarning)
+        result = invert(batch)
+    assert calls == checked_at and result.converged.all()
+    torch.testing.assert_close(result.inverse, torch.linalg.pinv(batch), atol=1e-8, rtol=0)
 
 
 def test_check_rank_is_true_false_or_auto():

@@ -21,7 +21,7 @@ from typing import Callable, Tuple, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max"]
+__all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max", "on_host"]
 
 BATCHED_SVD_MAX_N = 32  # cuSOLVER's gesvdjBatched: the largest m and n it decomposes batched
 GRAM_MAX_CONDITION = 1e4  # the largest condition number whose values the Gram matrix gives
@@ -55,10 +55,22 @@ def _side_by_side(function: Callable[[Tensor], Factors], matrix: Tensor) -> Fact
     return joined(tuple(done))  # type: ignore[arg-type,return-value]
 
 
+def on_host(matrix: Tensor) -> bool:  # shape: (..., m, n)
+    """Whether M's decompositions run on the host rather than on its GPU: a batch of matrices
+    past :data:`BATCHED_SVD_MAX_N` on a CUDA device, where they cost many steps (module
+    docstring).
+
+    Example:
+        >>> on_host(torch.ones(8, 64, 64)), on_host(torch.ones(64, 64))  # on the CPU already
+        (False, False)
+    """
+    batched = matrix.shape[:-2].numel() > 1
+    return matrix.is_cuda and batched and max(matrix.shape[-2:]) > BATCHED_SVD_MAX_N
+
+
 def _wide(matrix: Tensor) -> Tensor:
     wide = torch.complex128 if matrix.dtype.is_complex else torch.float64
-    batched = matrix.shape[:-2].numel() > 1
-    if matrix.is_cuda and batched and max(matrix.shape[-2:]) > BATCHED_SVD_MAX_N:
+    if on_host(matrix):
         return matrix.to(device="cpu", dtype=wide)
     return matrix.to(wide)
 

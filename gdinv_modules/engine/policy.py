@@ -11,7 +11,8 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    residual shows :math:`\lVert I - XM\rVert_F < 1` proves XM invertible, so M of full rank
    (``left``; MX for ``right``; ``symmetric`` and a ridge take the check at once),
    and the rank check (an eigenvalue or singular value decomposition, a few steps' cost)
-   is skipped; it runs after :data:`RANK_PROOF_STEPS` steps where no check showed it.
+   is skipped; it runs after :data:`RANK_PROOF_STEPS` steps where no check showed it
+   (:data:`HOST_RANK_PROOF_STEPS` where it runs on the host, for a GPU's batch).
 3. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
    target (``tol``, or where refinement takes over), divergence, ``max_steps``, and from the
    residuals measured at the checks two verdicts: *stalled*, the residual stopped falling at
@@ -35,6 +36,7 @@ from typing import List, Literal, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.decomposition import on_host
 from gdinv_modules.core.functional import default_tol, wide_dtype, wide_residual
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, refine
@@ -53,6 +55,9 @@ DESCENT_FLOOR = 0.3  # heavy ball's residual bottoms out near DESCENT_FLOOR * ep
 # check_rank="auto": the rank check runs after this many steps, unless a residual showed M's
 # full rank first (a condition number up to about 3 gets there by then: benchmarks/RESULTS.md)
 RANK_PROOF_STEPS = 8
+# ... or after this many where it runs on the host (a GPU's batch of matrices past 32 x 32),
+# where it cost about 1000 of the batch's steps on an H200 (4096 x 64x64: 110 to 150 ms)
+HOST_RANK_PROOF_STEPS = MIN_DECISION_STEPS
 
 
 def window_length(steps: int) -> int:
@@ -184,8 +189,8 @@ class StoppingPolicy:
         r"""Under ``check_rank="auto"``, after a check: M's full rank is recorded where the
         check's residual shows it (:math:`\lVert I - XM\rVert_F < 1`: XM is invertible), and
         the rank check runs where it does not by the end of the first
-        :data:`RANK_PROOF_STEPS` steps, or before a stop at ``tol``. Whether the check ran
-        now."""
+        :data:`RANK_PROOF_STEPS` steps (:data:`HOST_RANK_PROOF_STEPS` where the check runs on
+        the host), or before a stop at ``tol``. Whether the check ran now."""
         stepper = self.stepper
         if not self._rank_pending:
             return False
@@ -193,7 +198,8 @@ class StoppingPolicy:
             self._rank_pending = False
             stepper.assume_full_rank()
             return False
-        if stepper.steps < RANK_PROOF_STEPS and not reached:
+        wait = HOST_RANK_PROOF_STEPS if on_host(stepper.matrix) else RANK_PROOF_STEPS
+        if stepper.steps < wait and not reached:
             return False
         self._find_rank()
         self._set_target()
