@@ -25,7 +25,7 @@ from gdinv_modules import (
     invert,
     low_rank_matrix,
 )
-from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.errors import InvalidOptionError, SingularMatrixError
 from gdinv_modules.engine.policy import HOST_RANK_PROOF_STEPS, RANK_PROOF_STEPS, StoppingPolicy
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
@@ -291,6 +291,21 @@ def test_auto_waits_longer_where_the_check_would_run_on_the_host(monkeypatch, ra
         result = invert(batch)
     assert calls == checked_at and result.converged.all()
     torch.testing.assert_close(result.inverse, torch.linalg.pinv(batch), atol=1e-8, rtol=0)
+
+
+def test_a_trackers_jump_checks_the_rank_as_invert_does(monkeypatch):
+    calls = count_rank_checks(monkeypatch)
+    tracker = InverseTracker(conditioned_matrix(16, condition=2.25, batch_shape=(4,), dtype=F64))
+    new = conditioned_matrix(16, condition=2.25, batch_shape=(4,), seed=5, dtype=F64)
+    update = tracker.update(new)
+    assert update.jumped and calls == []  # the first steps showed full rank, as in invert()
+    torch.testing.assert_close(tracker.inverse, torch.linalg.inv(new), atol=1e-13, rtol=0)
+    singular = new.clone()
+    singular[2] = low_rank_matrix(16, 11, dtype=F64)
+    with pytest.raises(SingularMatrixError, match="rank 11 of 16"):
+        tracker.update(singular)
+    assert calls == [RANK_PROOF_STEPS]  # the check ran, and its warning ended the solve
+    torch.testing.assert_close(tracker.inverse, torch.linalg.inv(new), atol=1e-13, rtol=0)
 
 
 def test_check_rank_is_true_false_or_auto():

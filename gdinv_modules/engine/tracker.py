@@ -247,10 +247,10 @@ class InverseTracker(nn.Module):
         if not bool(jumped.any()):
             return TrackedUpdate(inverse, residual, steps)
         if bool(jumped.all()):  # the whole batch (or the one matrix): in its own shape
-            return self._jump(matrix, inverse)
+            return self._jump(matrix, inverse, final)
         index = jumped.reshape(-1).nonzero().squeeze(-1)
         flat = inverse.reshape(-1, n, n).clone()
-        part = self._jump(matrix.reshape(-1, n, n)[index], flat[index])
+        part = self._jump(matrix.reshape(-1, n, n)[index], flat[index], final.reshape(-1)[index])
         flat[index] = part.inverse
         residual = residual.reshape(-1).clone()
         residual[index.cpu()] = part.residual.reshape(-1)
@@ -262,28 +262,39 @@ class InverseTracker(nn.Module):
             True,
         )
 
-    def _jump(self, matrix: Tensor, inverse: Tensor) -> TrackedUpdate:
+    def _jump(
+        self,
+        matrix: Tensor,  # shape: (..., n, n), the new M
+        inverse: Tensor,  # shape: (..., n, n), X
+        correction_norm: Tensor,  # shape: (...), ||I - XM||_F, as the update measured it
+    ) -> TrackedUpdate:
         """Warm heavy ball, then refinement, under :func:`invert`'s policy and warning; from
         zeros where the warm X is no closer than zeros (never slower than a cold solve). An M
         whose scale is past what the steps hold is solved as ``2**e M`` (core/scaling.py)."""
         n = matrix.shape[-1]
-        warm = torch.linalg.matrix_norm(correction(inverse, matrix)).real < math.sqrt(n)
+        warm = correction_norm < math.sqrt(n)
         exponent = scale_exponent(matrix)
-        scaled = times_power_of_two(matrix, exponent) if exponent else matrix.clone()
+        scaled = times_power_of_two(matrix, exponent)
         module = InverseModule(scaled, init="zeros")
-        start = times_power_of_two(inverse, -exponent)
-        module.inverse.copy_(torch.where(warm[..., None, None], start, 0))
-        stepper = HeavyBallStepper(module, StepOptions(lr="auto", momentum="auto"))
+        module.matrix = scaled  # M itself (or 2**e M), not a copy: the steps never write it
+        cold = not bool(warm.any())
+        if not cold:
+            start = times_power_of_two(inverse, -exponent)
+            module.inverse.copy_(torch.where(warm[..., None, None], start, 0))
+        # the rank check only where the first steps do not show M's full rank, as invert()'s:
+        # a warm solve costs no more than a cold one
+        options = StepOptions(lr="auto", momentum="auto", check_rank="auto")
+        stepper = HeavyBallStepper(module, options)
         policy = StoppingPolicy(stepper, tol=self.tol, max_steps=self.max_steps, refine=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SingularMatrixWarning)
-            policy.begin()
-        if stepper.target is not None:  # the rank check found M singular
+        try:
+            with warnings.catch_warnings():  # the check's warning ends the solve there
+                warnings.simplefilter("error", SingularMatrixWarning)
+                outcome = converge(policy, from_zeros=cold)
+        except SingularMatrixWarning:
             raise SingularMatrixError(
                 f"InverseTracker follows inverses, and the new M is singular (rank "
                 f"{stepper.matrix_rank.min().item()} of {n}); the tracker keeps the last inverse"
-            )
-        outcome = converge(policy)
+            ) from None
         if outcome.message:
             warn_user(outcome.message, ConvergenceWarning)
         report = outcome.report
