@@ -209,3 +209,11 @@ def test_forward_takes_no_host_sync_so_transforms_apply_with_the_defaults():
 def test_scripting_is_refused_by_name_with_the_way_that_works():
     with pytest.raises(GDInvError, match="InverseModule cannot be scripted.*torch.compile"):
         torch.jit.script(InverseModule(size=3))
+
+
+def test_the_module_stores_a_copy_of_m_unless_told_not_to():
+    m = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
+    copied, shared = InverseModule(m), InverseModule(m, copy=False)
+    assert copied.matrix.data_ptr() != m.data_ptr() and shared.matrix.data_ptr() == m.data_ptr()
+    m[0, 0] = 5.0  # a later write to M reaches the module that shares it only
+    assert copied.matrix[0, 0] == 2.0 and shared.matrix[0, 0] == 5.0

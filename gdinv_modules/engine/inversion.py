@@ -169,8 +169,8 @@ def invert(
     if exponent:
         work = times_power_of_two(work, exponent)
         step_options = step_options.for_scaled_matrix(exponent)
-    module = InverseModule(work, formulation=formulation, init=init, seed=seed)
-    module.matrix = work  # M itself, not the module's copy: nothing here writes it
+    # M itself, not a copy: nothing here writes it
+    module = InverseModule(work, formulation=formulation, init=init, seed=seed, copy=False)
     stepper = HeavyBallStepper(module, step_options)
     policy = StoppingPolicy(stepper, tol=judged, max_steps=max_steps, refine=refine)
     outcome = converge(policy, from_zeros=init == "zeros")

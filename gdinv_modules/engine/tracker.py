@@ -275,8 +275,7 @@ class InverseTracker(nn.Module):
         warm = correction_norm < math.sqrt(n)
         exponent = scale_exponent(matrix)
         scaled = times_power_of_two(matrix, exponent)
-        module = InverseModule(scaled, init="zeros")
-        module.matrix = scaled  # M itself (or 2**e M), not a copy: the steps never write it
+        module = InverseModule(scaled, init="zeros", copy=False)  # the steps never write M
         cold = not bool(warm.any())
         if not cold:
             start = times_power_of_two(inverse, -exponent)

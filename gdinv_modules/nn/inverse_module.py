@@ -77,6 +77,8 @@ class InverseModule(nn.Module):
         formulation: ``"left"``, ``"right"`` or ``"symmetric"``.
         init: ``"random"`` (the post's ``torch.rand`` after seeding) or ``"zeros"``.
         seed: the seed of the random first guess.
+        copy: store a copy of ``matrix``; ``False`` stores M itself (no second copy of a large
+            M), which must then not change while the module uses it.
 
     ``forward`` takes no host sync, so ``torch.func.vmap``, ``torch.compile(fullgraph=True)``,
     ``torch.export`` and the meta device apply to it: a matrix passed at call time is checked
@@ -113,6 +115,7 @@ class InverseModule(nn.Module):
         formulation: Union[FormulationName, Formulation] = "left",
         init: Init = "random",
         seed: int = 314,
+        copy: bool = True,
     ) -> None:
         super().__init__()
         self.formulation: Formulation = as_formulation(formulation)
@@ -124,7 +127,7 @@ class InverseModule(nn.Module):
                 )
             validation.check_finite(check_matrix(matrix, square=self._needs_square))
             shape, dtype, device = inverse_shape(matrix.shape), matrix.dtype, matrix.device
-            self.register_buffer("matrix", matrix.detach().clone())
+            self.register_buffer("matrix", matrix.detach().clone() if copy else matrix.detach())
         else:
             if size is None:
                 raise InvalidOptionError("give the matrix, or its size n to pass M at call time")
