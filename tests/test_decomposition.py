@@ -7,6 +7,7 @@ import torch
 
 from gdinv_modules.core.decomposition import (
     GRAM_MAX_CONDITION,
+    gram_sigma_max,
     wide_sigma_max,
     wide_svd,
     wide_svdvals,
@@ -83,9 +84,13 @@ def test_the_largest_value_from_the_gram_matrix_is_exact_whatever_kappa(dtype, s
     got = wide_sigma_max(matrix)
     assert got.dtype == F64 and got.shape == shape[:-2]
     torch.testing.assert_close(got, expected[..., 0], rtol=32 * torch.finfo(F64).eps, atol=0)
+    own = gram_sigma_max(matrix)  # in M's dtype: its Gram matrix's rounding, min(m, n) eps
+    assert own.dtype == F64 and own.shape == shape[:-2]
+    rtol = min(shape[-2:]) * torch.finfo(dtype).eps
+    torch.testing.assert_close(own, expected[..., 0], rtol=rtol, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [F64, torch.complex128])
+@pytest.mark.parametrize("dtype", [F64, torch.complex128, torch.float32, torch.complex64])
 @pytest.mark.parametrize("shape", [(4, 30, 30), (30, 12), (2, 12, 30)])
 def test_power_iteration_with_row_vectors_finds_the_spectral_norm(dtype, shape):
     # singular values 1, 1/2, ..., : a gap of 2, so 64 iterations reach float64's floor
@@ -94,8 +99,9 @@ def test_power_iteration_with_row_vectors_finds_the_spectral_norm(dtype, shape):
     u = torch.linalg.qr(torch.randn(*shape[:-2], m, m, dtype=dtype))[0][..., :, : min(m, n)]
     v = torch.linalg.qr(torch.randn(*shape[:-2], n, n, dtype=dtype))[0][..., : min(m, n), :]
     matrix = (u * values.to(dtype)) @ v
-    got = power_spectral_norm(matrix, iterations=64)
-    torch.testing.assert_close(got, torch.ones(shape[:-2], dtype=F64), rtol=1e-12, atol=0)
+    got = power_spectral_norm(matrix, iterations=64)  # in M's dtype, as float64
+    rtol = 1e-12 if dtype in (F64, torch.complex128) else 8 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got, torch.ones(shape[:-2], dtype=F64), rtol=rtol, atol=0)
 
 
 def test_power_iteration_over_a_large_batch_stays_within_the_tuners_margin():
@@ -108,11 +114,14 @@ def test_power_iteration_over_a_large_batch_stays_within_the_tuners_margin():
 
 
 def test_the_spectral_norm_is_exact_from_the_gram_matrices_where_they_cost_less():
-    # a batch of small matrices: the Gram matrices' work is less than 16 power iterations'
+    # a batch of small matrices: the Gram matrices' work is less than 16 power iterations';
+    # taken in float32, n eps_32 from float64's (the tuner keeps a margin of 1e-2)
     batch = conditioned_matrix(64, condition=2.25, batch_shape=(64,), dtype=torch.float32)
-    exact = wide_sigma_max(batch)
-    assert torch.equal(spectral_norm(batch, iterations=16), exact)
-    assert torch.equal(operator_sigma_max(batch, "left"), exact)
+    exact, own = wide_sigma_max(batch), gram_sigma_max(batch)
+    assert own.dtype == F64 and not torch.equal(own, exact)
+    torch.testing.assert_close(own, exact, rtol=64 * torch.finfo(torch.float32).eps, atol=0)
+    assert torch.equal(spectral_norm(batch, iterations=16), own)
+    assert torch.equal(operator_sigma_max(batch, "left"), own)
     # one 256 x 256: less than 64 iterations' work, more than 16's
     one = conditioned_matrix(256, condition=2.25, dtype=F64)
     exact = wide_sigma_max(one)
@@ -123,3 +132,12 @@ def test_the_spectral_norm_is_exact_from_the_gram_matrices_where_they_cost_less(
     large = conditioned_matrix(600, condition=2.25, dtype=F64)  # past 64 iterations' worth
     got = operator_sigma_max(large, "right")
     assert got <= torch.linalg.svdvals(large)[0] * (1 + 1e-12) and got != wide_sigma_max(large)
+
+
+def test_the_largest_value_in_ms_own_dtype_ignores_autocast():
+    # the Gram matrix and the power iteration's products in bfloat16 would be off by 1e-3
+    batch = conditioned_matrix(64, condition=2.25, batch_shape=(8,), dtype=torch.float32)
+    plain = gram_sigma_max(batch), power_spectral_norm(batch, iterations=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = gram_sigma_max(batch), power_spectral_norm(batch, iterations=16)
+    assert torch.equal(inside[0], plain[0]) and torch.equal(inside[1], plain[1])

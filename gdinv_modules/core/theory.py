@@ -20,9 +20,9 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.decomposition import wide_sigma_max
+from gdinv_modules.core.decomposition import gram_sigma_max
 from gdinv_modules.core.formulation import Formulation, as_formulation
-from gdinv_modules.core.functional import inverse_shape, wide_dtype
+from gdinv_modules.core.functional import autocast_off, inverse_shape, wide_dtype
 
 __all__ = [
     "power_norm",
@@ -77,7 +77,7 @@ def power_norm(
         0.5
     """
     dims = (-1,) if each_row else (-2, -1)
-    tiny = torch.finfo(torch.float64).tiny
+    tiny = torch.finfo(start.dtype).tiny
     v = start / torch.linalg.vector_norm(start, dim=dims, keepdim=True).clamp_min(tiny)
     estimate = torch.zeros(start.shape[: -len(dims)], dtype=torch.float64, device=start.device)
     for iteration in range(iterations):
@@ -119,13 +119,14 @@ def power_spectral_norm(
     shape = (*matrix.shape[:-2], starts, matrix.shape[-2])
     start = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
     start = start.to(matrix)
-    return power_norm(
-        lambda rows: (rows @ matrix) @ matrix.mH,
-        start,
-        iterations=iterations,
-        rtol=rtol,
-        each_row=True,
-    )
+    with autocast_off(matrix):  # in M's dtype: autocast's bfloat16 products are far off
+        return power_norm(
+            lambda rows: (rows @ matrix) @ matrix.mH,
+            start,
+            iterations=iterations,
+            rtol=rtol,
+            each_row=True,
+        )
 
 
 def gram_costs_less(
@@ -155,20 +156,22 @@ def spectral_norm(
     rtol: Optional[float] = None,
     starts: int = POWER_STARTS,
 ) -> Tensor:  # shape: (...), float64
-    r""":math:`\lVert A\rVert_2` per matrix in the wide dtype, by what costs less
-    (:func:`gram_costs_less`): exact from the Gram matrices' eigenvalues
-    (:func:`~gdinv_modules.core.decomposition.wide_sigma_max`), or by ``iterations`` of
-    :func:`power_spectral_norm` from ``starts`` rows (from below).
+    r""":math:`\lVert A\rVert_2` per matrix, as float64, by what costs less
+    (:func:`gram_costs_less`): from the Gram matrices' top eigenvalues
+    (:func:`~gdinv_modules.core.decomposition.gram_sigma_max`), or by ``iterations`` of
+    :func:`power_spectral_norm` from ``starts`` rows (from below). Either runs in A's own
+    dtype: for float32 its rounding (about :math:`n\,\epsilon_{32}` relative) is far inside
+    the callers' margins, and a float64 copy of A cost more than its work (up to 8% of a
+    float32 :func:`~gdinv_modules.engine.inversion.invert`; ``benchmarks/RESULTS.md``).
 
     Example:
-        >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]])
-        >>> round(spectral_norm(a, iterations=16).item(), 12)  # sqrt(45), exact
+        >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
+        >>> round(spectral_norm(a, iterations=16).item(), 12)  # sqrt(45), from the Gram matrix
         6.708203932499
     """
     if gram_costs_less(matrix, iterations, starts):
-        return wide_sigma_max(matrix)
-    wide = matrix.to(wide_dtype(matrix.dtype))
-    return power_spectral_norm(wide, iterations=iterations, rtol=rtol, starts=starts)
+        return gram_sigma_max(matrix)
+    return power_spectral_norm(matrix, iterations=iterations, rtol=rtol, starts=starts)
 
 
 def operator_sigma_max(
