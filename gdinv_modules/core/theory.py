@@ -181,10 +181,10 @@ def operator_sigma_max(
     iterations: int = 64,
     rtol: float = 1e-6,
 ) -> Tensor:  # shape: (..., m, n) -> (...), float64
-    r""":math:`a_\max` per matrix, in the wide dtype: where the operator has M's spectrum
-    (``left``, ``right``) M's :func:`spectral_norm` (exact from the Gram matrices where they
-    cost less than ``iterations``), else by power iteration on
-    :math:`\mathcal{A}^*\mathcal{A}` (four matrix products an iteration).
+    r""":math:`a_\max` per matrix, as float64: where the operator has M's spectrum
+    (``left``, ``right``) M's :func:`spectral_norm` in M's dtype (from the Gram matrices where
+    they cost less than ``iterations``), else by power iteration on
+    :math:`\mathcal{A}^*\mathcal{A}` in the wide dtype (four matrix products an iteration).
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
