@@ -251,7 +251,8 @@ def test_auto_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
 
 
 def test_without_the_rank_check_a_small_matrix_runs_as_with_it():
-    # sigma_max from the Gram matrix as the check takes it: the same pair, the same X, bit for bit
+    # "auto" waits for the check (κ 50: it runs at step 8), and both take the tuner's sigma_max
+    # from the Gram matrix in M's dtype before the first step: the same pair, the same X
     matrix = conditioned_matrix(32, condition=50.0, batch_shape=(6,), dtype=torch.float32)
     checked, unchecked = invert(matrix), invert(matrix, check_rank=False)
     assert unchecked.report.steps == checked.report.steps
