@@ -161,8 +161,8 @@ def spectral_norm(
     (:func:`~gdinv_modules.core.decomposition.gram_sigma_max`), or by ``iterations`` of
     :func:`power_spectral_norm` from ``starts`` rows (from below). Either runs in A's own
     dtype: for float32 its rounding (about :math:`n\,\epsilon_{32}` relative) is far inside
-    the callers' margins, and a float64 copy of A cost more than its work (up to 8% of a
-    float32 :func:`~gdinv_modules.engine.inversion.invert`; ``benchmarks/RESULTS.md``).
+    the callers' margins, and the float64 copies cost 5 to 7% of a float32
+    :func:`~gdinv_modules.engine.inversion.invert` (``benchmarks/RESULTS.md``).
 
     Example:
         >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
