@@ -37,7 +37,7 @@ def bare_steps(matrix: torch.Tensor, steps: int) -> float:
 
 def bare_refinement_steps(matrix: torch.Tensor, inverse: torch.Tensor, steps: int) -> float:
     """Seconds for ``steps`` bare refinement steps from ``inverse``: the wide copy of M, then
-    per step X + C X and the next correction C = I - XM in the wide dtype."""
+    per step X + C X and the next correction C = I - XM, accumulated in the wide dtype."""
     start = time.perf_counter()
     wide = matrix.to(torch.complex128 if matrix.dtype.is_complex else torch.float64)
     current = correction(inverse, wide)

@@ -17,7 +17,7 @@ from gdinv_modules import (
 )
 from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
 from gdinv_modules.engine.policy import window_length
-from gdinv_modules.engine.refinement import refine, safe_start
+from gdinv_modules.engine.refinement import correction, refine, safe_start
 
 F64 = torch.float64
 
@@ -101,6 +101,24 @@ def test_refinement_squares_the_residual_and_restarts_from_the_safe_start():
     far = refine(torch.zeros_like(matrix), matrix)  # ||I - 0 M|| = sqrt(n): not safe
     assert far.restarted.item() and far.residual.item() < 1e-14
     assert torch.linalg.matrix_norm(torch.eye(16, dtype=F64) - safe_start(matrix) @ matrix, 2) < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtype):
+    # I - XM cancels in the wide dtype: C in X's dtype is that, rounded (eps relative to C),
+    # where I - XM taken in X's dtype is off by about eps relative to I (C is near 1e-4 here)
+    matrix = conditioned(32, 10.0, dtype=dtype, batch_shape=(3,))
+    wide = torch.complex128 if dtype.is_complex else F64
+    inverse = (torch.linalg.inv(matrix.to(wide)) * (1 + 1e-4)).to(dtype)
+    exact = torch.eye(32, dtype=wide) - inverse.to(wide) @ matrix.to(wide)
+    got = correction(inverse, matrix.to(wide))
+    assert got.dtype == dtype
+    eps = torch.finfo(dtype).eps  # atol: the wide product's own rounding, summed in blocks
+    torch.testing.assert_close(got, exact.to(dtype), rtol=eps, atol=1e-13)
+    into = torch.empty_like(got)
+    assert correction(inverse, matrix.to(wide), out=into) is into and torch.equal(into, got)
+    narrow = torch.eye(32, dtype=dtype) - inverse @ matrix
+    assert (narrow - exact).abs().max() > 100 * (got - exact).abs().max()
 
 
 def test_a_batch_refines_each_matrix_to_its_own_floor():

@@ -6,7 +6,10 @@ squares it, :math:`C \leftarrow C^2`, so it converges quadratically wherever
 matrix products, where heavy ball needs about :math:`(\kappa/2) \ln(0.25/\text{tol})` steps.
 :math:`C` is accumulated in float64 for float32 matrices (complex128 for complex64), so the
 float32 result is limited by how X is stored (near :math:`\epsilon_{32}\kappa`), not by how
-its error was measured: more accurate than LAPACK's float32 inverse.
+its error was measured: more accurate than LAPACK's float32 inverse. The cancellation in
+:math:`I - XM` happens in float64; C is then stored in X's dtype, whose rounding keeps C's own
+relative precision, all that the step :math:`CX` (taken in X's dtype) uses: no float64 copy
+of C is held.
 
 Safe restart: where descent left :math:`\lVert C\rVert_F \ge 1` (a transient, a float32 floor
 above 1, a budget too small for heavy ball), the steps start instead from
@@ -50,7 +53,8 @@ class Refinement:
 
     Attributes:
         inverse: the refined X, M's dtype, shape ``(..., n, n)``.
-        residual: per matrix, :math:`\lVert I - XM\rVert_F / \sqrt n` in the wide dtype.
+        residual: per matrix, :math:`\lVert I - XM\rVert_F / \sqrt n`, of C measured in the
+            wide dtype and rounded to X's (relative to the residual itself: eps of X's dtype).
         steps: refinement steps taken (the batch takes them together).
         restarted: per matrix, whether the steps started from the safe start instead of X.
     """
@@ -63,42 +67,48 @@ class Refinement:
 
 def correction(
     inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None
-) -> Tensor:  # (..., n, n) in the wide dtype
-    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype: a new tensor beside
-    the wide copies of X and M (where they are not wide already), or written into ``out``, a
-    correction no longer needed, :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of
-    rows at a time (each row of XM needs only its row of X): the steps' corrections take a
-    block's memory, not a matrix's.
+) -> Tensor:  # (..., n, n) in X's dtype
+    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype and stored in X's
+    (module docstring). Where X's dtype is narrower, or into ``out`` (a correction no longer
+    needed), it is taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of rows at
+    a time (each row of XM needs only its row of X), so only a block of X and of C is ever
+    wide; ``out``'s rows take copies, not matmul's ``out=``, which torch.func's tensors refuse.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
         tensor([[-1., -0.],
-                [-0., -1.]], dtype=torch.float64)
+                [-0., -1.]])
     """
     wide = wide_dtype(matrix.dtype)
     matrix = matrix.to(wide)
-    if out is None:
-        out = inverse.to(wide) @ matrix
-    else:  # copies into out's rows, not matmul's out=, which torch.func's tensors refuse
+    if out is None and inverse.dtype == wide:
+        out = inverse @ matrix
+    else:
+        if out is None:
+            out = inverse.new_empty((*inverse.shape[:-1], matrix.shape[-1]))
         rows = -(-inverse.shape[-2] // WIDE_BLOCKS)
         for first in range(0, inverse.shape[-2], rows):
             block = slice(first, first + rows)
-            out[..., block, :] = inverse[..., block, :].to(wide) @ matrix
+            product = inverse[..., block, :].to(wide) @ matrix
+            product.neg_().diagonal(first, dim1=-2, dim2=-1).add_(1)  # I - XM, still wide
+            out[..., block, :] = product
+            del product  # before the next block's: one block of C is wide at a time
+        return out
     out.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
     return out
 
 
 def refinement_step(inverse: Tensor, current: Tensor) -> Tensor:  # shape: (..., n, n)
-    r"""One step :math:`X \leftarrow X + C X`, given X's correction C; returns the new X (its
-    correction is :func:`correction`'s to take, into C's memory)."""
-    refined = current.to(inverse.dtype) @ inverse
+    r"""One step :math:`X \leftarrow X + C X`, given X's correction C in X's dtype; returns the
+    new X (its correction is :func:`correction`'s to take, into C's memory)."""
+    refined = current @ inverse
     refined += inverse
     return refined
 
 
 def refine_counted(
     inverse: Tensor, matrix: Tensor, steps: int, current: Optional[Tensor] = None
-) -> Tuple[Tensor, Tensor]:  # shapes: (..., n, n), (..., n, n) in the wide dtype
+) -> Tuple[Tensor, Tensor]:  # shapes: (..., n, n), (..., n, n)
     """``steps`` refinement steps with no host sync (the caller counted them from the
     residual); returns X and its correction. ``current``: X's correction, where the caller
     has it already; the steps' corrections overwrite it.
