@@ -214,6 +214,7 @@ def wide_residual(
         else:
             part -= form.columns_of(target, columns).to(wide)
         total += squared_norm(part)
+        del part  # before the next block's: one block of E at a time
     return total.sqrt() / math.sqrt(k)
 
 

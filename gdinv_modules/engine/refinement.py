@@ -98,10 +98,13 @@ def correction(
     return out
 
 
-def refinement_step(inverse: Tensor, current: Tensor) -> Tensor:  # shape: (..., n, n)
+def refinement_step(
+    inverse: Tensor, current: Tensor, *, out: Optional[Tensor] = None
+) -> Tensor:  # shape: (..., n, n)
     r"""One step :math:`X \leftarrow X + C X`, given X's correction C in X's dtype; returns the
-    new X (its correction is :func:`correction`'s to take, into C's memory)."""
-    refined = current @ inverse
+    new X, in ``out`` where given (an X no longer needed; its correction is
+    :func:`correction`'s to take, into C's memory)."""
+    refined = torch.matmul(current, inverse, out=out)
     refined += inverse
     return refined
 
@@ -142,7 +145,7 @@ def safe_start(matrix: Tensor) -> Tensor:  # shape: (..., n, n)
 
 
 def refine(
-    inverse: Tensor,  # shape: (..., n, n), X from descent
+    inverse: Tensor,  # shape: (..., n, n), X from descent; its memory serves the steps
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
     *,
     max_steps: int = MAX_REFINE_STEPS,
@@ -154,7 +157,9 @@ def refine(
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
     raise it), and a matrix whose last step fell far short of squaring its correction has met
     the rounding floor and takes no more; the steps end once no matrix moves or every one met
-    its floor (one host sync per step).
+    its floor (one host sync per step). Two X's are alive at a time: each step writes its X
+    into the memory of the one before last, ``inverse``'s own from the second step on (pass a
+    copy to keep it).
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -167,6 +172,7 @@ def refine(
         True
     """
     # ``current``: overwritten by the next correction (its memory serves each step's)
+    spare: Optional[Tensor] = None  # an X no longer needed: the next step's memory
     with torch.no_grad(), autocast_off(matrix):
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
@@ -182,7 +188,7 @@ def refine(
         # find the same step again)
         done = torch.zeros_like(restarted)
         while steps < max_steps:
-            candidate = refinement_step(inverse, current)
+            candidate = refinement_step(inverse, current, out=spare)
             current = correction(candidate, wide_matrix, out=current)
             candidate_norm = torch.linalg.matrix_norm(current)
             warming = restarted & (norm >= WARM_RESIDUAL)
@@ -196,8 +202,9 @@ def refine(
             steps += 1
             # Only X is kept for a matrix that did not move: it is done, its correction unused.
             if not every:
-                candidate = torch.where(better[..., None, None], candidate, inverse)
-            inverse = candidate
+                torch.where(better[..., None, None], candidate, inverse, out=candidate)
+            # a strided X (the safe start is M's transpose) would take a transposed product
+            spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
             norm = torch.where(better, candidate_norm, norm)
             if finished:
                 break
