@@ -9,7 +9,7 @@ under ``invert()``'s default ``check_rank="auto"``, and 1024 float64 and the bat
 process; invert() and the bare steps alternate, each repeated; the median ratio and its spread
 (min to max) are printed.
 "floor / ideal" prices the refinement steps as what they are, a correction accumulated in the
-wide dtype and an update (``refinement_step`` and ``correction`` alone, no checks): the
+wide dtype and an update (``refine_counted``: the steps alone, no checks): the
 least ``invert()`` could take with the same steps and the same accuracy.
 """
 
@@ -20,7 +20,7 @@ import time
 import torch
 
 from gdinv_modules import conditioned_matrix, invert
-from gdinv_modules.engine.refinement import correction, refinement_step
+from gdinv_modules.engine.refinement import refine_counted
 
 
 def bare_steps(matrix: torch.Tensor, steps: int) -> float:
@@ -36,14 +36,11 @@ def bare_steps(matrix: torch.Tensor, steps: int) -> float:
 
 
 def bare_refinement_steps(matrix: torch.Tensor, inverse: torch.Tensor, steps: int) -> float:
-    """Seconds for ``steps`` bare refinement steps from ``inverse``: the wide copy of M, then
-    per step X + C X and the next correction C = I - XM, accumulated in the wide dtype."""
+    """Seconds for ``steps`` bare refinement steps from ``inverse``: ``refine_counted``, the
+    wide copy of M, then per step X + C X and the next correction C = I - XM (accumulated in
+    the wide dtype), with no norm, no check and no host sync."""
     start = time.perf_counter()
-    wide = matrix.to(torch.complex128 if matrix.dtype.is_complex else torch.float64)
-    current = correction(inverse, wide)
-    for _ in range(steps):
-        inverse = refinement_step(inverse, current)
-        current = correction(inverse, wide)
+    refine_counted(inverse, matrix, steps)
     return time.perf_counter() - start
 
 
