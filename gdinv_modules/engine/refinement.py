@@ -102,11 +102,25 @@ def refinement_step(
     inverse: Tensor, current: Tensor, *, out: Optional[Tensor] = None
 ) -> Tensor:  # shape: (..., n, n)
     r"""One step :math:`X \leftarrow X + C X`, given X's correction C in X's dtype; returns the
-    new X, in ``out`` where given (an X no longer needed; its correction is
-    :func:`correction`'s to take, into C's memory)."""
-    refined = torch.matmul(current, inverse, out=out)
-    refined += inverse
-    return refined
+    new X, a new tensor or ``out`` (an X no longer needed), whose rows take the product a
+    :data:`~gdinv_modules.core.functional.WIDE_BLOCKS`-th at a time, as :func:`correction`'s
+    do. The sum rounds once: ``X + fl(CX)``, not a product accumulated onto X (``addmm``'s,
+    whose float64 floor came out twice as high).
+
+    Example:
+        >>> refinement_step(torch.eye(2), torch.full((2, 2), 0.5))
+        tensor([[1.5000, 0.5000],
+                [0.5000, 1.5000]])
+    """
+    if out is None:
+        out = current @ inverse
+    else:
+        rows = -(-inverse.shape[-2] // WIDE_BLOCKS)
+        for first in range(0, inverse.shape[-2], rows):
+            block = slice(first, first + rows)
+            out[..., block, :] = current[..., block, :] @ inverse
+    out += inverse
+    return out
 
 
 def refine_counted(
@@ -203,7 +217,7 @@ def refine(
             # Only X is kept for a matrix that did not move: it is done, its correction unused.
             if not every:
                 torch.where(better[..., None, None], candidate, inverse, out=candidate)
-            # a strided X (the safe start is M's transpose) would take a transposed product
+            # not into a strided X (the safe start is M's transpose): its rows' copies crawl
             spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
             norm = torch.where(better, candidate_norm, norm)
             if finished:
