@@ -216,7 +216,7 @@ def refine(
             steps += 1
             # Only X is kept for a matrix that did not move: it is done, its correction unused.
             if not every:
-                torch.where(better[..., None, None], candidate, inverse, out=candidate)
+                candidate = torch.where(better[..., None, None], candidate, inverse)
             # not into a strided X (the safe start is M's transpose): its rows' copies crawl
             spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
             norm = torch.where(better, candidate_norm, norm)
