@@ -224,3 +224,17 @@ def test_invert_under_grad_is_the_inverses_derivative_and_under_vmap_refused_by_
     inverse = invert(matrix).inverse  # the way the refusal names: X from outside, passed in
     inside = torch.func.vmap(torch.func.jacrev(inverse_of))(matrix, inverse)
     torch.testing.assert_close(inside, torch.func.vmap(torch.func.jacrev(torch.linalg.inv))(matrix))
+
+
+def test_invert_under_grad_refines_a_batch_whose_matrices_stop_at_different_steps():
+    # refinement keeps each matrix's best X and reuses old X's memory: under torch.func's
+    # wrapped tensors too (which refuse matmul's out=)
+    matrix = torch.stack(
+        [
+            conditioned_matrix(24, condition=condition, dtype=torch.float64, seed=seed)
+            for seed, condition in enumerate((1.5, 50.0, 500.0))
+        ]
+    )
+    ours = torch.func.grad(lambda m: invert(m).inverse.sum())(matrix)
+    theirs = torch.func.grad(lambda m: torch.linalg.inv(m).sum())(matrix)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12 * theirs.abs().max().item())
