@@ -52,7 +52,9 @@ def test_float32_input_is_widened_and_the_svd_reconstructs_it():
 
 
 @pytest.mark.parametrize("batch_shape", [(2, 3), (7,), (1,)])
-def test_a_cpu_batch_split_over_threads_decomposes_as_one_call(batch_shape):
+def test_a_cpu_batch_split_over_threads_decomposes_as_one_call(batch_shape, monkeypatch):
+    # split however little work: these small batches are not, by default
+    monkeypatch.setattr("gdinv_modules.core.decomposition.SPLIT_MIN_WORK", 0)
     matrix = torch.randn(*batch_shape, 12, 9, dtype=F64, generator=torch.Generator().manual_seed(0))
     ill = conditioned_matrix(12, condition=1e8, batch_shape=batch_shape, dtype=F64)
     threads = torch.get_num_threads()
@@ -144,3 +146,25 @@ def test_the_largest_value_in_ms_own_dtype_ignores_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = gram_sigma_max(batch), power_spectral_norm(batch, iterations=16)
     assert torch.equal(inside[0], plain[0]) and torch.equal(inside[1], plain[1])
+
+
+def test_a_batch_split_across_threads_leaves_no_thread_behind(monkeypatch):
+    # helper threads kept alive held OpenMP teams, and every later parallel region of the
+    # process waited on them (a 64 x 64 product 15 times slower on 2 cores)
+    import threading
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # split, on any machine
+    batch = conditioned_matrix(64, condition=2.25, batch_shape=(64,), dtype=F64)
+    before, seen = threading.active_count(), set()
+    real_eigvalsh = torch.linalg.eigvalsh
+
+    def eigvalsh(gram):
+        seen.add(threading.current_thread().name.startswith("gdinv-decomposition"))
+        return real_eigvalsh(gram)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", eigvalsh)
+    got = wide_sigma_max(batch)
+    assert seen == {True, False}  # one part here, one in a helper
+    assert threading.active_count() == before
+    expected = torch.linalg.svdvals(batch)[..., 0]
+    torch.testing.assert_close(got, expected, rtol=32 * torch.finfo(F64).eps, atol=0)

@@ -7,14 +7,18 @@ H200 where LAPACK on the host's cores takes milliseconds. Such a batch is decomp
 and its factors come back to M's device; a single matrix, or a batch of small ones, stays on
 the GPU.
 
-On the CPU, torch decomposes a batch one matrix after another, each slower than in a call of
-its own (on 2 threads, the values of 8 float64 matrices of 256 x 256 took 110 ms batched and
-48 ms in two halves side by side; of 16 of 128 x 128, 78 ms and 20 ms): a batch is split into
-one part per torch thread, decomposed side by side (the calls release the GIL).
+On the CPU, torch decomposes a batch one matrix after another, and LAPACK spreads a small
+matrix over no more than one core: a batch of matrices of at most :data:`SPLIT_MAX_N` is split
+into one part per torch thread, decomposed side by side (the calls release the GIL) by the
+calling thread and helper threads that end with the call (2 cores, float64 eigenvalues:
+64 x 64x64 4.6 ms against 6.6 batched, 1024 x 32x32 15.7 against 26.1; 16 x 128x128 14.6
+against 8.4, where LAPACK threads each matrix itself). Helper threads kept between calls hold
+OpenMP teams, and while they lived every later parallel region of the process waited on
+libgomp's throttled barriers: a 64 x 64 product took 108 µs against 7
+(``benchmarks/RESULTS.md``).
 """
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Tuple, TypeVar
 
@@ -25,26 +29,31 @@ __all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max", "gram_sigma_max", "on_h
 
 BATCHED_SVD_MAX_N = 32  # cuSOLVER's gesvdjBatched: the largest m and n it decomposes batched
 GRAM_MAX_CONDITION = 1e4  # the largest condition number whose values the Gram matrix gives
+SPLIT_MAX_N = 64  # the largest matrices a CPU batch is split across threads for
+SPLIT_MIN_WORK = 16 * 64**3  # the least batch work (count x min(m, n)^3) worth the threads
 
 Factors = TypeVar("Factors", Tensor, Tuple[Tensor, ...])
 
 
-@functools.lru_cache(maxsize=None)
-def _pool(threads: int, process: int) -> ThreadPoolExecutor:
-    """The threads, per process: a forked process (``ddp_fork``) has none of its parent's."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="gdinv-decomposition")
-
-
 def _side_by_side(function: Callable[[Tensor], Factors], matrix: Tensor) -> Factors:
-    """``function(matrix)``, a batched decomposition; for a CPU batch, one part of the batch
-    per torch thread, at once (the same LAPACK routines: a matrix's memory may be aligned
-    otherwise in its part, its factors a few ulps apart)."""
+    """``function(matrix)``, a batched decomposition; for a CPU batch of small matrices worth
+    it (:data:`SPLIT_MAX_N`, :data:`SPLIT_MIN_WORK`), one part of the batch per torch thread,
+    at once (the same LAPACK routines: a matrix's memory may be aligned otherwise in its part,
+    its factors a few ulps apart)."""
     threads, count = torch.get_num_threads(), matrix.shape[:-2].numel()
-    if matrix.device.type != "cpu" or min(threads, count) < 2:
+    if (
+        matrix.device.type != "cpu"
+        or min(threads, count) < 2
+        or max(matrix.shape[-2:]) > SPLIT_MAX_N
+        or count * min(matrix.shape[-2:]) ** 3 < SPLIT_MIN_WORK
+    ):
         return function(matrix)
     batch_shape = matrix.shape[:-2]
     parts = matrix.reshape(-1, *matrix.shape[-2:]).tensor_split(min(threads, count))
-    done = list(_pool(threads, os.getpid()).map(function, parts))
+    # helpers that end with the call (module docstring): never a pool kept between calls
+    with ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="gdinv-decomposition") as pool:
+        rest = [pool.submit(function, part) for part in parts[1:]]
+        done = [function(parts[0]), *(future.result() for future in rest)]
 
     def joined(pieces: Tuple[Tensor, ...]) -> Tensor:
         whole = torch.cat(pieces)
