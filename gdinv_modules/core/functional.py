@@ -18,7 +18,7 @@ The words: *the error* is the matrix :math:`E - I`; *the residual* is the number
 
 import math
 from contextlib import AbstractContextManager
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Iterator, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +39,7 @@ __all__ = [
     "relative_residual",
     "wide_residual",
     "WIDE_BLOCKS",
+    "blocks",
     "inverse_loss",
     "loss_and_gradient",
     "squared_norm",
@@ -48,6 +49,18 @@ __all__ = [
 Tol = Union[float, Literal["auto"], None]
 
 WIDE_BLOCKS = 4  # a product in the wide dtype is taken in this many blocks of rows or columns
+
+
+def blocks(size: int) -> Iterator[slice]:
+    """The :data:`WIDE_BLOCKS` slices that cover ``range(size)``, in order (fewer where
+    ``size`` is smaller): the rows or columns a product takes at a time.
+
+    Example:
+        >>> list(blocks(6))
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 6, None)]
+    """
+    step = -(-size // WIDE_BLOCKS)
+    return (slice(first, first + step) for first in range(0, size, step))
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -204,10 +217,8 @@ def wide_residual(
         product = form.product(x, matrix.to(wide))
         return relative_residual(product, None if target is None else target.to(wide)).double()
     k = form.order(matrix.shape)
-    width = -(-k // WIDE_BLOCKS)
     total = torch.zeros(matrix.shape[:-2], dtype=torch.float64, device=matrix.device)
-    for start in range(0, k, width):
-        columns = slice(start, start + width)
+    for columns in blocks(k):
         part = form.product(x, form.columns_of(matrix, columns).to(wide))
         if target is None:
             part.diagonal(form.identity_offset(columns), dim1=-2, dim2=-1).sub_(1)

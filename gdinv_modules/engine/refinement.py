@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import WIDE_BLOCKS, autocast_off, wide_dtype
+from gdinv_modules.core.functional import autocast_off, blocks, wide_dtype
 
 __all__ = [
     "refine",
@@ -86,11 +86,9 @@ def correction(
     else:
         if out is None:
             out = inverse.new_empty((*inverse.shape[:-1], matrix.shape[-1]))
-        rows = -(-inverse.shape[-2] // WIDE_BLOCKS)
-        for first in range(0, inverse.shape[-2], rows):
-            block = slice(first, first + rows)
+        for block in blocks(inverse.shape[-2]):
             product = inverse[..., block, :].to(wide) @ matrix
-            product.neg_().diagonal(first, dim1=-2, dim2=-1).add_(1)  # I - XM, still wide
+            product.neg_().diagonal(block.start, dim1=-2, dim2=-1).add_(1)  # I - XM, still wide
             out[..., block, :] = product
             del product  # before the next block's: one block of C is wide at a time
         return out
@@ -115,9 +113,7 @@ def refinement_step(
     if out is None:
         out = current @ inverse
     else:
-        rows = -(-inverse.shape[-2] // WIDE_BLOCKS)
-        for first in range(0, inverse.shape[-2], rows):
-            block = slice(first, first + rows)
+        for block in blocks(inverse.shape[-2]):
             out[..., block, :] = current[..., block, :] @ inverse
     out += inverse
     return out
