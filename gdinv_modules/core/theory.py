@@ -42,11 +42,18 @@ __all__ = [
 
 MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
 POWER_STARTS = 4  # rows of power iteration per matrix: the largest estimate of them is taken
-# On the CPU one power iteration's fixed costs buy about the Gram eigenvalues of one 64 x 64
-# matrix, and each entry of M costs an iteration of r rows about the Gram work of 1 + r
-# (measured on 2 cores, 16 and 64 iterations against one 16 x 16 to one 1024 x 1024 and
-# batches up to 256 x 64x64 and 1024 x 32x32: benchmarks/bench_crossover.py).
-GRAM_WORK_PER_ITERATION = 64**3
+# The CPU's costs of the two routes to sigma_max, in microseconds on 2 cores (fitted to
+# benchmarks/bench_crossover.py in a clean process: one 16 x 16 to one 1024 x 1024, batches up
+# to 4096 x 16x16, 16 iterations from one row and 64 from four, float64 and float32). The Gram
+# route costs each matrix a LAPACK call and about k^2.5 (k = min(m, n): the reduction to
+# tridiagonal form is memory-bound up to a few hundred); a power iteration costs its dozen
+# small operations, each matrix's products, and each entry read once plus once per row.
+GRAM_MATRIX_US = 5.0
+GRAM_K25_US = 3e-3
+POWER_ITERATION_US = 35.0
+POWER_MATRIX_US = 0.2
+POWER_ENTRY_US = 3.8e-4
+POWER_ENTRY_ROW_US = 7e-5
 
 
 def power_norm(
@@ -133,20 +140,27 @@ def gram_costs_less(
     matrix: Tensor, iterations: int, starts: int = POWER_STARTS
 ) -> bool:  # shape: (..., m, n)
     r"""Whether the Gram matrices' eigenvalues cost less than ``iterations`` power iterations
-    from ``starts`` rows: on the CPU where their work, the batch's size times
-    :math:`\min(m, n)^3`, is at most ``iterations`` times :data:`GRAM_WORK_PER_ITERATION`
-    plus ``1 + starts`` per entry of the batch; never on a GPU (where cuSOLVER decomposes a
-    batch matrix by matrix).
+    from ``starts`` rows: on the CPU where, for a batch of :math:`b` matrices of
+    :math:`m \times n` (:math:`k = \min(m, n)`), :math:`b\,(G_0 + G\,k^{2.5})` is at most
+    :math:`\text{iterations}\,(P_0 + b\,(P_1 + (E_0 + E_1\,\text{starts})\,m n))`, in the
+    microseconds fitted on 2 cores (:data:`GRAM_MATRIX_US` and the others); never on a GPU
+    (where cuSOLVER decomposes a batch matrix by matrix).
 
     Example:
-        >>> gram_costs_less(torch.ones(256, 64, 64), 16), gram_costs_less(torch.ones(512, 512), 64)
+        >>> gram_costs_less(torch.ones(32, 32, 32), 16, starts=1)
+        True
+        >>> gram_costs_less(torch.ones(1024, 16, 16), 16, starts=1)  # a LAPACK call each
+        False
+        >>> gram_costs_less(torch.ones(256, 256), 64), gram_costs_less(torch.ones(512, 512), 64)
         (True, False)
     """
     if matrix.device.type != "cpu":
         return False
     batch, (m, n) = matrix.shape[:-2].numel(), matrix.shape[-2:]
-    power = iterations * (GRAM_WORK_PER_ITERATION + (1 + starts) * batch * m * n)
-    return batch * min(m, n) ** 3 <= power
+    gram = batch * (GRAM_MATRIX_US + GRAM_K25_US * min(m, n) ** 2.5)
+    entry = POWER_ENTRY_US + POWER_ENTRY_ROW_US * starts
+    power = iterations * (POWER_ITERATION_US + batch * (POWER_MATRIX_US + entry * m * n))
+    return gram <= power
 
 
 def spectral_norm(

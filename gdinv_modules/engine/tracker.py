@@ -115,8 +115,8 @@ def spectral_norm_estimate(
     current: Tensor, iterations: int = POWER_ITERATIONS
 ) -> Tensor:  # shape: (..., n, n) -> (...)
     r""":math:`\lVert C\rVert_2` per matrix by :func:`spectral_norm`: exact from the Gram
-    matrices where they cost less (on the CPU: one matrix up to about 170 x 170, a batch of
-    matrices up to about 32 x 32), else by ``iterations`` power iterations of O(n^2) each from
+    matrices where they cost less (on the CPU: one matrix up to about 140 x 140, a batch of up
+    to about 32 matrices of 32 x 32), else by ``iterations`` power iterations of O(n^2) each from
     one row (from below, like any Rayleigh quotient; the caller keeps a margin). One row, not
     the tuner's several: the estimate only sizes refinement, whose result is measured, and a
     matrix it misjudges as within reach ends short of tol and goes to the stopping policy.
