@@ -1,17 +1,19 @@
-"""Where σ_max from the Gram matrices' eigenvalues stops paying against power iteration, on
-the CPU (``theory.gram_costs_less``, fitted on 2 cores; the GPU machines have 16).
+"""Which route to σ_max costs least on the CPU (``theory.sigma_max_route``, fitted on 2 cores;
+the GPU machines have 16).
 
     python benchmarks/bench_crossover.py [--repeats 7] [--cases 16:1 64:4] [--dtypes float64]
 
 For each batch shape, dtype and case ``iterations:starts`` (the callers' pairs: the tracker's
-16 iterations from one row, the tuner's 64 from four): ``gram_sigma_max`` and
-``power_spectral_norm`` alternate in one process, each repeated, both in M's dtype as
-``spectral_norm`` runs them; printed are the median milliseconds (min to max), the ratio
-eigenvalues / power iteration, and which one ``spectral_norm``'s rule picks. A ratio below 1 where the rule picks power iteration, or above
-1 where it picks the eigenvalues, says the constant is off for this host.
+16 iterations from one row, the tuner's 64 from four): the Gram matrices' eigenvalues
+(``gram_sigma_max``), the squarings (``squaring_spectral_norm``) and power iteration on rows
+(``power_spectral_norm``) take turns in one process, each repeated, all in M's dtype as
+``spectral_norm`` runs them; printed are the median milliseconds of each (min to max), which
+is fastest, and which one the rule picks, with the cost of its pick against the fastest where
+they differ. A pick far above 1 says the constants are off for this host.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -20,7 +22,11 @@ import time
 import torch
 
 from gdinv_modules.core.decomposition import gram_sigma_max
-from gdinv_modules.core.theory import gram_costs_less, power_spectral_norm
+from gdinv_modules.core.theory import (
+    power_spectral_norm,
+    sigma_max_route,
+    squaring_spectral_norm,
+)
 
 SHAPES = [
     (1, 16),
@@ -38,6 +44,8 @@ SHAPES = [
     (256, 16),
     (1024, 16),
     (4096, 16),
+    (16, 128),
+    (4, 256),
     (1, 512),
     (1, 1024),
 ]
@@ -64,34 +72,44 @@ def main() -> None:
         args.dtypes, SHAPES, cases
     ):
         matrix = torch.randn(batch, n, n, dtype=getattr(torch, dtype_name))
-        power_kwargs = dict(iterations=iterations, starts=starts)
-        gram, power = [], []
-        gram_sigma_max(matrix), power_spectral_norm(matrix, **power_kwargs)  # warm
-        for _ in range(args.repeats):  # alternate A and B
-            gram.append(millis(gram_sigma_max, matrix))
-            power.append(millis(power_spectral_norm, matrix, **power_kwargs))
-        rule = "gram" if gram_costs_less(matrix, iterations, starts) else "power"
-        g, p = statistics.median(gram), statistics.median(power)
-        faster = "gram" if g < p else "power"
-        row = dict(
-            dtype=dtype_name,
-            batch=batch,
-            n=n,
-            iterations=iterations,
-            starts=starts,
-            gram_ms=g,
-            power_ms=p,
-            gram_spread=[min(gram), max(gram)],
-            power_spread=[min(power), max(power)],
-            rule=rule,
-            faster=faster,
+        routes = {
+            "gram": functools.partial(gram_sigma_max, matrix),
+            "squaring": functools.partial(squaring_spectral_norm, matrix, iterations=iterations),
+            "rows": functools.partial(
+                power_spectral_norm, matrix, iterations=iterations, starts=starts
+            ),
+        }
+        times = {route: [] for route in routes}
+        for function in routes.values():  # warm
+            function()
+        for _ in range(args.repeats):  # take turns
+            for route, function in routes.items():
+                times[route].append(millis(function))
+        medians = {route: statistics.median(spread) for route, spread in times.items()}
+        fastest = min(medians, key=medians.__getitem__)
+        pick = sigma_max_route(matrix, iterations, starts)
+        cost = medians[pick] / medians[fastest]
+        rows.append(
+            dict(
+                dtype=dtype_name,
+                batch=batch,
+                n=n,
+                iterations=iterations,
+                starts=starts,
+                ms=medians,
+                spread={route: [min(spread), max(spread)] for route, spread in times.items()},
+                rule=pick,
+                fastest=fastest,
+            )
         )
-        rows.append(row)
         print(
-            f"{dtype_name} {batch:5d} x {n:4d}  it={iterations:3d}:{starts}  gram {g:8.3f} ms "
-            f"({min(gram):.3f}-{max(gram):.3f})  power {p:8.3f} ms "
-            f"({min(power):.3f}-{max(power):.3f})  ratio {g / p:6.2f}  rule {rule:5s}"
-            f"  {'ok' if rule == faster else 'OFF'}",
+            f"{dtype_name} {batch:5d} x {n:4d}  it={iterations:3d}:{starts}  "
+            + "  ".join(
+                f"{route} {medians[route]:8.3f} ({min(spread):.3f}-{max(spread):.3f})"
+                for route, spread in times.items()
+            )
+            + f"  fastest {fastest:8s} rule {pick:8s}"
+            + ("  ok" if pick == fastest else f"  OFF x{cost:.2f}"),
             flush=True,
         )
     if args.output:

@@ -7,13 +7,21 @@ import torch
 
 from gdinv_modules.core.decomposition import (
     GRAM_MAX_CONDITION,
+    gram_matrix,
     gram_sigma_max,
     wide_sigma_max,
     wide_svd,
     wide_svdvals,
 )
 from gdinv_modules.core.matrices import conditioned_matrix, low_rank_matrix
-from gdinv_modules.core.theory import operator_sigma_max, power_spectral_norm, spectral_norm
+from gdinv_modules.core.theory import (
+    operator_sigma_max,
+    power_norm,
+    power_spectral_norm,
+    sigma_max_route,
+    spectral_norm,
+    squaring_spectral_norm,
+)
 
 F64 = torch.float64
 
@@ -106,31 +114,74 @@ def test_power_iteration_with_row_vectors_finds_the_spectral_norm(dtype, shape):
     torch.testing.assert_close(got, torch.ones(shape[:-2], dtype=F64), rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("squaring", [False, True])
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_power_iteration_over_a_large_batch_stays_within_the_tuners_margin(dtype):
+def test_power_iteration_over_a_large_batch_stays_within_the_tuners_margin(dtype, squaring):
     # of 4096 matrices, a single start missed one's sigma_max by 4%, past the tuner's 1%
     # margin: lr="auto" without the rank check diverged (invert() on an H200); in float32
     # (the tuner's dtype for a float32 M) the quotient may round above by a few eps_32
     batch = conditioned_matrix(64, condition=50.0, batch_shape=(4096,), dtype=F64)
-    got = power_spectral_norm(batch.to(dtype), iterations=64, rtol=1e-6)
+    if squaring:  # every unit vector a start: one of them has 1/k of the top direction
+        got = squaring_spectral_norm(batch.to(dtype), iterations=64)
+    else:
+        got = power_spectral_norm(batch.to(dtype), iterations=64, rtol=1e-6)
     shortfall = 1 - got / wide_sigma_max(batch)
     above = 1e-12 if dtype == F64 else 8 * torch.finfo(dtype).eps
     assert bool((shortfall >= -above).all()) and shortfall.max().item() < 1e-4
 
 
-def test_the_spectral_norm_is_exact_from_the_gram_matrices_where_they_cost_less():
-    # a batch of small matrices: the Gram matrices cost less than the tuner's 64 iterations;
-    # taken in float32, n eps_32 from float64's (the tuner keeps a margin of 1e-2)
+@pytest.mark.parametrize("iterations", [1, 16, 64])
+@pytest.mark.parametrize("shape", [(3, 20, 20), (30, 12), (12, 30)])
+def test_squarings_are_power_iteration_from_every_unit_vector(shape, iterations):
+    # G^p's columns are p iterations from e_i: their quotients, (G^{2p+1})_ii / (G^{2p})_ii,
+    # are power_norm's after p + 1 iterations (its first quotient is at the start itself)
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    gram = gram_matrix(matrix)
+    k = gram.shape[-1]
+    start = torch.eye(k, dtype=F64).expand(*gram.shape[:-2], k, k)
+    expected = power_norm(lambda rows: rows @ gram, start, iterations=iterations + 1, each_row=True)
+    got = squaring_spectral_norm(matrix, iterations=iterations)
+    # a quotient of eigenvalues, square-rooted: a few eps of sigma_max^2 apart
+    torch.testing.assert_close(got.square(), expected.square(), rtol=k * 2**-52, atol=0)
+    assert bool((got <= torch.linalg.matrix_norm(matrix, 2) * (1 + 1e-12)).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_squarings_of_complex_and_zero_matrices(dtype):
+    # singular values 1, 1/2, ...: 64 iterations' worth reach the dtype's rounding
+    values = 1.0 / torch.arange(1, 25, dtype=F64)
+    generator = torch.Generator().manual_seed(5)
+    u, v = (
+        torch.linalg.qr(torch.randn(2, 24, 24, dtype=dtype, generator=generator))[0] for _ in "uv"
+    )
+    matrix = (u * values.to(dtype)) @ v
+    got = squaring_spectral_norm(matrix, iterations=64)
+    eps = torch.finfo(dtype.to_real()).eps
+    torch.testing.assert_close(got, torch.ones(2, dtype=F64), rtol=24 * eps, atol=0)
+    zero = squaring_spectral_norm(torch.zeros(2, 5, 5, dtype=dtype), iterations=16)
+    assert torch.equal(zero, torch.zeros(2, dtype=F64))
+
+
+def test_the_spectral_norm_takes_the_route_that_costs_least():
+    # a few small float64 matrices: the Gram matrices' eigenvalues, exact
+    few = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=F64)
+    assert sigma_max_route(few, 64) == "gram"
+    assert torch.equal(spectral_norm(few, iterations=64), wide_sigma_max(few))
+    # a batch of small float32 matrices: squarings, within the tuner's margin of 1e-2 from
+    # below (the weights of values 2.25^(1/63) apart, to the 128th power: under 1e-3)
     batch = conditioned_matrix(64, condition=2.25, batch_shape=(64,), dtype=torch.float32)
-    exact, own = wide_sigma_max(batch), gram_sigma_max(batch)
-    assert own.dtype == F64 and not torch.equal(own, exact)
-    torch.testing.assert_close(own, exact, rtol=64 * torch.finfo(torch.float32).eps, atol=0)
-    assert torch.equal(spectral_norm(batch, iterations=64), own)
+    assert sigma_max_route(batch, 64) == "squaring"
+    exact, own = wide_sigma_max(batch), spectral_norm(batch, iterations=64)
+    assert own.dtype == F64 and torch.equal(own, squaring_spectral_norm(batch, iterations=64))
     assert torch.equal(operator_sigma_max(batch, "left"), own)
-    assert not torch.equal(spectral_norm(batch, iterations=16), own)  # a LAPACK call each
+    eps = torch.finfo(torch.float32).eps
+    assert bool((own <= exact * (1 + 64 * eps)).all() and (own >= exact * (1 - 1e-3)).all())
+    # taken in float32, the Gram route is n eps_32 from float64's
+    torch.testing.assert_close(gram_sigma_max(batch), exact, rtol=64 * eps, atol=0)
     # one 256 x 256: less than 64 iterations' work, more than 16's
     one = conditioned_matrix(256, condition=2.25, dtype=F64)
     exact = wide_sigma_max(one)
+    assert sigma_max_route(one, 64) == "gram" and sigma_max_route(one, 16) == "rows"
     assert torch.equal(spectral_norm(one, iterations=64), exact)
     estimate = spectral_norm(one, iterations=16)  # power iteration: a Rayleigh quotient
     assert not torch.equal(estimate, exact)
@@ -143,10 +194,18 @@ def test_the_spectral_norm_is_exact_from_the_gram_matrices_where_they_cost_less(
 def test_the_largest_value_in_ms_own_dtype_ignores_autocast():
     # the Gram matrix and the power iteration's products in bfloat16 would be off by 1e-3
     batch = conditioned_matrix(64, condition=2.25, batch_shape=(8,), dtype=torch.float32)
-    plain = gram_sigma_max(batch), power_spectral_norm(batch, iterations=16)
+
+    def routes():
+        return (
+            gram_sigma_max(batch),
+            power_spectral_norm(batch, iterations=16),
+            squaring_spectral_norm(batch, iterations=16),
+        )
+
+    plain = routes()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = gram_sigma_max(batch), power_spectral_norm(batch, iterations=16)
-    assert torch.equal(inside[0], plain[0]) and torch.equal(inside[1], plain[1])
+        inside = routes()
+    assert all(torch.equal(a, b) for a, b in zip(inside, plain, strict=True))
 
 
 def test_a_batch_split_across_threads_leaves_no_thread_behind(monkeypatch):

@@ -25,7 +25,7 @@ from typing import Callable, Tuple, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max", "gram_sigma_max", "on_host"]
+__all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max", "gram_sigma_max", "gram_matrix", "on_host"]
 
 BATCHED_SVD_MAX_N = 32  # cuSOLVER's gesvdjBatched: the largest m and n it decomposes batched
 GRAM_MAX_CONDITION = 1e4  # the largest condition number whose values the Gram matrix gives
@@ -102,7 +102,14 @@ def wide_svd(matrix: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return u.to(matrix.device), s.to(matrix.device), vh.to(matrix.device)
 
 
-def _gram(matrix: Tensor) -> Tensor:  # (..., m, n) -> (..., k, k), k = min(m, n)
+def gram_matrix(matrix: Tensor) -> Tensor:  # (..., m, n) -> (..., k, k), k = min(m, n)
+    r"""The smaller Gram matrix, :math:`M^H M` or (for a wide M) :math:`M M^H`, in M's dtype:
+    its eigenvalues are the squares of M's singular values.
+
+    Example:
+        >>> gram_matrix(torch.tensor([[3.0, 4.0]]))
+        tensor([[25.]])
+    """
     return matrix.mH @ matrix if matrix.shape[-2] >= matrix.shape[-1] else matrix @ matrix.mH
 
 
@@ -132,7 +139,7 @@ def gram_sigma_max(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (...), fl
     """
     # in M's dtype: autocast's bfloat16 Gram matrix is far off
     with torch.autocast(device_type=matrix.device.type, enabled=False):
-        gram = _gram(_decomposable(matrix, matrix.dtype))
+        gram = gram_matrix(_decomposable(matrix, matrix.dtype))
     values = _side_by_side(torch.linalg.eigvalsh, gram)
     return values[..., -1].clamp_min(0).sqrt().to(device=matrix.device, dtype=torch.float64)
 
@@ -151,7 +158,8 @@ def wide_svdvals(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (..., min(m
         >>> s.dtype, [round(value, 12) for value in s.tolist()]
         (torch.float64, [3.0, 2.0])
     """
-    gram = _gram(_wide(matrix))  # the wide copy is let go: the SVD, where needed, makes another
+    # the wide copy is let go: the SVD, where needed, makes another
+    gram = gram_matrix(_wide(matrix))
     values = _side_by_side(torch.linalg.eigvalsh, gram).flip(-1).clamp_min(0).sqrt()
     del gram
     if not bool((values[..., -1] * GRAM_MAX_CONDITION >= values[..., 0]).all()):

@@ -15,18 +15,20 @@ values :math:`\sigma_i` of M). With the loss :math:`\lVert \mathcal{A}(X) - I \r
   rate of :math:`(\kappa - 1)/(\kappa + 1)`.
 """
 
-from typing import Callable, Optional, Tuple, Union
+import math
+from typing import Callable, Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.decomposition import gram_sigma_max
+from gdinv_modules.core.decomposition import gram_matrix, gram_sigma_max
 from gdinv_modules.core.formulation import Formulation, as_formulation
 from gdinv_modules.core.functional import autocast_off, inverse_shape, wide_dtype
 
 __all__ = [
     "power_norm",
     "power_spectral_norm",
+    "squaring_spectral_norm",
     "spectral_norm",
     "operator_sigma_max",
     "stable_lr_bound",
@@ -36,24 +38,34 @@ __all__ = [
     "stable_bound_advice",
     "MAX_MOMENTUM",
     "POWER_STARTS",
-    "gram_costs_less",
+    "SigmaMaxRoute",
+    "sigma_max_route",
     "ridge_error_bound",
 ]
 
 MAX_MOMENTUM = 0.9999  # the largest momentum the tuner chooses
 POWER_STARTS = 4  # rows of power iteration per matrix: the largest estimate of them is taken
-# The CPU's costs of the two routes to sigma_max, in microseconds on 2 cores (fitted to
+# The CPU's costs of the three routes to sigma_max, in microseconds on 2 cores (fitted to
 # benchmarks/bench_crossover.py in a clean process: one 16 x 16 to one 1024 x 1024, batches up
-# to 4096 x 16x16, 16 iterations from one row and 64 from four, float64 and float32). The Gram
-# route costs each matrix a LAPACK call and about k^2.5 (k = min(m, n): the reduction to
-# tridiagonal form is memory-bound up to a few hundred); a power iteration costs its dozen
-# small operations, each matrix's products, and each entry read once plus once per row.
-GRAM_MATRIX_US = 5.0
-GRAM_K25_US = 3e-3
-POWER_ITERATION_US = 35.0
-POWER_MATRIX_US = 0.2
-POWER_ENTRY_US = 3.8e-4
-POWER_ENTRY_ROW_US = 7e-5
+# to 4096 x 16x16, 16 iterations from one row and 64 from four, float64 and float32; 15% median
+# error). With k = min(m, n) and F the dtype's product rate: the Gram eigenvalues cost a call,
+# a LAPACK call per matrix, about k^2 (the tridiagonal values) and 6.5 k^3 flops (the product
+# and the reduction); a squaring costs a batched product's call, 2 k^3 flops and a pass over
+# its bytes; a power iteration on rows costs its dozen small operations, each matrix's
+# products, and each entry read once plus once per row.
+PRODUCT_FLOPS_PER_US = {torch.float32: 2.1e5, torch.float64: 9e4}  # by the real dtype
+GRAM_CALL_US = 100.0
+GRAM_MATRIX_US = 1.0
+GRAM_K2_US = 0.023
+GRAM_FLOPS_PER_K3 = 6.5
+PRODUCT_US = 25.0
+PRODUCT_BYTE_US = 2.4e-4
+POWER_ITERATION_US = 39.0
+POWER_MATRIX_US = 0.16
+POWER_ENTRY_US = 1.8e-4
+POWER_ENTRY_ROW_US = 6.5e-5
+
+SigmaMaxRoute = Literal["gram", "squaring", "rows"]
 
 
 def power_norm(
@@ -136,31 +148,89 @@ def power_spectral_norm(
         )
 
 
-def gram_costs_less(
-    matrix: Tensor, iterations: int, starts: int = POWER_STARTS
-) -> bool:  # shape: (..., m, n)
-    r"""Whether the Gram matrices' eigenvalues cost less than ``iterations`` power iterations
-    from ``starts`` rows: on the CPU where, for a batch of :math:`b` matrices of
-    :math:`m \times n` (:math:`k = \min(m, n)`), :math:`b\,(G_0 + G\,k^{2.5})` is at most
-    :math:`\text{iterations}\,(P_0 + b\,(P_1 + (E_0 + E_1\,\text{starts})\,m n))`, in the
-    microseconds fitted on 2 cores (:data:`GRAM_MATRIX_US` and the others); never on a GPU
-    (where cuSOLVER decomposes a batch matrix by matrix).
+def squaring_spectral_norm(
+    matrix: Tensor,  # shape: (..., m, n)
+    *,
+    iterations: int,
+) -> Tensor:  # shape: (...), float64
+    r""":math:`\lVert A\rVert_2` per matrix as ``iterations`` power iterations from every unit
+    vector at once. The Gram matrix :math:`G`
+    (:func:`~gdinv_modules.core.decomposition.gram_matrix`) is raised to
+    :math:`p = 2^{\lceil \log_2 \text{iterations} \rceil}` by squarings, each scaled by its
+    trace; the estimate is the largest Rayleigh quotient of :math:`G` at the columns of
+    :math:`G^p`, :math:`(G^{2p+1})_{ii} / (G^{2p})_{ii}`: a mean of G's eigenvalues weighted by
+    :math:`\lambda^{2p}`, as power iteration's after p iterations, so from below too. One of
+    the unit vectors holds at least 1/k of the top eigenvector, so no start misses it.
+    :math:`\log_2 p + 2` products of k x k matrices in A's dtype, and no host sync: on the
+    CPU cheaper than either other route for batches of small float32 matrices
+    (:func:`sigma_max_route`).
 
     Example:
-        >>> gram_costs_less(torch.ones(32, 32, 32), 16, starts=1)
-        True
-        >>> gram_costs_less(torch.ones(1024, 16, 16), 16, starts=1)  # a LAPACK call each
-        False
-        >>> gram_costs_less(torch.ones(256, 256), 64), gram_costs_less(torch.ones(512, 512), 64)
-        (True, False)
+        >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
+        >>> round(squaring_spectral_norm(a, iterations=64).item(), 12)  # sqrt(45)
+        6.708203932499
+    """
+    # in M's dtype (autocast's bfloat16 products are far off), into two matrices kept for the
+    # call: a new product per squaring cost page faults that took 3 to 4 times its flops
+    with autocast_off(matrix), torch.no_grad():
+        gram = gram_matrix(matrix)
+        tiny = torch.finfo(gram.dtype).tiny
+
+        def trace(square: Tensor) -> Tensor:  # (..., k, k) -> (..., 1, 1), at least tiny
+            diagonal = square.diagonal(dim1=-2, dim2=-1).real
+            return diagonal.sum(-1).clamp_min(tiny)[..., None, None]
+
+        power = gram / trace(gram)  # eigenvalues in [0, 1]: no squaring overflows
+        spare = torch.empty_like(power)
+        for _ in range(math.ceil(math.log2(max(iterations, 1)))):
+            power, spare = torch.matmul(power, power, out=spare), power
+            power.div_(trace(power))
+        numerator = torch.linalg.vecdot(power, torch.matmul(gram, power, out=spare), dim=-2)
+        denominator = torch.linalg.vecdot(power, power, dim=-2).real
+        quotients = torch.where(denominator > 0, numerator.real / denominator.clamp_min(tiny), 0)
+    return quotients.amax(-1).double().clamp_min(0).sqrt()
+
+
+def sigma_max_route(
+    matrix: Tensor, iterations: int, starts: int = POWER_STARTS
+) -> SigmaMaxRoute:  # shape: (..., m, n)
+    r"""The cheapest way to :math:`\lVert A\rVert_2` at least as good as ``iterations`` power
+    iterations from ``starts`` rows: the Gram matrices' eigenvalues (``"gram"``, exact),
+    :func:`squaring_spectral_norm` (``"squaring"``) or :func:`power_spectral_norm` (``"rows"``).
+    On the CPU by their costs in microseconds fitted on 2 cores, for a batch of :math:`b`
+    matrices of :math:`m \times n`, :math:`k = \min(m, n)`:
+    :math:`G_0 + b\,(G_1 + G_2\,k^2 + 6.5\,k^3 / F)`,
+    :math:`(\log_2 p + 2)\,(Q_0 + b\,(Q\,s\,k^2 + 2k^3 / F))` and
+    :math:`\text{iterations}\,(P_0 + b\,(P_1 + (E_0 + E_1\,\text{starts})\,m n))`
+    (:data:`GRAM_CALL_US` and the others; F is the dtype's product rate, s its element size).
+    On a GPU always ``"rows"``: cuSOLVER decomposes a batch matrix by matrix, and the squarings
+    there are not measured yet.
+
+    Example:
+        >>> one, f64 = torch.ones(64, 64, dtype=torch.float64), torch.float64
+        >>> sigma_max_route(one, 16), sigma_max_route(torch.ones(256, 256), 16)
+        ('gram', 'rows')
+        >>> sigma_max_route(torch.ones(64, 64, 64), 64)  # float32 products cost a third
+        'squaring'
+        >>> sigma_max_route(torch.ones(64, 64, 64, dtype=f64), 16, starts=1)
+        'rows'
     """
     if matrix.device.type != "cpu":
-        return False
+        return "rows"
     batch, (m, n) = matrix.shape[:-2].numel(), matrix.shape[-2:]
-    gram = batch * (GRAM_MATRIX_US + GRAM_K25_US * min(m, n) ** 2.5)
+    k = min(m, n)
+    rate = PRODUCT_FLOPS_PER_US.get(matrix.dtype.to_real(), PRODUCT_FLOPS_PER_US[torch.float64])
+    rate /= 4 if matrix.dtype.is_complex else 1  # a complex product's four real ones
+    products = math.ceil(math.log2(max(iterations, 1))) + 2
+    product = PRODUCT_BYTE_US * matrix.element_size() * k * k + 2 * k**3 / rate
     entry = POWER_ENTRY_US + POWER_ENTRY_ROW_US * starts
-    power = iterations * (POWER_ITERATION_US + batch * (POWER_MATRIX_US + entry * m * n))
-    return gram <= power
+    matrix_gram = GRAM_MATRIX_US + GRAM_K2_US * k * k + GRAM_FLOPS_PER_K3 * k**3 / rate
+    costs = {  # in this order: the exact route wins a tie
+        "gram": GRAM_CALL_US + batch * matrix_gram,
+        "squaring": products * (PRODUCT_US + batch * product),
+        "rows": iterations * (POWER_ITERATION_US + batch * (POWER_MATRIX_US + entry * m * n)),
+    }
+    return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
 
 
 def spectral_norm(
@@ -170,21 +240,25 @@ def spectral_norm(
     rtol: Optional[float] = None,
     starts: int = POWER_STARTS,
 ) -> Tensor:  # shape: (...), float64
-    r""":math:`\lVert A\rVert_2` per matrix, as float64, by what costs less
-    (:func:`gram_costs_less`): from the Gram matrices' top eigenvalues
-    (:func:`~gdinv_modules.core.decomposition.gram_sigma_max`), or by ``iterations`` of
-    :func:`power_spectral_norm` from ``starts`` rows (from below). Either runs in A's own
-    dtype: for float32 its rounding (about :math:`n\,\epsilon_{32}` relative) is far inside
-    the callers' margins, and the float64 copies cost 5 to 7% of a float32
-    :func:`~gdinv_modules.engine.inversion.invert` (``benchmarks/RESULTS.md``).
+    r""":math:`\lVert A\rVert_2` per matrix, as float64, by what costs least
+    (:func:`sigma_max_route`): from the Gram matrices' top eigenvalues
+    (:func:`~gdinv_modules.core.decomposition.gram_sigma_max`), or as ``iterations`` power
+    iterations (from below) by :func:`squaring_spectral_norm` or :func:`power_spectral_norm`
+    from ``starts`` rows. Each runs in A's own dtype: for float32 its rounding (about
+    :math:`n\,\epsilon_{32}` relative) is far inside the callers' margins, and the float64
+    copies cost 5 to 7% of a float32 :func:`~gdinv_modules.engine.inversion.invert`
+    (``benchmarks/RESULTS.md``).
 
     Example:
         >>> a = torch.tensor([[3.0, 0.0], [4.0, 5.0]], dtype=torch.float64)
         >>> round(spectral_norm(a, iterations=16).item(), 12)  # sqrt(45), from the Gram matrix
         6.708203932499
     """
-    if gram_costs_less(matrix, iterations, starts):
+    route = sigma_max_route(matrix, iterations, starts)
+    if route == "gram":
         return gram_sigma_max(matrix)
+    if route == "squaring":
+        return squaring_spectral_norm(matrix, iterations=iterations)
     return power_spectral_norm(matrix, iterations=iterations, rtol=rtol, starts=starts)
 
 

@@ -114,12 +114,13 @@ def refinement_steps_needed(
 def spectral_norm_estimate(
     current: Tensor, iterations: int = POWER_ITERATIONS
 ) -> Tensor:  # shape: (..., n, n) -> (...)
-    r""":math:`\lVert C\rVert_2` per matrix by :func:`spectral_norm`: exact from the Gram
-    matrices where they cost less (on the CPU: one matrix up to about 140 x 140, a batch of up
-    to about 32 matrices of 32 x 32), else by ``iterations`` power iterations of O(n^2) each from
-    one row (from below, like any Rayleigh quotient; the caller keeps a margin). One row, not
-    the tuner's several: the estimate only sizes refinement, whose result is measured, and a
-    matrix it misjudges as within reach ends short of tol and goes to the stopping policy.
+    r""":math:`\lVert C\rVert_2` per matrix by :func:`spectral_norm`, by what costs least:
+    exact from the Gram matrices (on the CPU: one matrix up to about 100 x 100, a few small
+    ones), else as ``iterations`` power iterations (from below, like any Rayleigh quotient; the
+    caller keeps a margin), by squarings for a batch of small matrices, or from one row, O(n^2)
+    an iteration. One row, not the tuner's several: the estimate only sizes refinement, whose
+    result is measured, and a matrix it misjudges as within reach ends short of tol and goes to
+    the stopping policy.
 
     Example:
         >>> spectral_norm_estimate(torch.diag(torch.tensor([0.5, -0.25]))).item()
