@@ -2,6 +2,7 @@
 the GPU machines have 16).
 
     python benchmarks/bench_crossover.py [--repeats 7] [--cases 16:1 64:4] [--dtypes float64]
+        [--device cpu]
 
 For each batch shape, dtype and case ``iterations:starts`` (the callers' pairs: the tracker's
 16 iterations from one row, the tuner's 64 from four): the Gram matrices' eigenvalues
@@ -9,7 +10,9 @@ For each batch shape, dtype and case ``iterations:starts`` (the callers' pairs: 
 (``power_spectral_norm``) take turns in one process, each repeated, all in M's dtype as
 ``spectral_norm`` runs them; printed are the median milliseconds of each (min to max), which
 is fastest, and which one the rule picks, with the cost of its pick against the fastest where
-they differ. A pick far above 1 says the constants are off for this host.
+they differ. A pick far above 1 says the constants are off for this host. With ``--device
+cuda`` the same on the GPU, where the rule always picks rows (the squarings there are what this
+measures).
 """
 
 import argparse
@@ -51,10 +54,12 @@ SHAPES = [
 ]
 
 
-def millis(function, *args, **kwargs) -> float:
-    """Milliseconds for one call of ``function(*args, **kwargs)``."""
+def millis(function, device: torch.device) -> float:
+    """Milliseconds for one call of ``function()``, to the end of its work on ``device``."""
     began = time.perf_counter()
-    function(*args, **kwargs)
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return 1e3 * (time.perf_counter() - began)
 
 
@@ -63,15 +68,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cases", nargs="+", default=["16:1", "64:4"], help="iterations:starts")
     parser.add_argument("--dtypes", nargs="+", default=["float64"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    print(f"torch threads: {torch.get_num_threads()}")
+    device = torch.device(args.device)
+    print(f"torch threads: {torch.get_num_threads()}, device: {device}")
     rows = []
     cases = [tuple(int(part) for part in case.split(":")) for case in args.cases]
     for dtype_name, (batch, n), (iterations, starts) in itertools.product(
         args.dtypes, SHAPES, cases
     ):
-        matrix = torch.randn(batch, n, n, dtype=getattr(torch, dtype_name))
+        matrix = torch.randn(batch, n, n, dtype=getattr(torch, dtype_name), device=device)
         routes = {
             "gram": functools.partial(gram_sigma_max, matrix),
             "squaring": functools.partial(squaring_spectral_norm, matrix, iterations=iterations),
@@ -84,7 +91,7 @@ def main() -> None:
             function()
         for _ in range(args.repeats):  # take turns
             for route, function in routes.items():
-                times[route].append(millis(function))
+                times[route].append(millis(function, device))
         medians = {route: statistics.median(spread) for route, spread in times.items()}
         fastest = min(medians, key=medians.__getitem__)
         pick = sigma_max_route(matrix, iterations, starts)
@@ -114,7 +121,9 @@ def main() -> None:
         )
     if args.output:
         with open(args.output, "w") as file:
-            json.dump(dict(threads=torch.get_num_threads(), rows=rows), file, indent=1)
+            json.dump(
+                dict(threads=torch.get_num_threads(), device=str(device), rows=rows), file, indent=1
+            )
 
 
 if __name__ == "__main__":

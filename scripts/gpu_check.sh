@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with a GPU, in about 9 minutes, write to OUTPUT_DIR:
 #   whole calls against linalg.inv (invert eager and graphed, the tracker's update, peak memory),
-#   the per-step benchmark, the CUDA tests, the whole suite with the GPU visible, and invert()'s
+#   the per-step benchmark, sigma_max's three routes, the CUDA tests, the whole suite with the GPU visible, and invert()'s
 #   condition-number panel.                          scripts/gpu_check.sh OUTPUT_DIR
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR}
@@ -17,6 +17,10 @@ echo "whole calls: exit $?" | tee -a "$out/bench_gpu_calls.log"
 timeout 150 python3 benchmarks/bench_gpu.py --output "$out/bench_gpu.json" \
     --markdown "$out/bench_gpu.md" > "$out/bench_gpu.log" 2>&1
 echo "gpu benchmark: exit $?" | tee -a "$out/bench_gpu.log"
+# sigma_max's three routes on the GPU (the rule takes rows there; squarings are unmeasured)
+timeout 45 python3 benchmarks/bench_crossover.py --device cuda --repeats 3 --dtypes float32 \
+    float64 --output "$out/bench_crossover_gpu.json" > "$out/bench_crossover_gpu.log" 2>&1
+echo "sigma_max routes: exit $?" | tee -a "$out/bench_crossover_gpu.log"
 # In parallel where pytest-xdist is installed, each worker on 2 threads: with 16 workers of
 # 16 threads each, the suite crawled (48% in 140 s) and its heaviest tests failed a 60 s
 # per-test timeout (benchmarks/RESULTS.md, the GPU run of issue 19).
