@@ -58,6 +58,30 @@ def test_a_larger_drift_is_still_refined_without_descent():
         assert not update.jumped and update.refine_steps <= 6 and update.residual.item() <= 1e-10
 
 
+def test_the_spectral_estimate_runs_only_where_the_frobenius_bounds_do_not_decide(monkeypatch):
+    # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: a small drift is within reach by the upper
+    # bound (in as many steps as the lower bound takes), a new batch beyond it by the lower one
+    import gdinv_modules.engine.tracker as tracker_module
+
+    calls = []
+    real = tracker_module.spectral_norm_estimate
+    monkeypatch.setattr(
+        tracker_module, "spectral_norm_estimate", lambda c: calls.append(c.shape) or real(c)
+    )
+    batch = conditioned_matrix(16, condition=2.25, batch_shape=(4,), seed=1)  # float32
+    tracker = InverseTracker(batch)
+    update = tracker.update(drift(batch, 1e-3, torch.Generator().manual_seed(2)))
+    assert update.refine_steps >= 1 and not update.jumped and calls == []
+    update = tracker.update(conditioned_matrix(16, condition=2.25, batch_shape=(4,), seed=2))
+    assert update.jumped and calls == []
+    assert bool((update.residual <= 1e-5).all())
+    # eps 1e-2 at kappa 50: ||C||_F past the margin, so the estimate decides (above)
+    matrix = conditioned_matrix(48, condition=50.0, dtype=F64)
+    tracker = InverseTracker(matrix)
+    update = tracker.update(drift(matrix, 1e-2, torch.Generator().manual_seed(6)))
+    assert not update.jumped and calls == [(48, 48)]
+
+
 def test_the_spectral_estimate_is_exact_for_small_matrices_and_close_from_below_past_them():
     one = 0.1 * conditioned_matrix(32, condition=8.0, seed=7, dtype=F64)
     exact = torch.linalg.matrix_norm(one, 2)

@@ -5,9 +5,12 @@ X leaves the correction :math:`C = I - XM_\text{new}` with :math:`\lVert C\rVert
 \kappa\epsilon`. Where that is below 1, refinement steps :math:`X \leftarrow X + CX` square the
 correction: from 0.05, three steps reach 1e-10. So an update counts the steps it needs from the
 correction it finds (one host sync), takes them with none, and checks the result (one more).
-The steps converge where :math:`\lVert C\rVert_2 < 1`; a few power iterations of
-matrix-vector products estimate it (the Frobenius norm overstates it up to
-:math:`\sqrt n`-fold). A jump that leaves it above 0.99, or a refinement whose correction grew
+The steps converge where :math:`\lVert C\rVert_2 < 1`, which lies between
+:math:`\lVert C\rVert_F / \sqrt n` and :math:`\lVert C\rVert_F`: where those bounds
+decide which matrices are within reach and how many steps they take, that is all the update
+takes; else an estimate of :math:`\lVert C\rVert_2`
+(:func:`spectral_norm_estimate`) decides, at one more host sync. A jump that leaves it above
+0.99, or a refinement whose correction grew
 after all, falls back to heavy-ball descent warm from the
 current X, then refinement, under the :class:`StoppingPolicy` of :func:`invert` (and its
 :class:`ConvergenceWarning` where it misses ``tol``).
@@ -68,7 +71,7 @@ INSIDE_A_TRANSFORM = (
     "gdinv_modules.engine.implicit"
 )
 MAX_UPDATE_STEPS = 12  # from ||C||_2 = 0.99, 12 squarings pass float64's floor
-SPECTRAL_MARGIN = 0.99  # refine where the estimate of ||I - XM||_2 is below this
+SPECTRAL_MARGIN = 0.99  # refine where ||I - XM||_2 (its bound or estimate) is below this
 POWER_ITERATIONS = 16  # matrix-vector products: O(n^2) each, next to a step's O(n^3)
 
 
@@ -226,19 +229,26 @@ class InverseTracker(nn.Module):
         ones that jumped: a jump costs those matrices, not the batch."""
         n = matrix.shape[-1]
         inverse = self.inverse
+        target = self.tol * math.sqrt(n)
         current = correction(inverse, matrix)
         norm = torch.linalg.matrix_norm(current).real
-        spectral = spectral_norm_estimate(current)
-        near = spectral < SPECTRAL_MARGIN
-        # the host sync that sizes the update: the worst norms within reach, and which are
+        # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: past the margin from below, a jump
+        near = norm < SPECTRAL_MARGIN * math.sqrt(n)
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
-        worst, worst_spectral = torch.stack(
-            [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
-        ).tolist()
-        target = self.tol * math.sqrt(n)
+        worst = torch.where(near, norm, zero).max().item()  # the host sync that sizes the update
+        worst_spectral = worst  # the Frobenius norm bounds it; at least worst / sqrt(n)
+        if worst >= SPECTRAL_MARGIN or refinement_steps_needed(
+            worst, target
+        ) > refinement_steps_needed(worst, target, worst / math.sqrt(n)):
+            # the estimate decides which are near, or how many steps they take
+            spectral = spectral_norm_estimate(current)
+            near = spectral < SPECTRAL_MARGIN
+            worst, worst_spectral = torch.stack(
+                [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
+            ).tolist()  # a second host sync
         steps = 0
         final = norm
-        if bool(near.any()):
+        if worst > 0 or bool(near.any()):
             steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
             refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
             inverse = torch.where(near[..., None, None], refined, inverse)  # no host sync
