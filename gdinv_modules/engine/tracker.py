@@ -6,14 +6,13 @@ X leaves the correction :math:`C = I - XM_\text{new}` with :math:`\lVert C\rVert
 correction: from 0.05, three steps reach 1e-10. So an update counts the steps it needs from the
 correction it finds (one host sync), takes them with none, and checks the result (one more).
 The steps converge where :math:`\lVert C\rVert_2 < 1`, which lies between
-:math:`\lVert C\rVert_F / \sqrt n` and :math:`\lVert C\rVert_F`: where those bounds
-decide which matrices are within reach and how many steps they take, that is all the update
-takes; else an estimate of :math:`\lVert C\rVert_2`
-(:func:`spectral_norm_estimate`) decides, at one more host sync. A jump that leaves it above
-0.99, or a refinement whose correction grew
-after all, falls back to heavy-ball descent warm from the
-current X, then refinement, under the :class:`StoppingPolicy` of :func:`invert` (and its
-:class:`ConvergenceWarning` where it misses ``tol``).
+:math:`\lVert C\rVert_F / \sqrt n` and :math:`\lVert C\rVert_F`: where those bounds decide
+which matrices are within reach and how many steps they take, that is all the update takes;
+else an estimate of :math:`\lVert C\rVert_2` (:func:`spectral_norm_estimate`) decides, at one
+more host sync. A jump that leaves it above 0.99, or a refinement whose correction grew after
+all, falls back to heavy-ball descent warm from the current X, then refinement, under the
+:class:`StoppingPolicy` of :func:`invert` (and its :class:`ConvergenceWarning` where it misses
+``tol``).
 
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
 M^{-1}`, so :meth:`InverseTracker.forward` returns X through
