@@ -82,6 +82,28 @@ def test_the_spectral_estimate_runs_only_where_the_frobenius_bounds_do_not_decid
     assert not update.jumped and calls == [(48, 48)]
 
 
+def test_steps_sized_from_the_lower_bound_take_one_more_only_where_they_fall_short(
+    monkeypatch,
+):
+    # a rank-one change: ||C||_2 = ||C||_F, so the count from ||C||_F / sqrt(n) (2) falls one
+    # short of what the Frobenius norm sizes (3): the third step, and no estimate
+    import gdinv_modules.engine.tracker as tracker_module
+
+    taken = []
+    real = tracker_module.refine_counted
+    monkeypatch.setattr(tracker_module, "refine_counted", lambda *a: taken.append(a[2]) or real(*a))
+    monkeypatch.setattr(tracker_module, "spectral_norm_estimate", None)  # never called
+    matrix = conditioned_matrix(16, condition=5.0, dtype=F64)
+    generator = torch.Generator().manual_seed(0)
+    u, v = (torch.randn(16, 1, generator=generator, dtype=F64) for _ in "uv")
+    change = u @ v.mT / (u.norm() * v.norm())
+    for size, steps in [(0.0135, [2]), (0.0165, [2, 1])]:
+        taken.clear()
+        update = InverseTracker(matrix).update(matrix + size * change)
+        assert taken == steps and update.refine_steps == sum(steps) and not update.jumped
+        assert update.residual.item() <= 1e-10
+
+
 def test_the_spectral_estimate_is_exact_for_small_matrices_and_close_from_below_past_them():
     one = 0.1 * conditioned_matrix(32, condition=8.0, seed=7, dtype=F64)
     exact = torch.linalg.matrix_norm(one, 2)

@@ -7,7 +7,8 @@ correction: from 0.05, three steps reach 1e-10. So an update counts the steps it
 correction it finds (one host sync), takes them with none, and checks the result (one more).
 The steps converge where :math:`\lVert C\rVert_2 < 1`, which lies between
 :math:`\lVert C\rVert_F / \sqrt n` and :math:`\lVert C\rVert_F`: where those bounds decide
-which matrices are within reach and how many steps they take, that is all the update takes;
+which matrices are within reach and size their steps to within one, the update takes the
+steps the lower bound sizes, and the one more only where the result falls short (a host sync);
 else an estimate of :math:`\lVert C\rVert_2` (:func:`spectral_norm_estimate`) decides, at one
 more host sync. A jump that leaves it above 0.99, or a refinement whose correction grew after
 all, falls back to heavy-ball descent warm from the current X, then refinement, under the
@@ -235,23 +236,29 @@ class InverseTracker(nn.Module):
         near = norm < SPECTRAL_MARGIN * math.sqrt(n)
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
         worst = torch.where(near, norm, zero).max().item()  # the host sync that sizes the update
-        worst_spectral = worst  # the Frobenius norm bounds it; at least worst / sqrt(n)
-        if worst >= SPECTRAL_MARGIN or refinement_steps_needed(
-            worst, target
-        ) > refinement_steps_needed(worst, target, worst / math.sqrt(n)):
+        steps = most = 0
+        if 0 < worst < SPECTRAL_MARGIN:  # every matrix near: the Frobenius norm bounds ||C||_2
+            most = refinement_steps_needed(worst, target)
+            steps = refinement_steps_needed(worst, target, worst / math.sqrt(n))
+        if worst >= SPECTRAL_MARGIN or most > steps + 1:
             # the estimate decides which are near, or how many steps they take
             spectral = spectral_norm_estimate(current)
             near = spectral < SPECTRAL_MARGIN
             worst, worst_spectral = torch.stack(
                 [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
             ).tolist()  # a second host sync
-        steps = 0
+            steps = most = refinement_steps_needed(worst, target, worst_spectral)
         final = norm
         if worst > 0 or bool(near.any()):
-            steps = min(refinement_steps_needed(worst, target, worst_spectral), MAX_UPDATE_STEPS)
+            steps, most = min(steps, MAX_UPDATE_STEPS), min(most, MAX_UPDATE_STEPS)
             refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
+            reached = torch.linalg.matrix_norm(current).real
+            # sized from ||C||_2's least value, one step short at most: that step where needed
+            if steps < most and torch.where(near, reached, zero).max().item() > target:
+                refined, current = refine_counted(refined, matrix, 1, current)
+                reached, steps = torch.linalg.matrix_norm(current).real, steps + 1
             inverse = torch.where(near[..., None, None], refined, inverse)  # no host sync
-            final = torch.where(near, torch.linalg.matrix_norm(current).real, norm)
+            final = torch.where(near, reached, norm)
         jumped = (~near) | (final > target)  # else short of tol: the policy decides, and warns
         residual = (final / math.sqrt(n)).double().cpu()
         if not bool(jumped.any()):
