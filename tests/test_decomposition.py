@@ -186,6 +186,8 @@ def test_the_spectral_norm_takes_the_route_that_costs_least():
     estimate = spectral_norm(one, iterations=16)  # power iteration: a Rayleigh quotient
     assert not torch.equal(estimate, exact)
     assert bool((estimate <= exact * (1 + 1e-12)).all() and (estimate >= 0.9 * exact).all())
+    # off the CPU, rows (the squarings there are unmeasured; cuSOLVER loops over a batch)
+    assert sigma_max_route(torch.empty(64, 64, 64, device="meta"), 64) == "rows"
     large = conditioned_matrix(600, condition=2.25, dtype=F64)  # past 64 iterations' worth
     got = operator_sigma_max(large, "right")
     assert got <= torch.linalg.svdvals(large)[0] * (1 + 1e-12) and got != wide_sigma_max(large)
