@@ -1,4 +1,4 @@
-"""Which route to σ_max costs least on the CPU (``theory.sigma_max_route``, fitted on 2 cores;
+"""Which route to σ_max costs least on the CPU (``spectral.sigma_max_route``, fitted on 2 cores;
 the GPU machines have 16).
 
     python benchmarks/bench_crossover.py [--repeats 7] [--cases 16:1 64:4] [--dtypes float64]
@@ -25,7 +25,7 @@ import time
 import torch
 
 from gdinv_modules.core.decomposition import gram_sigma_max
-from gdinv_modules.core.theory import (
+from gdinv_modules.core.spectral import (
     power_spectral_norm,
     sigma_max_route,
     squaring_spectral_norm,

@@ -14,7 +14,7 @@ from gdinv_modules.core.decomposition import (
     wide_svdvals,
 )
 from gdinv_modules.core.matrices import conditioned_matrix, low_rank_matrix
-from gdinv_modules.core.theory import (
+from gdinv_modules.core.spectral import (
     operator_sigma_max,
     power_norm,
     power_spectral_norm,

@@ -42,11 +42,8 @@ from gdinv_modules.core.functional import (
 from gdinv_modules.core.rank import loss_floor, product_target
 from gdinv_modules.core.report import ConvergenceReport
 from gdinv_modules.core.scaling import scale_band, scale_exponent
-from gdinv_modules.core.theory import (
-    operator_sigma_max,
-    ridge_error_bound,
-    stable_bound_advice,
-)
+from gdinv_modules.core.spectral import operator_sigma_max
+from gdinv_modules.core.theory import ridge_error_bound, stable_bound_advice
 from gdinv_modules.core.validation import check_step_dtype
 from gdinv_modules.engine.history import LossHistory
 from gdinv_modules.engine.options import StepOptions

@@ -43,7 +43,7 @@ from gdinv_modules.core.errors import (
 )
 from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol
 from gdinv_modules.core.scaling import scale_exponent, times_power_of_two
-from gdinv_modules.core.theory import spectral_norm
+from gdinv_modules.core.spectral import spectral_norm
 from gdinv_modules.core.validation import (
     check_finite,
     check_matrix,

@@ -34,9 +34,9 @@ from torch import Tensor
 
 from gdinv_modules.core.errors import DivergenceError
 from gdinv_modules.core.formulation import Formulation, as_formulation
+from gdinv_modules.core.spectral import operator_sigma_max
 from gdinv_modules.core.theory import (
     MAX_MOMENTUM,
-    operator_sigma_max,
     stable_bound_advice,
     stable_lr_bound,
     tuned_parameters,
