@@ -47,9 +47,9 @@ def _scaled_product(left: Tensor, right: Tensor, alpha: float) -> Tensor:
     unused = left.new_empty(())  # beta=0: the "input" term is ignored, never read
     if left.ndim == 2 and right.ndim == 2:
         return torch.addmm(unused, left, right, beta=0, alpha=alpha)
-    batch = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
-    if left.shape[:-2] != batch or right.shape[:-2] != batch:
-        return (left @ right).mul_(alpha)  # broadcast batches: a flat view would copy
+    batch = left.shape[:-2]
+    if right.shape[:-2] != batch:  # broadcast batches: a flat view would copy
+        return (left @ right).mul_(alpha)
     product = torch.baddbmm(
         unused,
         left.reshape(-1, *left.shape[-2:]),
