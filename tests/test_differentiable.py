@@ -22,6 +22,7 @@ from gdinv_modules.core.errors import (
     NonFiniteMatrixError,
     SingularMatrixError,
 )
+from gdinv_modules.core.spectral import sigma_max_route
 from gdinv_modules.engine.implicit import inverse_of
 
 F64 = torch.float64
@@ -224,6 +225,18 @@ def test_invert_under_grad_is_the_inverses_derivative_and_under_vmap_refused_by_
     inverse = invert(matrix).inverse  # the way the refusal names: X from outside, passed in
     inside = torch.func.vmap(torch.func.jacrev(inverse_of))(matrix, inverse)
     torch.testing.assert_close(inside, torch.func.vmap(torch.func.jacrev(torch.linalg.inv))(matrix))
+
+
+def test_invert_under_grad_takes_sigma_max_by_squarings_too():
+    # a batch of small float32 matrices: the tuner's squarings write their products in place
+    # (matmul's out= is refused by torch.func's wrapped tensors)
+    matrix = conditioned_matrix(16, condition=2.0, batch_shape=(256,))
+    assert sigma_max_route(matrix, 64) == "squaring"
+    ours = torch.func.grad(lambda m: invert(m).inverse.sum())(matrix)
+    theirs = torch.func.grad(lambda m: torch.linalg.inv(m).sum())(matrix.double())
+    # X to float32's rounding, n eps_32 of the largest entry
+    atol = 16 * torch.finfo(torch.float32).eps * theirs.abs().max().item()
+    torch.testing.assert_close(ours.double(), theirs, rtol=0, atol=atol)
 
 
 def test_invert_under_grad_refines_a_batch_whose_matrices_stop_at_different_steps():

@@ -130,6 +130,17 @@ def power_spectral_norm(
         )
 
 
+def _product_into(out: Tensor, left: Tensor, right: Tensor) -> Tensor:  # (..., k, k), contiguous
+    """``left @ right`` written into ``out`` in place: a new matrix per product cost page
+    faults worth 3 to 4 times its flops on the CPU, and matmul's ``out=`` is refused by
+    torch.func's wrapped tensors, under which ``invert()`` runs inside ``torch.func.grad``."""
+    if out.ndim == 2:
+        return out.addmm_(left, right, beta=0)
+    k = out.shape[-1]
+    out.view(-1, k, k).baddbmm_(left.reshape(-1, k, k), right.reshape(-1, k, k), beta=0)
+    return out
+
+
 def squaring_spectral_norm(
     matrix: Tensor,  # shape: (..., m, n)
     *,
@@ -153,7 +164,7 @@ def squaring_spectral_norm(
         6.708203932499
     """
     # in M's dtype (autocast's bfloat16 products are far off), into two matrices kept for the
-    # call: a new product per squaring cost page faults that took 3 to 4 times its flops
+    # call (_product_into)
     with autocast_off(matrix), torch.no_grad():
         gram = gram_matrix(matrix)
         tiny = torch.finfo(gram.dtype).tiny
@@ -165,9 +176,9 @@ def squaring_spectral_norm(
         power = gram / trace(gram)  # eigenvalues in [0, 1]: no squaring overflows
         spare = torch.empty_like(power)
         for _ in range(math.ceil(math.log2(max(iterations, 1)))):
-            power, spare = torch.matmul(power, power, out=spare), power
+            power, spare = _product_into(spare, power, power), power
             power.div_(trace(power))
-        numerator = torch.linalg.vecdot(power, torch.matmul(gram, power, out=spare), dim=-2)
+        numerator = torch.linalg.vecdot(power, _product_into(spare, gram, power), dim=-2)
         denominator = torch.linalg.vecdot(power, power, dim=-2).real
         quotients = torch.where(denominator > 0, numerator.real / denominator.clamp_min(tiny), 0)
     return quotients.amax(-1).double().clamp_min(0).sqrt()
