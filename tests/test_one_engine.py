@@ -81,6 +81,15 @@ def test_pascal_7_in_float32_is_full_rank_and_beats_lapack_by_far():
     assert residual64(invert(pascal(7)).inverse, pascal(7)) <= 1e-10  # the remedy named works
 
 
+def test_a_wide_float32_m_is_pointed_to_the_other_side_not_to_float64():
+    # rank 24 of a 24 x 40 M is full: the product XM (40 x 40) lacks rank by M's shape, and
+    # float64 would not change that (the hint once said M was "past 1/eps of float32")
+    matrix = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    _, records = caught(lambda: invert(matrix))
+    singular = [str(r.message) for r in records if issubclass(r.category, SingularMatrixWarning)]
+    assert "formulation='right'" in singular[0] and "float64" not in singular[0]
+
+
 @pytest.mark.parametrize("n", [6, 7, 8])
 def test_hilbert_in_float32_is_singular_there_and_the_advice_is_float64(n):
     matrix = hilbert(n, F32)  # kappa past 1 / eps32: float32 cannot hold its inverse

@@ -419,7 +419,8 @@ class HeavyBallStepper:
             side = other[0].order((rows, cols))  # the rank the other side needs
             if rows != cols and bool((self.matrix_rank == side).all()):
                 hint = f"; M has full rank {side}: formulation='{other[0]}' gives X with {other[1]}"
-        if wide_dtype(matrix.dtype) != matrix.dtype:
+        if wide_dtype(matrix.dtype) != matrix.dtype and rank < min(rows, cols):
+            # short of its full rank by the dtype's rounding, not by its shape
             singular = self.singular_values[index]
             if bool(singular[-1] > singular[0] * torch.finfo(torch.float64).eps * max(rows, cols)):
                 kappa = (singular[0] / singular[-1]).item()
