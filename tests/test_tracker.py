@@ -114,6 +114,28 @@ def test_the_spectral_estimate_is_exact_for_small_matrices_and_close_from_below_
     assert bool((0.9 * exact <= estimate).all() and (estimate <= exact * (1 + 1e-12)).all())
 
 
+def test_an_update_returns_an_x_of_its_own():
+    # later updates write the tracker's X, never one an update returned: refined, unchanged
+    # (no step), or a jump's
+    batch = conditioned_matrix(16, condition=3.0, batch_shape=(2,), dtype=F64)
+    tracker = InverseTracker(batch)
+    generator = torch.Generator().manual_seed(3)
+    moved = drift(batch, 1e-3, generator)
+    updates = [tracker.update(moved), tracker.update(moved)]  # the second takes no step
+    updates.append(
+        tracker.update(conditioned_matrix(16, condition=3.0, batch_shape=(2,), seed=9, dtype=F64))
+    )
+    assert updates[1].refine_steps == 0 and updates[2].jumped
+    kept = [update.inverse.clone() for update in updates]
+    tracker.update(drift(batch, 1e-3, generator))
+    for update, inverse in zip(updates, kept, strict=True):
+        assert torch.equal(update.inverse, inverse)
+        assert (
+            update.inverse.untyped_storage().data_ptr()
+            != tracker.inverse.untyped_storage().data_ptr()
+        )
+
+
 def test_a_batch_is_tracked_per_matrix():
     batch = spd_matrix(8, condition=20.0, batch_shape=(3,), dtype=F64)
     tracker = InverseTracker(batch)
