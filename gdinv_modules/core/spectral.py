@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gdinv_modules.core.decomposition import gram_matrix, gram_sigma_max
 from gdinv_modules.core.formulation import Formulation, as_formulation
-from gdinv_modules.core.functional import autocast_off, inverse_shape, wide_dtype
+from gdinv_modules.core.functional import autocast_off, inverse_shape, product_into, wide_dtype
 
 __all__ = [
     "power_norm",
@@ -130,17 +130,6 @@ def power_spectral_norm(
         )
 
 
-def _product_into(out: Tensor, left: Tensor, right: Tensor) -> Tensor:  # (..., k, k), contiguous
-    """``left @ right`` written into ``out`` in place: a new matrix per product cost page
-    faults worth 3 to 4 times its flops on the CPU, and matmul's ``out=`` is refused by
-    torch.func's wrapped tensors, under which ``invert()`` runs inside ``torch.func.grad``."""
-    if out.ndim == 2:
-        return out.addmm_(left, right, beta=0)
-    k = out.shape[-1]
-    out.view(-1, k, k).baddbmm_(left.reshape(-1, k, k), right.reshape(-1, k, k), beta=0)
-    return out
-
-
 def squaring_spectral_norm(
     matrix: Tensor,  # shape: (..., m, n)
     *,
@@ -164,7 +153,7 @@ def squaring_spectral_norm(
         6.708203932499
     """
     # in M's dtype (autocast's bfloat16 products are far off), into two matrices kept for the
-    # call (_product_into)
+    # call (product_into: a new one per squaring cost page faults worth 3 to 4 times its flops)
     with autocast_off(matrix), torch.no_grad():
         gram = gram_matrix(matrix)
         tiny = torch.finfo(gram.dtype).tiny
@@ -176,9 +165,9 @@ def squaring_spectral_norm(
         power = gram / trace(gram)  # eigenvalues in [0, 1]: no squaring overflows
         spare = torch.empty_like(power)
         for _ in range(math.ceil(math.log2(max(iterations, 1)))):
-            power, spare = _product_into(spare, power, power), power
+            power, spare = product_into(spare, power, power), power
             power.div_(trace(power))
-        numerator = torch.linalg.vecdot(power, _product_into(spare, gram, power), dim=-2)
+        numerator = torch.linalg.vecdot(power, product_into(spare, gram, power), dim=-2)
         denominator = torch.linalg.vecdot(power, power, dim=-2).real
         quotients = torch.where(denominator > 0, numerator.real / denominator.clamp_min(tiny), 0)
     return quotients.amax(-1).double().clamp_min(0).sqrt()
