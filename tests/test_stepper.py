@@ -107,7 +107,8 @@ def test_the_stepper_needs_a_module_that_holds_m():
 
 class _Products(TorchDispatchMode):
     """Adds up matrix products' multiply-adds, in units of one product of ``unit`` (a
-    product taken a block of rows at a time counts once in all)."""
+    product taken a block of rows at a time counts once in all; one written in place, by
+    ``addmm_`` or ``baddbmm_``, counts as any other)."""
 
     def __init__(self, unit: torch.Tensor) -> None:
         super().__init__()
@@ -116,8 +117,9 @@ class _Products(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         aten = torch.ops.aten
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
-            left = args[1] if func.overloadpacket in (aten.addmm, aten.baddbmm) else args[0]
+        added = (aten.addmm, aten.baddbmm, aten.addmm_, aten.baddbmm_)
+        if func.overloadpacket in (aten.mm, aten.bmm, *added):
+            left = args[1] if func.overloadpacket in added else args[0]
             self.count += out.numel() * left.shape[-1] / self.unit
         return out
 

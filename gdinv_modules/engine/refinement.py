@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.functional import autocast_off, blocks, wide_dtype
+from gdinv_modules.core.functional import autocast_off, blocks, product_into, wide_dtype
 
 __all__ = [
     "refine",
@@ -69,10 +69,10 @@ def correction(
     inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None
 ) -> Tensor:  # (..., n, n) in X's dtype
     r"""The correction :math:`C = I - XM`, accumulated in the wide dtype and stored in X's
-    (module docstring). Where X's dtype is narrower, or into ``out`` (a correction no longer
-    needed), it is taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of rows at
-    a time (each row of XM needs only its row of X), so only a block of X and of C is ever
-    wide; ``out``'s rows take copies, not matmul's ``out=``, which torch.func's tensors refuse.
+    (module docstring), a new tensor or into ``out`` (a correction no longer needed, in place:
+    :func:`~gdinv_modules.core.functional.product_into`). Where X's dtype is narrower, it is
+    taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of rows at a time (each row
+    of XM needs only its row of X), so only a block of X and of C is ever wide.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
@@ -81,8 +81,8 @@ def correction(
     """
     wide = wide_dtype(matrix.dtype)
     matrix = matrix.to(wide)
-    if out is None and inverse.dtype == wide:
-        out = inverse @ matrix
+    if inverse.dtype == wide:
+        out = inverse @ matrix if out is None else product_into(out, inverse, matrix)
     else:
         if out is None:
             out = inverse.new_empty((*inverse.shape[:-1], matrix.shape[-1]))
@@ -100,21 +100,16 @@ def refinement_step(
     inverse: Tensor, current: Tensor, *, out: Optional[Tensor] = None
 ) -> Tensor:  # shape: (..., n, n)
     r"""One step :math:`X \leftarrow X + C X`, given X's correction C in X's dtype; returns the
-    new X, a new tensor or ``out`` (an X no longer needed), whose rows take the product a
-    :data:`~gdinv_modules.core.functional.WIDE_BLOCKS`-th at a time, as :func:`correction`'s
-    do. The sum rounds once: ``X + fl(CX)``, not a product accumulated onto X (``addmm``'s,
-    whose float64 floor came out twice as high).
+    new X, a new tensor or ``out`` (an X no longer needed, written in place:
+    :func:`~gdinv_modules.core.functional.product_into`). The sum rounds once: ``X + fl(CX)``,
+    not a product accumulated onto X (``addmm``'s, whose float64 floor came out twice as high).
 
     Example:
         >>> refinement_step(torch.eye(2), torch.full((2, 2), 0.5))
         tensor([[1.5000, 0.5000],
                 [0.5000, 1.5000]])
     """
-    if out is None:
-        out = current @ inverse
-    else:
-        for block in blocks(inverse.shape[-2]):
-            out[..., block, :] = current[..., block, :] @ inverse
+    out = current @ inverse if out is None else product_into(out, current, inverse)
     out += inverse
     return out
 
