@@ -1,9 +1,10 @@
 r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral estimates of M.
 
 - :math:`a_\max` (the largest singular value of the product's operator; :math:`\sigma_\max(M)`
-  for ``left``/``right``) comes from power iteration in M's dtype before the first step
-  (from the Gram matrix's eigenvalues for small matrices on the CPU), times a safety margin,
-  since the Rayleigh quotient never overestimates and heavy ball near Polyak's pair is
+  for ``left``/``right``) comes before the first step, in M's dtype, by whichever costs least
+  (:mod:`gdinv_modules.core.spectral`: the Gram matrices' eigenvalues, their squarings, or
+  power iteration), times a safety margin, since a Rayleigh quotient never overestimates and
+  heavy ball near Polyak's pair is
   unstable for any singular value above :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
 - :math:`a_\min` is estimated as the run goes, for free: with the residual :math:`R` and the
   gradient :math:`G = \tfrac{2}{n^2}\mathcal{A}^*(R)` already at hand,
