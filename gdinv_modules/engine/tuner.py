@@ -4,8 +4,8 @@ r"""``HeavyBallTuner``: SGD's learning rate and momentum chosen from spectral es
   for ``left``/``right``) comes before the first step, in M's dtype, by whichever costs least
   (:mod:`gdinv_modules.core.spectral`: the Gram matrices' eigenvalues, their squarings, or
   power iteration), times a safety margin, since a Rayleigh quotient never overestimates and
-  heavy ball near Polyak's pair is
-  unstable for any singular value above :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
+  heavy ball near Polyak's pair is unstable for any singular value above
+  :math:`\sqrt{\hat a_\max^2 + \hat a_\min^2}`.
 - :math:`a_\min` is estimated as the run goes, for free: with the residual :math:`R` and the
   gradient :math:`G = \tfrac{2}{n^2}\mathcal{A}^*(R)` already at hand,
   :math:`\lVert \mathcal{A}^* R\rVert_F^2 / \lVert R\rVert_F^2 = n^2 \lVert G\rVert_F^2 /
