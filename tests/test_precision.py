@@ -17,7 +17,7 @@ from gdinv_modules import (
 )
 from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
 from gdinv_modules.engine.policy import window_length
-from gdinv_modules.engine.refinement import correction, refine, safe_start
+from gdinv_modules.engine.refinement import correction, product_rounding, refine, safe_start
 
 F64 = torch.float64
 
@@ -101,6 +101,54 @@ def test_refinement_squares_the_residual_and_restarts_from_the_safe_start():
     far = refine(torch.zeros_like(matrix), matrix)  # ||I - 0 M|| = sqrt(n): not safe
     assert far.restarted.item() and far.residual.item() < 1e-14
     assert torch.linalg.matrix_norm(torch.eye(16, dtype=F64) - safe_start(matrix) @ matrix, 2) < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_product_rounding_is_above_a_narrow_products_and_near_it(dtype):
+    wide = torch.complex128 if dtype.is_complex else F64
+    matrix = conditioned(64, 100.0, dtype=dtype, batch_shape=(4,))
+    inverse = torch.linalg.inv(matrix)
+    rounding = torch.linalg.matrix_norm(
+        (inverse @ matrix).to(wide) - inverse.to(wide) @ matrix.to(wide)
+    )
+    bound = product_rounding(inverse, matrix)
+    # the likely size (sqrt(n) u ||X|| ||M||), above what the product shows, within n of it
+    assert bool((rounding <= bound).all()) and bool((bound <= 64 * rounding).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_a_rough_first_correction_saves_a_wide_one_and_costs_no_digit(dtype, monkeypatch):
+    matrix = conditioned(32, 10.0, dtype=dtype, batch_shape=(3,))
+    inverse = torch.linalg.inv(matrix) * (1 + 3e-2)
+    rough = torch.eye(32, dtype=dtype) - inverse @ matrix  # far above its rounding
+    taken = []
+    monkeypatch.setattr(
+        "gdinv_modules.engine.refinement.correction",
+        lambda *a, **k: taken.append(1) or correction(*a, **k),
+    )
+    plain = refine(inverse.clone(), matrix)
+    wide_corrections = len(taken)
+    from_rough = refine(inverse.clone(), matrix, rough=rough)
+    assert len(taken) - wide_corrections == wide_corrections - 1
+    assert from_rough.steps == plain.steps
+    # the same floor: within the dtype's rounding of the residual
+    eps = torch.finfo(dtype).eps
+    assert bool((residual64(from_rough.inverse, matrix) <= plain.residual + 4 * eps).all())
+
+
+def test_a_rough_correction_that_leads_nowhere_is_taken_anew():
+    # A correction off by far more than its rounding (a product in TF32, say): the first step
+    # from it is kept only where the wide residual falls; the others start over from X.
+    matrix = conditioned(32, 10.0, dtype=torch.float32, batch_shape=(4,))
+    inverse = torch.linalg.inv(matrix) * (1 + 1e-2)
+    rough = torch.eye(32) - inverse @ matrix
+    rough[1:] = 0.5 * torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0)) / 32
+    plain = refine(inverse.clone(), matrix)
+    from_rough = refine(inverse.clone(), matrix, rough=rough)
+    assert not bool(from_rough.restarted.any())
+    assert bool((residual64(from_rough.inverse, matrix) <= plain.residual + 4 * 2.0**-23).all())
+    with pytest.raises(InvalidOptionError, match="current or rough"):
+        refine(inverse, matrix, current=rough, rough=rough)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])

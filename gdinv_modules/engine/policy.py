@@ -323,11 +323,15 @@ class StoppingPolicy:
         matrix = module.resolve_matrix()
         refine_steps = 0
         if self.refinable:
+            checked = stepper.take_checked_correction()  # C at X, from the last check
+            wide = checked is not None and checked.dtype == wide_dtype(checked.dtype)
             refinement = refine(
                 module.inverse.detach(),
                 matrix,
-                current=stepper.take_checked_correction(),  # inline: no frame holds it
+                current=checked if wide else None,
+                rough=None if wide else checked,
             )
+            del checked
             module.inverse.copy_(refinement.inverse)
             refine_steps = refinement.steps
             residual = refinement.residual.real.double().cpu()

@@ -19,6 +19,12 @@ first steps grow the smallest singular values of :math:`X M` 2-fold each, which 
 :math:`C` may not show for many steps (for :math:`\kappa = 10^{10}`, about 60): until the
 residual falls below :data:`WARM_RESIDUAL`, a restarted matrix takes every step that does not
 raise it.
+
+A rough start: where X's correction was measured by a product in X's own dtype (the last
+check's, for a float32 M), the first step is taken from it where it lies far above that
+product's likely rounding (:func:`product_rounding`), and kept for the matrices whose residual,
+measured in the wide dtype, it lowers; the others' correction is taken anew. One wide
+correction fewer, and no digit lost where the estimate misjudges (a product in TF32, say).
 """
 
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.functional import autocast_off, blocks, product_into, wide_dtype
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "Refinement",
     "correction",
     "safe_start",
+    "product_rounding",
     "MAX_REFINE_STEPS",
     "SAFE_RESIDUAL",
     "WARM_RESIDUAL",
@@ -45,6 +53,7 @@ MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + log2(n) + 5: kapp
 SAFE_RESIDUAL = 1.0  # ||I - X M||_F below this: the steps converge from X itself
 WARM_RESIDUAL = 0.5  # a restarted matrix is judged by the keep-best rule below this
 QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at the floor
+ROUGH_MARGIN = 4.0  # a rough correction is stepped from where ||C||^2 is this far above rounding
 
 
 @dataclass
@@ -149,12 +158,53 @@ def safe_start(matrix: Tensor) -> Tensor:  # shape: (..., n, n)
     return matrix.mH / scale[..., None, None]
 
 
+def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
+    r"""The likely size of the rounding in the product XM taken in X's dtype, per matrix:
+    :math:`\sqrt n\, u \lVert X\rVert_F \lVert M\rVert_F` with u the unit roundoff (Higham
+    and Mary's probabilistic bound, SIAM J. Sci. Comput. 41(5), 2019: the errors of a sum of
+    n products add up as a random walk; the worst case is n times as large), for products in
+    IEEE arithmetic (not TF32's). An estimate for choosing, not a bound to rely on.
+
+    Example:
+        >>> estimate = product_rounding(torch.eye(4), torch.eye(4))  # sqrt(4) u 2 2
+        >>> bool(estimate == 2 * 2.0**-24 * 4)
+        True
+    """
+    unit = torch.finfo(inverse.dtype).eps / 2
+    scale = (matrix.shape[-2] ** 0.5) * unit
+    return scale * torch.linalg.matrix_norm(inverse) * torch.linalg.matrix_norm(matrix)
+
+
+def _rough_step(
+    inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], int]:
+    """The first step from a correction measured in X's dtype, where it lies well above
+    :func:`product_rounding`, kept where the wide residual falls; returns X, its correction
+    (``None``: to be taken anew, into ``rough``'s memory), an X no longer needed (the next
+    step's memory) and the steps taken (0 or 1)."""
+    norm = torch.linalg.matrix_norm(rough)
+    floor = ROUGH_MARGIN * product_rounding(inverse, matrix)
+    usable = (norm < SAFE_RESIDUAL) & (norm.square() >= floor)
+    if not bool(usable.all()):
+        return inverse, None, None, 0
+    candidate = refinement_step(inverse, rough)
+    current = correction(candidate, wide_matrix, out=rough)  # measured wide: judged as ever
+    better = torch.linalg.matrix_norm(current) < norm
+    moved, every = torch.stack([better.any(), better.all()]).tolist()
+    if every:
+        return candidate, current, (inverse if inverse.is_contiguous() else None), 1
+    # where the rough correction served a matrix badly, every correction is taken anew
+    inverse = torch.where(better[..., None, None], candidate, inverse) if moved else inverse
+    return inverse, None, None, int(moved)
+
+
 def refine(
     inverse: Tensor,  # shape: (..., n, n), X from descent; its memory serves the steps
     matrix: Tensor,  # shape: (..., n, n), M, square and invertible
     *,
     max_steps: int = MAX_REFINE_STEPS,
     current: Optional[Tensor] = None,  # shape: (..., n, n), X's correction, if known
+    rough: Optional[Tensor] = None,  # shape: (..., n, n), one from a product in X's dtype
 ) -> Refinement:
     r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling.
 
@@ -164,7 +214,8 @@ def refine(
     the rounding floor and takes no more; the steps end once no matrix moves or every one met
     its floor (one host sync per step). Two X's are alive at a time: each step writes its X
     into the memory of the one before last, ``inverse``'s own from the second step on (pass a
-    copy to keep it).
+    copy to keep it). ``rough``: X's correction measured in X's dtype, tried for the first
+    step (module docstring); its memory serves the corrections. Pass it or ``current``.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -176,19 +227,26 @@ def refine(
         >>> refine(torch.zeros_like(far), far).residual.item() < 1e-15  # kappa 1e10, restarted
         True
     """
+    if current is not None and rough is not None:
+        raise InvalidOptionError("refine() takes X's correction once: current or rough")
     # ``current``: overwritten by the next correction (its memory serves each step's)
     spare: Optional[Tensor] = None  # an X no longer needed: the next step's memory
+    steps = 0
     with torch.no_grad(), autocast_off(matrix):
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
-        current = correction(inverse, wide_matrix) if current is None else current
+        if rough is not None and max_steps > 0:
+            inverse, current, spare, steps = _rough_step(inverse, rough, matrix, wide_matrix)
+            if current is None:
+                current = correction(inverse, wide_matrix, out=rough)
+        elif current is None:
+            current = correction(inverse, wide_matrix)
         norm = torch.linalg.matrix_norm(current)
         restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
         if bool(restarted.any()):
             inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
             current = correction(inverse, wide_matrix, out=current)
             norm = torch.linalg.matrix_norm(current)
-        steps = 0
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)

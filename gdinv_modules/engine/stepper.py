@@ -352,13 +352,12 @@ class HeavyBallStepper:
 
     def take_checked_correction(self) -> Optional[Tensor]:  # shape: (..., n, n)
         """Refinement's first correction :math:`I - XM`, made in place from the product the
-        last check measured at this X, where that product is it: ``left``, in the wide dtype
-        (float64 or complex128 M). ``None`` otherwise; the product is let go either way.
-        Kept only inside :meth:`keeping_products`."""
+        last check measured at this X, where that product is it (``left``), in X's dtype: for
+        a float32 M a rough one, for :func:`~gdinv_modules.engine.refinement.refine`'s
+        ``rough``. ``None`` otherwise; the product is let go either way. Kept only inside
+        :meth:`keeping_products`."""
         product, self.checked_product = self.checked_product, None
         if product is None or self.module.formulation is not LEFT:
-            return None
-        if product.dtype != wide_dtype(product.dtype):
             return None
         product.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
         return product
