@@ -9,8 +9,9 @@ under ``invert()``'s default ``check_rank="auto"``, and 1024 float64 and the bat
 process; invert() and the bare steps alternate, each repeated; the median ratio and its spread
 (min to max) are printed.
 "floor / ideal" prices the refinement steps as what they are, a correction accumulated in the
-wide dtype and an update (``refine_counted``: the steps alone, no checks): the
-least ``invert()`` could take with the same steps and the same accuracy.
+wide dtype and an update (``refine_counted``: the steps alone, no checks; the first correction
+is the last check's product, as in ``invert()``): the least ``invert()`` could take with the
+same steps and the same accuracy.
 """
 
 import argparse
@@ -38,9 +39,11 @@ def bare_steps(matrix: torch.Tensor, steps: int) -> float:
 def bare_refinement_steps(matrix: torch.Tensor, inverse: torch.Tensor, steps: int) -> float:
     """Seconds for ``steps`` bare refinement steps from ``inverse``: ``refine_counted``, the
     wide copy of M, then per step X + C X and the next correction C = I - XM (accumulated in
-    the wide dtype), with no norm, no check and no host sync."""
+    the wide dtype), with no norm, no check and no host sync. The first correction is not
+    timed: ``invert()`` takes it from the last check's product."""
+    first = torch.eye(matrix.shape[-1], dtype=matrix.dtype) - inverse @ matrix
     start = time.perf_counter()
-    refine_counted(inverse, matrix, steps)
+    refine_counted(inverse, matrix, steps, first)
     return time.perf_counter() - start
 
 
