@@ -177,25 +177,29 @@ def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
 
 def _rough_step(
     inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], int]:
+) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int]:
     """The first step from a correction measured in X's dtype, where it lies well above
     :func:`product_rounding`, kept where the wide residual falls; returns X, its correction
-    (``None``: to be taken anew, into ``rough``'s memory), an X no longer needed (the next
-    step's memory) and the steps taken (0 or 1)."""
+    measured wide (into ``rough``'s memory) and that correction's norm, an X no longer needed
+    (the next step's memory) and the steps taken (0 or 1)."""
     norm = torch.linalg.matrix_norm(rough)
     floor = ROUGH_MARGIN * product_rounding(inverse, matrix)
     usable = (norm < SAFE_RESIDUAL) & (norm.square() >= floor)
-    if not bool(usable.all()):
-        return inverse, None, None, 0
-    candidate = refinement_step(inverse, rough)
-    current = correction(candidate, wide_matrix, out=rough)  # measured wide: judged as ever
-    better = torch.linalg.matrix_norm(current) < norm
-    moved, every = torch.stack([better.any(), better.all()]).tolist()
-    if every:
-        return candidate, current, (inverse if inverse.is_contiguous() else None), 1
-    # where the rough correction served a matrix badly, every correction is taken anew
-    inverse = torch.where(better[..., None, None], candidate, inverse) if moved else inverse
-    return inverse, None, None, int(moved)
+    steps = 0
+    if bool(usable.all()):
+        candidate = refinement_step(inverse, rough)
+        current = correction(candidate, wide_matrix, out=rough)  # measured wide: judged as ever
+        candidate_norm = torch.linalg.matrix_norm(current)
+        better = candidate_norm < norm
+        moved, every = torch.stack([better.any(), better.all()]).tolist()
+        if every:
+            spare = inverse if inverse.is_contiguous() else None
+            return candidate, current, candidate_norm, spare, 1
+        # where the rough correction served a matrix badly, every correction is taken anew
+        if moved:
+            inverse, steps = torch.where(better[..., None, None], candidate, inverse), 1
+    current = correction(inverse, wide_matrix, out=rough)
+    return inverse, current, torch.linalg.matrix_norm(current), None, steps
 
 
 def refine(
@@ -236,12 +240,10 @@ def refine(
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
         if rough is not None and max_steps > 0:
-            inverse, current, spare, steps = _rough_step(inverse, rough, matrix, wide_matrix)
-            if current is None:
-                current = correction(inverse, wide_matrix, out=rough)
-        elif current is None:
-            current = correction(inverse, wide_matrix)
-        norm = torch.linalg.matrix_norm(current)
+            inverse, current, norm, spare, steps = _rough_step(inverse, rough, matrix, wide_matrix)
+        else:
+            current = correction(inverse, wide_matrix) if current is None else current
+            norm = torch.linalg.matrix_norm(current)
         restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
         if bool(restarted.any()):
             inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
