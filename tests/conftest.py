@@ -1,5 +1,7 @@
 """Shared fixtures: the post's matrices and a quiet Trainer."""
 
+import contextlib
+import io
 import logging
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from gdinv_modules.cli.train import main
 from gdinv_modules.core.matrices import diagonal_matrix, random_matrix
 
 
@@ -59,15 +62,20 @@ def first_below(losses: torch.Tensor, threshold: float) -> int:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_py_command(config: str, save_dir: Path, *extra: str) -> list:
-    """``python train.py fit --config configs/CONFIG`` writing under ``save_dir``, quietly."""
+def train_py_args(config: str, save_dir: Path, *extra: str) -> list:
+    """What follows ``train.py fit`` to run ``configs/CONFIG`` writing under ``save_dir``,
+    quietly."""
     return [
-        sys.executable, str(ROOT / "train.py"), "fit",
         "--config", str(ROOT / "configs" / config),
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(save_dir),
         *extra,
     ]  # fmt: skip
+
+
+def train_py_command(config: str, save_dir: Path, *extra: str) -> list:
+    """``python train.py fit`` with :func:`train_py_args`."""
+    return [sys.executable, str(ROOT / "train.py"), "fit", *train_py_args(config, save_dir, *extra)]
 
 
 def run_train_py(config: str, save_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -77,6 +85,20 @@ def run_train_py(config: str, save_dir: Path, *extra: str) -> subprocess.Complet
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def train_py_here(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``train.py fit ARGS`` from ``cwd`` in this process, as its ``main`` (a fresh interpreter
+    spends seconds importing Lightning; :func:`run_train_py` runs the script itself): the exit
+    code and what it printed."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["fit", *args])
+        except SystemExit as exit:
+            code = exit.code
+    done = ["train.py", "fit", *args]
+    return subprocess.CompletedProcess(done, code, out.getvalue(), err.getvalue())
 
 
 class Whitening(pl.LightningModule):

@@ -1,11 +1,13 @@
 """Run LitInverse under Lightning's DDP on the CPU (gloo) and save what rank 0 ends with.
 
-    python tests/ddp_worker.py OUTPUT.pt SHARD [DEVICES [eager|graph]]
+    python tests/ddp_worker.py OUTPUT.pt DEVICES RUN [RUN ...]
 
-``eager`` and ``graph`` run 1500 steps instead of 400, past the tuner's frequent early retunes;
-``graph`` with ``cuda_graph=True`` under CUDA graphs' semantics emulated on the CPU
-(graph_emulator.py). Used by test_distributed.py; Lightning's launcher starts the other
-processes by running this same script again.
+A RUN is a shard mode (``batch``, ``columns``) for 400 steps, or ``batch-graph``: 1500 steps,
+past the tuner's frequent early retunes, with ``cuda_graph=True`` under CUDA graphs' semantics
+emulated on the CPU (graph_emulator.py; runs after it replay, so it goes last). One launch
+serves every run: each start of Lightning's processes costs seconds. Used by
+test_distributed.py, which calls :func:`fit_problems` in its own process for one device;
+Lightning's launcher starts the other processes by running this same script again.
 """
 
 import sys
@@ -19,6 +21,8 @@ from graph_emulator import emulate_cuda_graphs
 from gdinv_modules import LitInverse
 from gdinv_modules.core.matrices import random_matrix, spd_matrix
 
+GRAPH_STEPS = 1500
+
 
 def problems():
     batch = torch.stack(
@@ -30,14 +34,8 @@ def problems():
     return {"batch": batch, "one": random_matrix(9, seed=3, dtype=torch.float64)}
 
 
-def main() -> None:
-    output, shard = sys.argv[1], sys.argv[2]
-    devices = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    graph = sys.argv[4:] == ["graph"]
-    max_steps = 1500 if sys.argv[4:] in (["eager"], ["graph"]) else 400
-    if graph:
-        emulate_cuda_graphs(SimpleNamespace(setattr=setattr))
-    warnings.filterwarnings("ignore")
+def fit_problems(shard: str, devices: int, max_steps: int, graph: bool = False) -> dict:
+    """Both problems fitted with ``shard`` over ``devices`` processes: what rank 0 holds."""
     results = {}
     for name, matrix in problems().items():
         model = LitInverse(
@@ -59,7 +57,9 @@ def main() -> None:
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        trainer.fit(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model)
         results[name] = {
             "inverse": model.inverse.clone(),
             "losses": model.losses.clone(),
@@ -67,7 +67,19 @@ def main() -> None:
             "mode": model.stepper.sharding.mode,
             "replays": 0 if model.stepper.step_graph is None else model.stepper.step_graph.replays,
         }
-    if trainer.global_rank == 0:
+    return results
+
+
+def main() -> None:
+    output, devices, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    results = {}
+    for run in runs:
+        if run == "batch-graph":
+            emulate_cuda_graphs(SimpleNamespace(setattr=setattr))
+            results[run] = fit_problems("batch", devices, GRAPH_STEPS, graph=True)
+        else:
+            results[run] = fit_problems(run, devices, 400)
+    if torch.distributed.get_rank() == 0:
         torch.save(results, output)
 
 

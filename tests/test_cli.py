@@ -153,9 +153,15 @@ def test_bad_values_are_refused_before_training_with_one_line(tmp_path, capsys, 
     assert not list(tmp_path.glob("*/version_*/inverse.pt"))
 
 
-def test_train_py_runs_as_a_script(tmp_path):
-    result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
-    assert "after 200 steps" in result.stdout
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory):
+    """train.py run as a script, once for the tests that read what it prints."""
+    save_dir = tmp_path_factory.mktemp("script")
+    return run_train_py("seed_diagonal.yaml", save_dir, "--trainer.max_steps", "200")
+
+
+def test_train_py_runs_as_a_script(script_run):
+    assert "after 200 steps" in script_run.stdout
 
 
 @pytest.mark.parametrize("config", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
@@ -185,12 +191,10 @@ def test_subcommands_other_than_fit_are_refused_in_one_line(subcommand, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2
 
 
-def test_a_run_prints_no_lightning_chatter(tmp_path):
-    result = run_train_py("seed_diagonal.yaml", tmp_path, "--trainer.max_steps", "200")
-    printed = result.stdout + result.stderr
+def test_a_run_prints_no_lightning_chatter(script_run):
+    printed = script_run.stdout + script_run.stderr
     for chatter in ("Total params", "LeafSpec", "litlogger", "GPU available", "Seed set"):
         assert chatter not in printed, chatter
-    assert "after 200 steps" in result.stdout  # our summary stays
 
 
 def test_a_run_of_no_steps_writes_its_outputs_and_says_it_did_not_converge(tmp_path, capsys):

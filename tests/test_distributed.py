@@ -6,15 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train_py
+from conftest import run_train_py, train_py_args
+from ddp_worker import GRAPH_STEPS, fit_problems
+
+from gdinv_modules.cli.train import main
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def run_worker(tmp_path: Path, shard: str, devices: int, *extra: str) -> dict:
-    output = tmp_path / f"{shard}-{devices}.pt"
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory) -> dict:
+    """Every two-process run in one launch: each start of Lightning's processes costs seconds."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    output = tmp_path / "two.pt"
     done = subprocess.run(
-        [sys.executable, str(WORKER), str(output), shard, str(devices), *extra],
+        [sys.executable, str(WORKER), str(output), "2", "batch", "columns", "batch-graph"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -24,16 +30,11 @@ def run_worker(tmp_path: Path, shard: str, devices: int, *extra: str) -> dict:
     return torch.load(output, weights_only=False)
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory) -> dict:
-    return run_worker(tmp_path_factory.mktemp("single"), "batch", 1)
-
-
 @pytest.mark.parametrize("shard", ["batch", "columns"])
-def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
-    distributed = run_worker(tmp_path, shard, 2)
+def test_two_processes_give_the_single_process_result(distributed, shard):
+    single = fit_problems("batch", devices=1, max_steps=400)
     for name in ("batch", "one"):
-        got, want = distributed[name], single[name]
+        got, want = distributed[shard][name], single[name]
         expected_mode = "batch" if shard == "batch" and name == "batch" else "columns"
         assert got["mode"] == expected_mode and want["mode"] == "none"
         # Summing partial gradients over ranks changes only the order of additions.
@@ -44,29 +45,33 @@ def test_two_processes_give_the_single_process_result(tmp_path, single, shard):
         # (near convergence a sum of squared rounding errors, hence the looser tolerance).
         torch.testing.assert_close(got["loss"], want["loss"], atol=0, rtol=1e-6)
     if shard == "batch":
-        assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])
+        assert torch.equal(distributed[shard]["batch"]["inverse"], single["batch"]["inverse"])
 
 
-def test_a_batch_split_replaying_cuda_graphs_gives_the_single_process_result(tmp_path):
+def test_a_batch_split_replaying_cuda_graphs_gives_the_single_process_result(distributed):
     """Each rank records its slice's steps; the gathers between windows write X and the
     momentum buffer in place, where the recorded steps read them (CUDA graphs emulated)."""
-    single = run_worker(tmp_path, "batch", 1, "eager")
-    distributed = run_worker(tmp_path, "batch", 2, "graph")
-    assert distributed["batch"]["mode"] == "batch" and distributed["batch"]["replays"] > 0
-    assert torch.equal(distributed["batch"]["inverse"], single["batch"]["inverse"])
-    assert torch.equal(distributed["batch"]["losses"], single["batch"]["losses"])
+    single = fit_problems("batch", devices=1, max_steps=GRAPH_STEPS)
+    graph = distributed["batch-graph"]
+    assert graph["batch"]["mode"] == "batch" and graph["batch"]["replays"] > 0
+    assert torch.equal(graph["batch"]["inverse"], single["batch"]["inverse"])
+    assert torch.equal(graph["batch"]["losses"], single["batch"]["losses"])
     # one matrix over two ranks is split by columns, whose per-step all-reduce is not recorded
-    assert distributed["one"]["mode"] == "columns" and distributed["one"]["replays"] == 0
+    assert graph["one"]["mode"] == "columns" and graph["one"]["replays"] == 0
 
 
-def test_the_ddp_config_runs_and_matches_one_process(tmp_path):
-    def train(*extra: str) -> Path:
-        done = run_train_py("ddp_cpu.yaml", tmp_path, *extra)
-        assert "converged (tol 1e-10)  8 of 8" in done.stdout
+def test_the_ddp_config_runs_and_matches_one_process(tmp_path, capsys):
+    def version() -> Path:
         return sorted((tmp_path / "ddp_cpu").glob("version_*"))[-1]
 
-    two = train()
-    one = train("--trainer.devices", "1", "--trainer.strategy", "auto")
+    assert "converged (tol 1e-10)  8 of 8" in run_train_py("ddp_cpu.yaml", tmp_path).stdout
+    two = version()
+    # the one-process run in this process: its result must not depend on a fresh interpreter
+    one_device = ("--trainer.devices", "1", "--trainer.strategy", "auto")
+    main(["fit", *train_py_args("ddp_cpu.yaml", tmp_path, *one_device)])
+    assert "converged (tol 1e-10)  8 of 8" in capsys.readouterr().out
+    one = version()
+    assert one != two
     assert torch.equal(torch.load(two / "inverse.pt"), torch.load(one / "inverse.pt"))
     assert (two / "losses.csv").read_bytes() == (one / "losses.csv").read_bytes()
 

@@ -4,11 +4,10 @@ overwritten; the same config and seed give the same losses."""
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import quiet_trainer, train_py_command
+from conftest import quiet_trainer, train_py_args, train_py_command, train_py_here
 
 from gdinv_modules import LitInverse
 from gdinv_modules.core.errors import OutputExistsError
@@ -17,25 +16,20 @@ from gdinv_modules.io.losses_csv import read_losses_csv
 from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.training.run_outputs import RunOutputs
 
-
-def train_command(save_dir: Path, *extra: str) -> list:
-    return train_py_command(
-        "seed_random.yaml",
-        save_dir,
-        "--data.dtype",
-        "float64",
-        "--trainer.max_steps",
-        "20000",
-        "--checkpoint.every_n_train_steps",
-        "1000",
-        *extra,
-    )
+CONFIG = "seed_random.yaml"
+RUN = (  # in float64 for 20,000 steps, a checkpoint every 1000
+    "--data.dtype", "float64",
+    "--trainer.max_steps", "20000",
+    "--checkpoint.every_n_train_steps", "1000",
+)  # fmt: skip
 
 
 def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
     run_dir = tmp_path / "seed_random"
     killed = subprocess.Popen(
-        train_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_py_command(CONFIG, tmp_path, *RUN),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     first_checkpoint = run_dir / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -45,11 +39,10 @@ def test_a_run_killed_halfway_resumes_to_the_same_inverse_and_losses(tmp_path):
     assert killed.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (run_dir / "version_0" / "summary.json").exists()
 
-    resumed = subprocess.run(
-        train_command(tmp_path, "--ckpt_path", "last"), capture_output=True, text=True, timeout=300
-    )
+    # the resumed and the whole run in this process: a fresh interpreter costs seconds
+    resumed = train_py_here(tmp_path, *train_py_args(CONFIG, tmp_path, *RUN, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr
-    whole = subprocess.run(train_command(tmp_path), capture_output=True, text=True, timeout=300)
+    whole = train_py_here(tmp_path, *train_py_args(CONFIG, tmp_path, *RUN))
     assert whole.returncode == 0, whole.stderr
 
     resumed_dir, whole_dir = run_dir / "version_1", run_dir / "version_2"

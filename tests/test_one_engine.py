@@ -4,15 +4,13 @@ numpy's and scipy's own inverse tests (Pascal, Hilbert, Kahan, scipy's scaled di
 
 import math
 import re
-import subprocess
-import sys
 import warnings
 from math import comb
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, quiet_trainer
+from conftest import quiet_trainer, train_py_here
 
 from gdinv_modules import (
     ConvergenceWarning,
@@ -207,11 +205,9 @@ def test_invert_and_the_tracker_warn_at_the_users_line():
 def test_train_py_on_ones_own_ill_conditioned_float32_file(tmp_path):
     matrix = conditioned_matrix(64, condition=3000.0, dtype=F32)
     np.save(tmp_path / "ill.npy", matrix.numpy())
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", "--data.kind", "file",
-         "--data.path", str(tmp_path / "ill.npy"), "--trainer.enable_progress_bar", "false",
-         "--outputs.output_dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=600,
+    done = train_py_here(
+        tmp_path, "--data.kind", "file", "--data.path", "ill.npy",
+        "--trainer.enable_progress_bar", "false", "--outputs.output_dir", "run",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "converged (tol 1e-05)  1 of 1" in done.stdout

@@ -5,8 +5,6 @@ import csv
 import json
 import os
 import stat
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytorch_lightning as pl
 import rich.progress
 import torch
 import yaml
+from conftest import train_py_here
 from pytorch_lightning.callbacks import EarlyStopping, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
@@ -43,16 +42,6 @@ def own_matrix(path: Path) -> np.ndarray:
     return matrix
 
 
-def train_py(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def read_rows(path: Path) -> list:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -60,7 +49,7 @@ def read_rows(path: Path) -> list:
 
 def test_ones_own_file_without_a_config_is_inverted_as_invert_would(tmp_path):
     matrix = own_matrix(tmp_path / "mine.npy")
-    done = train_py(tmp_path, "--data.kind", "file", "--data.path", "mine.npy")
+    done = train_py_here(tmp_path, "--data.kind", "file", "--data.path", "mine.npy")
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "mine" / "version_0"
     summary = json.loads((run / "summary.json").read_text())
@@ -186,7 +175,7 @@ def test_the_rich_bar_only_moves_forward_so_its_speed_is_the_steps(tmp_path, mon
 def test_output_dir_holds_the_whole_run_and_a_second_run_there_is_refused(tmp_path):
     own_matrix(tmp_path / "mine.npy")
     args = ("--data.kind", "file", "--data.path", "mine.npy", "--outputs.output_dir", "out")
-    done = train_py(tmp_path, *args)
+    done = train_py_here(tmp_path, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     held = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
@@ -203,7 +192,7 @@ def test_output_dir_holds_the_whole_run_and_a_second_run_there_is_refused(tmp_pa
     } == held
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lightning_logs").exists()
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    again = train_py(tmp_path, *args)
+    again = train_py_here(tmp_path, *args)
     assert again.returncode == 2 and "OutputExistsError" in again.stderr.splitlines()[-1]
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
@@ -228,7 +217,7 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path):
     (tmp_path / "keep" / "notes.txt").write_text("mine")
     diverging = ("--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "5")
     for where in ([], ["--outputs.output_dir", "new/deeper"], ["--outputs.output_dir", "keep"]):
-        done = train_py(tmp_path, *diverging, "--model.momentum", "0.9", *where)
+        done = train_py_here(tmp_path, *diverging, "--model.momentum", "0.9", *where)
         assert done.returncode == 2 and "DivergenceError" in done.stderr.splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "mine.npy"]
     assert [p.name for p in (tmp_path / "keep").iterdir()] == ["notes.txt"]
@@ -236,7 +225,8 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path):
 
 def test_a_run_refused_at_parse_leaves_nothing(tmp_path):
     own_matrix(tmp_path / "mine.npy")
-    done = train_py(tmp_path, "--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "-1")
+    args = ("--data.kind", "file", "--data.path", "mine.npy", "--model.lr", "-1")
+    done = train_py_here(tmp_path, *args)
     assert done.returncode == 2 and done.stderr.startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy"]
 
