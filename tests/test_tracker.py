@@ -104,6 +104,118 @@ def test_steps_sized_from_the_lower_bound_take_one_more_only_where_they_fall_sho
         assert update.residual.item() <= 1e-10
 
 
+def count_corrections(monkeypatch) -> dict:
+    """Corrections taken, rough (one product in X's dtype) and wide, by the tracker and by
+    the refinement steps it counts."""
+    import gdinv_modules.engine.refinement as refinement_module
+    import gdinv_modules.engine.tracker as tracker_module
+
+    counts = {"rough": 0, "wide": 0}
+    real = refinement_module.correction
+
+    def counted(inverse, matrix, *, out=None, rough=False):
+        counts["rough" if rough else "wide"] += 1
+        return real(inverse, matrix, out=out, rough=rough)
+
+    monkeypatch.setattr(refinement_module, "correction", counted)
+    monkeypatch.setattr(tracker_module, "correction", counted)
+    return counts
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-3])
+def test_a_float32_update_takes_its_first_correction_rough_and_lands_where_a_wide_one_does(
+    monkeypatch, eps
+):
+    import gdinv_modules.engine.tracker as tracker_module
+
+    start = conditioned_matrix(32, condition=50.0, batch_shape=(8,), dtype=F64)
+    matrix = drift(start, eps, torch.Generator().manual_seed(3)).float()
+    first = InverseTracker(start.float()).inverse
+    counts = count_corrections(monkeypatch)
+    rough = InverseTracker(start.float(), inverse=first).update(matrix)
+    assert counts == {"rough": 1, "wide": rough.refine_steps} and not rough.jumped
+    counts.update(rough=0, wide=0)
+    monkeypatch.setattr(tracker_module, "ieee_products", lambda device: False)  # TF32, say
+    wide = InverseTracker(start.float(), inverse=first).update(matrix)
+    assert counts == {"rough": 0, "wide": wide.refine_steps + 1} and not wide.jumped
+    # the same steps to the same floor: the rough step's rounding is squared away
+    assert rough.refine_steps == wide.refine_steps
+    assert bool((rough.residual <= 1e-5).all())
+    assert bool((rough.residual <= 4 * wide.residual).all())
+    measured = relative_residual64(rough.inverse, matrix)
+    torch.testing.assert_close(rough.residual, measured.double(), rtol=1e-3, atol=0)
+
+
+def test_a_correction_near_its_rounding_is_measured_wide_and_the_next_starts_wide(monkeypatch):
+    # ||C||_F^2 below 4 sqrt(n) u ||X|| ||M||: the rough step would leave the rounding, not
+    # ||C||^2. The update measures it again wide; the stream's next updates start wide until
+    # a wide correction shows the rough one would serve again.
+    start = conditioned_matrix(32, condition=50.0, batch_shape=(8,), dtype=F64)
+    generator = torch.Generator().manual_seed(4)
+    tracker = InverseTracker(start.float())
+    counts = count_corrections(monkeypatch)
+    rough_per_update = []
+    matrix = start
+    for eps in (1e-5, 1e-5, 1e-2, 1e-2):
+        matrix = drift(matrix, eps, generator)
+        counts.update(rough=0, wide=0)
+        update = tracker.update(matrix.float())
+        assert not update.jumped and bool((update.residual <= 1e-5).all())
+        rough_per_update.append(counts["rough"])
+    assert rough_per_update == [1, 0, 0, 1]
+
+
+def test_a_rough_first_step_is_counted_with_its_rounding_in():
+    from gdinv_modules.engine.tracker import _steps_needed
+
+    # ||C|| = 0.0845 reaches 5.7e-5 in 2 squarings (0.0845^4 = 5.1e-5); a first step from a
+    # correction rounded by 1e-3 leaves up to 0.0855^2 + 1e-3 = 8.3e-3, then 2 more
+    assert _steps_needed(0.0845, 5.7e-5, None, 0.0) == refinement_steps_needed(0.0845, 5.7e-5)
+    assert _steps_needed(0.0845, 5.7e-5, None, 0.0) == 2
+    assert _steps_needed(0.0845, 5.7e-5, None, 1e-3) == 3
+    assert _steps_needed(1e-6, 5.7e-5, None, 1e-9) == 1  # the rough step itself, measured
+    assert _steps_needed(0.95, 5.7e-5, 0.9, 0.2) is None  # 0.9 + 0.2 past 1: cannot be sized
+
+
+def test_a_rough_correction_just_above_its_rounding_is_stepped_from(monkeypatch):
+    # at ||C||_F^2 = 1.5 times the rounding counted in, the rough step serves: taken, and the
+    # update reaches tol in the steps it counted, with no second plan and no jump
+    import gdinv_modules.engine.tracker as tracker_module
+    from gdinv_modules.engine.refinement import ROUGH_MARGIN, product_rounding
+
+    taken = []
+    real = tracker_module.refine_counted
+    monkeypatch.setattr(tracker_module, "refine_counted", lambda *a: taken.append(a[2]) or real(*a))
+    start = conditioned_matrix(32, condition=50.0, dtype=F64)
+    inverse = torch.linalg.inv(start).float()
+    noise = torch.randn(32, 32, generator=torch.Generator().manual_seed(5), dtype=F64)
+    slack = ROUGH_MARGIN * product_rounding(inverse, start.float()).item()
+    size = (1.5 * slack) ** 0.5  # M (I - D) with ||D||_F = size: C is about D
+    matrix = (start @ (torch.eye(32, dtype=F64) - size * noise / noise.norm())).float()
+    counts = count_corrections(monkeypatch)
+    update = InverseTracker(start.float(), inverse=inverse).update(matrix)
+    assert counts["rough"] == 1 and len(taken) == 1  # no second plan, no step short
+    assert not update.jumped and update.residual.item() <= 1e-5
+
+
+def test_products_round_as_ieee_unless_tf32_or_bfloat16_passes_are_allowed():
+    from gdinv_modules.engine.refinement import ieee_products
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        assert ieee_products(cpu) and ieee_products(cuda)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        assert ieee_products(cpu) and not ieee_products(cuda)
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert not ieee_products(cpu)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = (
+            before
+        )
+    assert not ieee_products(torch.device("meta"))
+
+
 def test_the_spectral_estimate_is_exact_for_small_matrices_and_close_from_below_past_them():
     one = 0.1 * conditioned_matrix(32, condition=8.0, seed=7, dtype=F64)
     exact = torch.linalg.matrix_norm(one, 2)

@@ -44,7 +44,9 @@ __all__ = [
     "correction",
     "safe_start",
     "product_rounding",
+    "ieee_products",
     "MAX_REFINE_STEPS",
+    "ROUGH_MARGIN",
     "SAFE_RESIDUAL",
     "WARM_RESIDUAL",
 ]
@@ -75,20 +77,21 @@ class Refinement:
 
 
 def correction(
-    inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None
+    inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None, rough: bool = False
 ) -> Tensor:  # (..., n, n) in X's dtype
     r"""The correction :math:`C = I - XM`, accumulated in the wide dtype and stored in X's
     (module docstring), a new tensor or into ``out`` (a correction no longer needed, in place:
     :func:`~gdinv_modules.core.functional.product_into`). Where X's dtype is narrower, it is
     taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of rows at a time (each row
-    of XM needs only its row of X), so only a block of X and of C is ever wide.
+    of XM needs only its row of X), so only a block of X and of C is ever wide. ``rough``: one
+    product in X's dtype instead, off by about :func:`product_rounding`.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
         tensor([[-1., -0.],
                 [-0., -1.]])
     """
-    wide = wide_dtype(matrix.dtype)
+    wide = inverse.dtype if rough else wide_dtype(matrix.dtype)
     matrix = matrix.to(wide)
     if inverse.dtype == wide:
         out = inverse @ matrix if out is None else product_into(out, inverse, matrix)
@@ -173,6 +176,21 @@ def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
     unit = torch.finfo(inverse.dtype).eps / 2
     scale = (matrix.shape[-2] ** 0.5) * unit
     return scale * torch.linalg.matrix_norm(inverse) * torch.linalg.matrix_norm(matrix)
+
+
+def ieee_products(device: torch.device) -> bool:
+    """Whether float32 products on ``device`` round as IEEE arithmetic does, as
+    :func:`product_rounding` assumes: not where TF32 or bfloat16 passes are allowed
+    (``torch.backends.cuda.matmul.fp32_precision``, ``torch.backends.mkldnn.matmul``'s on the
+    CPU, or ``torch.set_float32_matmul_precision``), nor on another device.
+
+    Example:
+        >>> ieee_products(torch.device("cpu"))  # torch's default
+        True
+    """
+    backends = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}
+    backend = backends.get(device.type)
+    return backend is not None and backend.fp32_precision in ("none", "ieee")
 
 
 def _rough_step(

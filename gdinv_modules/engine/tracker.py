@@ -15,6 +15,17 @@ all, falls back to heavy-ball descent warm from the current X, then refinement, 
 :class:`StoppingPolicy` of :func:`invert` (and its :class:`ConvergenceWarning` where it misses
 ``tol``).
 
+For a float32 (complex64) M, the first correction is one product in M's dtype, a rough one,
+cheaper than one accumulated in float64: it decides the jumps, sizes the steps with its
+likely rounding :math:`r` (4 times
+:func:`~gdinv_modules.engine.refinement.product_rounding`) counted in,
+:math:`\lVert C_1\rVert \le \lVert C\rVert_2 \lVert C\rVert + r` after the first step,
+and gives that step; every later correction is measured wide. Where
+:math:`\lVert C\rVert_F^2 < r` (a drift so small that the rounding would decide the first
+step), the correction is measured wide instead, at one more host sync, and the next update
+starts wide too, until a correction measured wide shows the rough one would serve. Products in
+TF32 or bfloat16 (``fp32_precision``) always take the wide correction.
+
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
 M^{-1}`, so :meth:`InverseTracker.forward` returns X through
 :func:`~gdinv_modules.engine.implicit.inverse_of`, with the backward
@@ -41,7 +52,7 @@ from gdinv_modules.core.errors import (
     SingularMatrixWarning,
     warn_user,
 )
-from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol
+from gdinv_modules.core.functional import Tol, autocast_off, resolve_tol, wide_dtype
 from gdinv_modules.core.scaling import scale_exponent, times_power_of_two
 from gdinv_modules.core.spectral import spectral_norm
 from gdinv_modules.core.validation import (
@@ -54,7 +65,13 @@ from gdinv_modules.engine.implicit import inverse_of
 from gdinv_modules.engine.inversion import invert
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import StoppingPolicy, converge
-from gdinv_modules.engine.refinement import correction, refine_counted
+from gdinv_modules.engine.refinement import (
+    ROUGH_MARGIN,
+    correction,
+    ieee_products,
+    product_rounding,
+    refine_counted,
+)
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import InverseModule
 
@@ -95,6 +112,20 @@ class TrackedUpdate:
     jumped: bool = False
 
 
+@dataclass
+class _Plan:
+    r"""What the first correction decides: its norms, which matrices refinement reaches, the
+    steps the lower bound on :math:`\lVert C\rVert_2` sizes and the most it could need, and
+    whether a rough correction would serve the next update (``far_above_rounding``)."""
+
+    norm: Tensor
+    near: Tensor
+    worst: float
+    steps: int
+    most: int
+    far_above_rounding: bool
+
+
 def refinement_steps_needed(
     residual: float, target: float, spectral: Optional[float] = None
 ) -> int:
@@ -112,6 +143,22 @@ def refinement_steps_needed(
     if residual <= target:
         return 0
     return max(1, math.ceil(math.log2(1 + math.log(target / residual) / math.log(spectral))))
+
+
+def _steps_needed(
+    residual: float, target: float, spectral: Optional[float], slack: float
+) -> Optional[int]:
+    r""":func:`refinement_steps_needed`, where ``slack > 0``, for a first step from a rough
+    correction R within ``slack`` of C (Frobenius): :math:`\lVert C_1\rVert \le
+    \lVert C\rVert_2 \lVert C\rVert + \text{slack}`. At least that step; ``None`` where
+    the bound leaves :math:`\lVert C_1\rVert_2` near 1 (the rough step cannot be sized)."""
+    if slack == 0:
+        return refinement_steps_needed(residual, target, spectral)
+    spectral = (residual if spectral is None else spectral) + slack
+    after = spectral**2 + slack
+    if after >= SPECTRAL_MARGIN:
+        return None
+    return 1 + refinement_steps_needed(spectral * (residual + slack) + slack, target, after)
 
 
 def spectral_norm_estimate(
@@ -172,6 +219,7 @@ class InverseTracker(nn.Module):
         if self.tol is None:
             raise InvalidOptionError("InverseTracker stops at a tolerance: give tol, or 'auto'")
         self.max_steps = check_positive_int(max_steps, name="max_steps")
+        self._rough = True  # whether the next update tries a rough first correction
         self.register_buffer("matrix", matrix.detach().clone())
         if inverse is None:
             with warnings.catch_warnings(record=True) as caught:
@@ -230,27 +278,21 @@ class InverseTracker(nn.Module):
         n = matrix.shape[-1]
         inverse = self.inverse
         target = self.tol * math.sqrt(n)
-        current = correction(inverse, matrix)
-        norm = torch.linalg.matrix_norm(current).real
-        # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: past the margin from below, a jump
-        near = norm < SPECTRAL_MARGIN * math.sqrt(n)
+        slack = None  # where products in M's dtype are rough ones: their likely rounding
+        if matrix.dtype != wide_dtype(matrix.dtype) and ieee_products(matrix.device):
+            slack = ROUGH_MARGIN * product_rounding(inverse, matrix)
+        rough = slack is not None and self._rough
+        current = correction(inverse, matrix, rough=rough)
+        plan = self._plan(current, target, slack, rough)
+        if plan is None:  # the rough correction lies too near its rounding: measured wide
+            current = correction(inverse, matrix, out=current)
+            plan = self._plan(current, target, slack, rough=False)
+        assert plan is not None  # a wide correction always has a plan
+        self._rough = plan.far_above_rounding
+        norm, near, steps, most = plan.norm, plan.near, plan.steps, plan.most
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
-        worst = torch.where(near, norm, zero).max().item()  # the host sync that sizes the update
-        steps = most = 0
-        if 0 < worst < SPECTRAL_MARGIN:  # every matrix near: the Frobenius norm bounds ||C||_2
-            most = refinement_steps_needed(worst, target)
-            steps = refinement_steps_needed(worst, target, worst / math.sqrt(n))
-        if worst >= SPECTRAL_MARGIN or most > steps + 1:
-            # the estimate decides which are near, or how many steps they take
-            spectral = spectral_norm_estimate(current)
-            near = spectral < SPECTRAL_MARGIN
-            worst, worst_spectral = torch.stack(
-                [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
-            ).tolist()  # a second host sync
-            steps = most = refinement_steps_needed(worst, target, worst_spectral)
         final = norm
-        if worst > 0 or bool(near.any()):
-            steps, most = min(steps, MAX_UPDATE_STEPS), min(most, MAX_UPDATE_STEPS)
+        if plan.worst > 0 or bool(near.any()):
             refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
             reached = torch.linalg.matrix_norm(current).real
             # sized from ||C||_2's least value, one step short at most: that step where needed
@@ -278,6 +320,50 @@ class InverseTracker(nn.Module):
             part.steps,
             True,
         )
+
+    def _plan(
+        self,
+        current: Tensor,  # shape: (..., n, n), C = I - XM, rough or measured wide
+        target: float,
+        slack: Optional[Tensor],  # shape: (...), a rough C's likely rounding, times 4
+        rough: bool,
+    ) -> Optional[_Plan]:
+        """Which matrices refinement reaches and the steps it takes, from the first
+        correction; ``None`` for a rough one that cannot serve (``||C||_F^2`` below its
+        rounding, or a bound near 1)."""
+        n = current.shape[-1]
+        norm = torch.linalg.matrix_norm(current).real
+        # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: past the margin from below, a jump
+        near = norm < SPECTRAL_MARGIN * math.sqrt(n)
+        zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
+        if slack is None:
+            worst, counted, far = torch.where(near, norm, zero).max().item(), 0.0, True
+        else:  # the host sync that sizes the update
+            far_above = (norm.square() >= slack).all().to(norm.dtype)
+            worst, counted, far = torch.stack(
+                [torch.where(near, norm, zero).max(), slack.max().to(norm.dtype), far_above]
+            ).tolist()
+            far = bool(far)
+            if rough and not far:
+                return None
+            counted = counted if rough else 0.0  # the rounding counted into the steps
+        steps: Optional[int] = 0
+        most: Optional[int] = 0
+        if 0 < worst < SPECTRAL_MARGIN:  # every matrix near: the Frobenius norm bounds ||C||_2
+            most = _steps_needed(worst, target, None, counted)
+            steps = _steps_needed(worst, target, worst / math.sqrt(n), counted)
+        if worst >= SPECTRAL_MARGIN or most is None or steps is None or most > steps + 1:
+            # the estimate decides which are near, or how many steps they take
+            spectral = spectral_norm_estimate(current)
+            near = spectral < SPECTRAL_MARGIN
+            worst, worst_spectral = torch.stack(
+                [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
+            ).tolist()  # a second host sync
+            steps = most = _steps_needed(worst, target, worst_spectral, counted)
+        if steps is None or most is None:
+            return None
+        steps, most = min(steps, MAX_UPDATE_STEPS), min(most, MAX_UPDATE_STEPS)
+        return _Plan(norm, near, worst, steps, most, far)
 
     def _jump(
         self,
