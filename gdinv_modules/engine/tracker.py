@@ -20,10 +20,11 @@ cheaper than one accumulated in float64: it decides the jumps, sizes the steps w
 likely rounding :math:`r` (4 times
 :func:`~gdinv_modules.engine.refinement.product_rounding`) counted in,
 :math:`\lVert C_1\rVert \le \lVert C\rVert_2 \lVert C\rVert + r` after the first step,
-and gives that step; every later correction is measured wide. Where
-:math:`\lVert C\rVert_F^2 < r` (a drift so small that the rounding would decide the first
-step), the correction is measured wide instead, at one more host sync, and the next update
-starts wide too, until a correction measured wide shows the rough one would serve. Products in
+and gives that step; every later correction is measured wide. Where the batch's least
+:math:`\lVert C\rVert_F^2` lies below its largest :math:`r` (a drift so small that the
+rounding would decide the first step), the correction is measured wide instead, at one more
+host sync, and the next updates start wide too, until a correction measured wide shows
+(against the rounding last estimated) that the rough one would serve. Products in
 TF32 or bfloat16 (``fp32_precision``) always take the wide correction.
 
 The gradient of :math:`M^{-1}` needs no unrolled iterations: :math:`d(M^{-1}) = -M^{-1}\,dM\,
@@ -220,6 +221,7 @@ class InverseTracker(nn.Module):
             raise InvalidOptionError("InverseTracker stops at a tolerance: give tol, or 'auto'")
         self.max_steps = check_positive_int(max_steps, name="max_steps")
         self._rough = True  # whether the next update tries a rough first correction
+        self._slack: Optional[float] = None  # a rough correction's rounding (times 4), last
         self.register_buffer("matrix", matrix.detach().clone())
         if inverse is None:
             with warnings.catch_warnings(record=True) as caught:
@@ -278,17 +280,19 @@ class InverseTracker(nn.Module):
         n = matrix.shape[-1]
         inverse = self.inverse
         target = self.tol * math.sqrt(n)
-        slack = None  # where products in M's dtype are rough ones: their likely rounding
-        if matrix.dtype != wide_dtype(matrix.dtype) and ieee_products(matrix.device):
+        # where products in M's dtype are rough ones, the first correction may be one
+        narrow = matrix.dtype != wide_dtype(matrix.dtype) and ieee_products(matrix.device)
+        rough = narrow and self._rough
+        slack = None  # a rough correction's likely rounding (times 4), where it is measured
+        if rough or (narrow and self._slack is None):
             slack = ROUGH_MARGIN * product_rounding(inverse, matrix)
-        rough = slack is not None and self._rough
         current = correction(inverse, matrix, rough=rough)
         plan = self._plan(current, target, slack, rough)
         if plan is None:  # the rough correction lies too near its rounding: measured wide
             current = correction(inverse, matrix, out=current)
-            plan = self._plan(current, target, slack, rough=False)
+            plan = self._plan(current, target, None, rough=False)
         assert plan is not None  # a wide correction always has a plan
-        self._rough = plan.far_above_rounding
+        self._rough = narrow and plan.far_above_rounding
         norm, near, steps, most = plan.norm, plan.near, plan.steps, plan.most
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
         final = norm
@@ -330,23 +334,25 @@ class InverseTracker(nn.Module):
     ) -> Optional[_Plan]:
         """Which matrices refinement reaches and the steps it takes, from the first
         correction; ``None`` for a rough one that cannot serve (``||C||_F^2`` below its
-        rounding, or a bound near 1)."""
+        rounding, or a bound near 1). Records the batch's largest ``slack`` where given: a
+        correction measured wide is judged against the last one."""
         n = current.shape[-1]
         norm = torch.linalg.matrix_norm(current).real
         # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: past the margin from below, a jump
         near = norm < SPECTRAL_MARGIN * math.sqrt(n)
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
-        if slack is None:
-            worst, counted, far = torch.where(near, norm, zero).max().item(), 0.0, True
-        else:  # the host sync that sizes the update
-            far_above = (norm.square() >= slack).all().to(norm.dtype)
-            worst, counted, far = torch.stack(
-                [torch.where(near, norm, zero).max(), slack.max().to(norm.dtype), far_above]
-            ).tolist()
-            far = bool(far)
-            if rough and not far:
-                return None
-            counted = counted if rough else 0.0  # the rounding counted into the steps
+        reductions = [torch.where(near, norm, zero).max()]
+        if self._slack is not None or slack is not None:
+            reductions.append(norm.min())
+        if slack is not None:
+            reductions.append(slack.max().to(norm.dtype))
+        worst, *judged = torch.stack(reductions).tolist()  # the host sync that sizes the update
+        if slack is not None:
+            self._slack = judged[1]
+        far = bool(judged) and judged[0] ** 2 >= self._slack
+        if rough and not far:
+            return None
+        counted = self._slack if rough else 0.0  # the rounding counted into the steps
         steps: Optional[int] = 0
         most: Optional[int] = 0
         if 0 < worst < SPECTRAL_MARGIN:  # every matrix near: the Frobenius norm bounds ||C||_2
@@ -417,6 +423,7 @@ class InverseTracker(nn.Module):
         if probe.dtype != self.matrix.dtype:
             check_step_dtype(probe.dtype, name="InverseTracker's new dtype")
         super()._apply(fn, *args, **kwargs)
+        self._slack = None  # measured on the old device, in the old dtype
         if self.tol_option == "auto":
             self.tol = resolve_tol("auto", self.matrix.dtype)
         return self
