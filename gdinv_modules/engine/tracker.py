@@ -294,13 +294,12 @@ class InverseTracker(nn.Module):
         assert plan is not None  # a wide correction always has a plan
         self._rough = narrow and plan.far_above_rounding
         norm, near, steps, most = plan.norm, plan.near, plan.steps, plan.most
-        zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
         final = norm
         if plan.worst > 0 or bool(near.any()):
             refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
             reached = torch.linalg.matrix_norm(current).real
             # sized from ||C||_2's least value, one step short at most: that step where needed
-            if steps < most and torch.where(near, reached, zero).max().item() > target:
+            if steps < most and torch.where(near, reached, 0.0).max().item() > target:
                 refined, current = refine_counted(refined, matrix, 1, current)
                 reached, steps = torch.linalg.matrix_norm(current).real, steps + 1
             inverse = torch.where(near[..., None, None], refined, inverse)  # no host sync
