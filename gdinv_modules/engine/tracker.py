@@ -340,15 +340,17 @@ class InverseTracker(nn.Module):
         # ||C||_2 lies in [||C||_F / sqrt(n), ||C||_F]: past the margin from below, a jump
         near = norm < SPECTRAL_MARGIN * math.sqrt(n)
         zero = torch.zeros((), dtype=norm.dtype, device=norm.device)
-        reductions = [torch.where(near, norm, zero).max()]
-        if self._slack is not None or slack is not None:
-            reductions.append(norm.min())
-        if slack is not None:
-            reductions.append(slack.max().to(norm.dtype))
-        worst, *judged = torch.stack(reductions).tolist()  # the host sync that sizes the update
-        if slack is not None:
-            self._slack = judged[1]
-        far = bool(judged) and judged[0] ** 2 >= self._slack
+        if slack is None:
+            worst = torch.where(near, norm, zero).max().item()  # the host sync that sizes it
+            # judged against the rounding last measured: the least norm, a second host sync,
+            # only where the largest does not rule the rough correction out already
+            last = self._slack
+            far = last is not None and worst**2 >= last and norm.min().item() ** 2 >= last
+        else:
+            worst, least, self._slack = torch.stack(
+                [torch.where(near, norm, zero).max(), norm.min(), slack.max().to(norm.dtype)]
+            ).tolist()  # the host sync that sizes the update
+            far = least**2 >= self._slack
         if rough and not far:
             return None
         counted = self._slack if rough else 0.0  # the rounding counted into the steps
