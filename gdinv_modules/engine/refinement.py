@@ -127,11 +127,18 @@ def refinement_step(
 
 
 def refine_counted(
-    inverse: Tensor, matrix: Tensor, steps: int, current: Optional[Tensor] = None
+    inverse: Tensor,
+    matrix: Tensor,
+    steps: int,
+    current: Optional[Tensor] = None,
+    *,
+    rough: int = 0,
 ) -> Tuple[Tensor, Tensor]:  # shapes: (..., n, n), (..., n, n)
     """``steps`` refinement steps with no host sync (the caller counted them from the
-    residual); returns X and its correction. ``current``: X's correction, where the caller
-    has it already; the steps' corrections overwrite it.
+    residual); returns X and its correction, measured wide. ``current``: X's correction, where
+    the caller has it already; the steps' corrections overwrite it. ``rough``: the first steps
+    that take a rough correction (``correction(..., rough=True)``), ``current`` among them; the
+    caller counts their rounding in.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
@@ -142,9 +149,12 @@ def refine_counted(
     with autocast_off(matrix):
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
         current = correction(inverse, wide_matrix) if current is None else current
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             inverse = refinement_step(inverse, current)
-            current = correction(inverse, wide_matrix, out=current)
+            if step < rough:
+                current = correction(inverse, matrix, out=current, rough=True)
+            else:
+                current = correction(inverse, wide_matrix, out=current)
     return inverse, current
 
 

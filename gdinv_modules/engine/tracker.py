@@ -19,8 +19,10 @@ For a float32 (complex64) M, the first correction is one product in M's dtype, a
 cheaper than one accumulated in float64: it decides the jumps, sizes the steps with its
 likely rounding :math:`r` (4 times
 :func:`~gdinv_modules.engine.refinement.product_rounding`) counted in,
-:math:`\lVert C_1\rVert \le \lVert C\rVert_2 \lVert C\rVert + r` after the first step,
-and gives that step; every later correction is measured wide. Where the batch's least
+:math:`\lVert C_1\rVert \le \lVert C\rVert_2 \lVert C\rVert + r` after a step from it,
+and gives the first step. The next steps take rough corrections too as long as, by the same
+bounds, that costs no step (C still far above r); the rest, and the correction the update is
+judged by, are measured wide. Where the batch's least
 :math:`\lVert C\rVert_F^2` lies below its largest :math:`r` (a drift so small that the
 rounding would decide the first step), the correction is measured wide instead, at one more
 host sync, and the next updates start wide too, until a correction measured wide shows
@@ -39,7 +41,7 @@ the tracker's buffers with host syncs, so it runs outside ``torch.func``'s trans
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -116,14 +118,16 @@ class TrackedUpdate:
 @dataclass
 class _Plan:
     r"""What the first correction decides: its norms, which matrices refinement reaches, the
-    steps the lower bound on :math:`\lVert C\rVert_2` sizes and the most it could need, and
-    whether a rough correction would serve the next update (``far_above_rounding``)."""
+    steps the lower bound on :math:`\lVert C\rVert_2` sizes and the most it could need, how
+    many of them take rough corrections, and whether a rough first correction would serve the
+    next update (``far_above_rounding``)."""
 
     norm: Tensor
     near: Tensor
     worst: float
     steps: int
     most: int
+    rough: int
     far_above_rounding: bool
 
 
@@ -147,19 +151,43 @@ def refinement_steps_needed(
 
 
 def _steps_needed(
-    residual: float, target: float, spectral: Optional[float], slack: float
+    residual: float,
+    target: float,
+    spectral: Optional[float],
+    slack: float,
+    rough: int = 1,
 ) -> Optional[int]:
-    r""":func:`refinement_steps_needed`, where ``slack > 0``, for a first step from a rough
-    correction R within ``slack`` of C (Frobenius): :math:`\lVert C_1\rVert \le
-    \lVert C\rVert_2 \lVert C\rVert + \text{slack}`. At least that step; ``None`` where
-    the bound leaves :math:`\lVert C_1\rVert_2` near 1 (the rough step cannot be sized)."""
+    r""":func:`refinement_steps_needed`, where ``slack > 0``, for C measured rough (within
+    ``slack``, Frobenius) and its first ``rough`` steps taken from rough corrections: each
+    leaves at most :math:`\lVert C\rVert_2 \lVert C\rVert + \text{slack}`, and
+    :math:`\lVert C\rVert_2^2 + \text{slack}` in the spectral norm; the later steps square
+    it. At least the rough steps; ``None`` where the bound leaves :math:`\lVert C\rVert_2`
+    near 1 (they cannot be sized)."""
     if slack == 0:
         return refinement_steps_needed(residual, target, spectral)
     spectral = (residual if spectral is None else spectral) + slack
-    after = spectral**2 + slack
-    if after >= SPECTRAL_MARGIN:
-        return None
-    return 1 + refinement_steps_needed(spectral * (residual + slack) + slack, target, after)
+    residual += slack
+    for _ in range(rough):
+        spectral, residual = spectral**2 + slack, spectral * residual + slack
+        if spectral >= SPECTRAL_MARGIN:
+            return None
+    return rough + refinement_steps_needed(residual, target, spectral)
+
+
+def _rough_steps(
+    residual: float, target: float, spectrals: Tuple[Optional[float], ...], slack: float
+) -> int:
+    r"""The first steps that can take rough corrections with the count unchanged under each of
+    the bounds on :math:`\lVert C\rVert_2` in ``spectrals`` (one rough step at least): where
+    C still lies far above the rounding, a rough step squares it as well as a wide one."""
+    counts = [_steps_needed(residual, target, spectral, slack) for spectral in spectrals]
+    rough = 1
+    while rough < min(MAX_UPDATE_STEPS, *(c or 0 for c in counts)) and all(
+        _steps_needed(residual, target, spectral, slack, rough + 1) == count
+        for spectral, count in zip(spectrals, counts, strict=True)
+    ):
+        rough += 1
+    return rough
 
 
 def spectral_norm_estimate(
@@ -296,7 +324,8 @@ class InverseTracker(nn.Module):
         norm, near, steps, most = plan.norm, plan.near, plan.steps, plan.most
         final = norm
         if plan.worst > 0 or bool(near.any()):
-            refined, current = refine_counted(inverse, matrix, steps, current)  # overwrites it
+            # overwrites ``current``
+            refined, current = refine_counted(inverse, matrix, steps, current, rough=plan.rough)
             reached = torch.linalg.matrix_norm(current).real
             # sized from ||C||_2's least value, one step short at most: that step where needed
             if steps < most and torch.where(near, reached, 0.0).max().item() > target:
@@ -356,9 +385,10 @@ class InverseTracker(nn.Module):
         counted = self._slack if rough else 0.0  # the rounding counted into the steps
         steps: Optional[int] = 0
         most: Optional[int] = 0
+        bounds: Tuple[Optional[float], ...] = ()  # on ||C||_2: the ones the steps were sized by
         if 0 < worst < SPECTRAL_MARGIN:  # every matrix near: the Frobenius norm bounds ||C||_2
-            most = _steps_needed(worst, target, None, counted)
-            steps = _steps_needed(worst, target, worst / math.sqrt(n), counted)
+            bounds = (worst / math.sqrt(n), None)
+            steps, most = (_steps_needed(worst, target, bound, counted) for bound in bounds)
         if worst >= SPECTRAL_MARGIN or most is None or steps is None or most > steps + 1:
             # the estimate decides which are near, or how many steps they take
             spectral = spectral_norm_estimate(current)
@@ -366,11 +396,13 @@ class InverseTracker(nn.Module):
             worst, worst_spectral = torch.stack(
                 [torch.where(near, norm, zero).max(), torch.where(near, spectral, zero).max()]
             ).tolist()  # a second host sync
+            bounds = (worst_spectral,)
             steps = most = _steps_needed(worst, target, worst_spectral, counted)
         if steps is None or most is None:
             return None
+        rough = _rough_steps(worst, target, bounds, counted) if counted and steps else 0
         steps, most = min(steps, MAX_UPDATE_STEPS), min(most, MAX_UPDATE_STEPS)
-        return _Plan(norm, near, worst, steps, most, far)
+        return _Plan(norm, near, worst, steps, most, rough, far)
 
     def _jump(
         self,
