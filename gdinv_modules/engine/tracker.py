@@ -400,9 +400,9 @@ class InverseTracker(nn.Module):
             steps = most = _steps_needed(worst, target, worst_spectral, counted)
         if steps is None or most is None:
             return None
-        rough = _rough_steps(worst, target, bounds, counted) if counted and steps else 0
+        taken_rough = _rough_steps(worst, target, bounds, counted) if counted and steps else 0
         steps, most = min(steps, MAX_UPDATE_STEPS), min(most, MAX_UPDATE_STEPS)
-        return _Plan(norm, near, worst, steps, most, rough, far)
+        return _Plan(norm, near, worst, steps, most, taken_rough, far)
 
     def _jump(
         self,
