@@ -324,7 +324,7 @@ class InverseTracker(nn.Module):
         norm, near, steps, most = plan.norm, plan.near, plan.steps, plan.most
         final = norm
         if plan.worst > 0 or bool(near.any()):
-            # overwrites ``current``
+            # the steps' corrections overwrite ``current``; the leading ones rough, as planned
             refined, current = refine_counted(inverse, matrix, steps, current, rough=plan.rough)
             reached = torch.linalg.matrix_norm(current).real
             # sized from ||C||_2's least value, one step short at most: that step where needed
