@@ -24,9 +24,10 @@ def drift(matrix, eps, generator):
 
 
 def relative_residual64(inverse, matrix):
-    eye = torch.eye(matrix.shape[-1], dtype=F64)
-    product = inverse.double() @ matrix.double()
-    return torch.linalg.matrix_norm(product - eye) / math.sqrt(matrix.shape[-1])
+    wide = torch.complex128 if matrix.is_complex() else F64
+    eye = torch.eye(matrix.shape[-1], dtype=wide)
+    product = inverse.to(wide) @ matrix.to(wide)
+    return torch.linalg.matrix_norm(product - eye).real / math.sqrt(matrix.shape[-1])
 
 
 @pytest.mark.parametrize("dtype, tol", [(F64, 1e-10), (torch.float32, 1e-5)])
@@ -124,29 +125,33 @@ def count_corrections(monkeypatch) -> dict:
     return counts
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
 @pytest.mark.parametrize("eps, rough_steps", [(1e-2, 3), (1e-3, 1)])
 def test_a_float32_update_takes_its_first_corrections_rough_and_lands_where_wide_ones_do(
-    monkeypatch, eps, rough_steps
+    monkeypatch, eps, rough_steps, dtype
 ):
     import gdinv_modules.engine.tracker as tracker_module
 
-    start = conditioned_matrix(32, condition=50.0, batch_shape=(8,), dtype=F64)
-    matrix = drift(start, eps, torch.Generator().manual_seed(3)).float()
-    first = InverseTracker(start.float()).inverse
+    wide = torch.complex128 if dtype.is_complex else F64
+    start = conditioned_matrix(32, condition=50.0, batch_shape=(8,), dtype=wide)
+    matrix = drift(start, eps, torch.Generator().manual_seed(3)).to(dtype)
+    start = start.to(dtype)
+    first = InverseTracker(start).inverse
     counts = count_corrections(monkeypatch)
-    rough = InverseTracker(start.float(), inverse=first).update(matrix)
+    rough = InverseTracker(start, inverse=first).update(matrix)
     # one correction a step and the last, measured wide: rough while C lies far above the
     # rounding (at eps 1e-2 the first three of four steps; at 1e-3 the first of two)
     assert counts == {"rough": rough_steps, "wide": rough.refine_steps + 1 - rough_steps}
     assert not rough.jumped
     counts.update(rough=0, wide=0)
     monkeypatch.setattr(tracker_module, "ieee_products", lambda device: False)  # TF32, say
-    wide = InverseTracker(start.float(), inverse=first).update(matrix)
-    assert counts == {"rough": 0, "wide": wide.refine_steps + 1} and not wide.jumped
+    measured_wide = InverseTracker(start, inverse=first).update(matrix)
+    assert counts == {"rough": 0, "wide": measured_wide.refine_steps + 1}
+    assert not measured_wide.jumped
     # the same steps to the same floor: the rough step's rounding is squared away
-    assert rough.refine_steps == wide.refine_steps
+    assert rough.refine_steps == measured_wide.refine_steps
     assert bool((rough.residual <= 1e-5).all())
-    assert bool((rough.residual <= 4 * wide.residual).all())
+    assert bool((rough.residual <= 4 * measured_wide.residual).all())
     measured = relative_residual64(rough.inverse, matrix)
     torch.testing.assert_close(rough.residual, measured.double(), rtol=1e-3, atol=0)
 
