@@ -298,7 +298,10 @@ class InverseTracker(nn.Module):
                 raise
             raise InvalidOptionError(f"InverseTracker cannot update {INSIDE_A_TRANSFORM}") from None
         self.inverse.copy_(update.inverse)
-        update.inverse = self.inverse.clone()  # the caller's: later updates do not change it
+        # the caller's X, which later updates do not change: the update's own, a new tensor
+        # wherever a step or a jump made it; a copy where no step moved the tracker's X
+        if update.inverse.untyped_storage().data_ptr() == self.inverse.untyped_storage().data_ptr():
+            update.inverse = self.inverse.clone()
         self.last = update
         return update
 
