@@ -199,7 +199,7 @@ def test_a_rough_correction_just_above_its_rounding_is_stepped_from(monkeypatch)
     # at ||C||_F^2 = 1.5 times the rounding counted in, the rough step serves: taken, and the
     # update reaches tol in the steps it counted, with no second plan and no jump
     import gdinv_modules.engine.tracker as tracker_module
-    from gdinv_modules.engine.refinement import ROUGH_MARGIN, product_rounding
+    from gdinv_modules.engine.refinement import rough_floor
 
     taken = []
     real = tracker_module.refine_counted
@@ -209,7 +209,7 @@ def test_a_rough_correction_just_above_its_rounding_is_stepped_from(monkeypatch)
     start = conditioned_matrix(32, condition=50.0, dtype=F64)
     inverse = torch.linalg.inv(start).float()
     noise = torch.randn(32, 32, generator=torch.Generator().manual_seed(5), dtype=F64)
-    slack = ROUGH_MARGIN * product_rounding(inverse, start.float()).item()
+    slack = rough_floor(inverse, start.float()).item()
     size = (1.5 * slack) ** 0.5  # M (I - D) with ||D||_F = size: C is about D
     matrix = (start @ (torch.eye(32, dtype=F64) - size * noise / noise.norm())).float()
     counts = count_corrections(monkeypatch)

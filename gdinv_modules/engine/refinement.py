@@ -44,9 +44,9 @@ __all__ = [
     "correction",
     "safe_start",
     "product_rounding",
+    "rough_floor",
     "ieee_products",
     "MAX_REFINE_STEPS",
-    "ROUGH_MARGIN",
     "SAFE_RESIDUAL",
     "WARM_RESIDUAL",
 ]
@@ -188,6 +188,20 @@ def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
     return scale * torch.linalg.matrix_norm(inverse) * torch.linalg.matrix_norm(matrix)
 
 
+def rough_floor(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
+    r""":data:`ROUGH_MARGIN` times :func:`product_rounding`: a rough correction serves a step
+    where :math:`\lVert C\rVert_F^2` lies above it (the step leaves about
+    :math:`\lVert C\rVert^2` plus the rounding), and a count of steps taken from rough
+    corrections allows each this much.
+
+    Example:
+        >>> eye = torch.eye(4)
+        >>> bool(rough_floor(eye, eye) == ROUGH_MARGIN * product_rounding(eye, eye))
+        True
+    """
+    return ROUGH_MARGIN * product_rounding(inverse, matrix)
+
+
 def ieee_products(device: torch.device) -> bool:
     """Whether float32 products on ``device`` round as IEEE arithmetic does, as
     :func:`product_rounding` assumes: not where TF32 or bfloat16 passes are allowed
@@ -211,7 +225,7 @@ def _rough_step(
     measured wide (into ``rough``'s memory) and that correction's norm, an X no longer needed
     (the next step's memory) and the steps taken (0 or 1)."""
     norm = torch.linalg.matrix_norm(rough)
-    floor = ROUGH_MARGIN * product_rounding(inverse, matrix)
+    floor = rough_floor(inverse, matrix)
     usable = (norm < SAFE_RESIDUAL) & (norm.square() >= floor)
     steps = 0
     if bool(usable.all()):

@@ -17,7 +17,7 @@ all, falls back to heavy-ball descent warm from the current X, then refinement, 
 
 For a float32 (complex64) M, the first correction is one product in M's dtype, a rough one,
 cheaper than one accumulated in float64: it decides the jumps, sizes the steps with its
-likely rounding :math:`r` (4 times
+likely rounding :math:`r` (:func:`~gdinv_modules.engine.refinement.rough_floor`, 4 times
 :func:`~gdinv_modules.engine.refinement.product_rounding`) counted in,
 :math:`\lVert C_1\rVert \le \lVert C\rVert_2 \lVert C\rVert + r` after a step from it,
 and gives the first step. The next steps take rough corrections too as long as, by the same
@@ -69,11 +69,10 @@ from gdinv_modules.engine.inversion import invert
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.policy import StoppingPolicy, converge
 from gdinv_modules.engine.refinement import (
-    ROUGH_MARGIN,
     correction,
     ieee_products,
-    product_rounding,
     refine_counted,
+    rough_floor,
 )
 from gdinv_modules.engine.stepper import HeavyBallStepper
 from gdinv_modules.nn.inverse_module import InverseModule
@@ -316,7 +315,7 @@ class InverseTracker(nn.Module):
         rough = narrow and self._rough
         slack = None  # a rough correction's likely rounding (times 4), where it is measured
         if rough or (narrow and self._slack is None):
-            slack = ROUGH_MARGIN * product_rounding(inverse, matrix)
+            slack = rough_floor(inverse, matrix)
         current = correction(inverse, matrix, rough=rough)
         plan = self._plan(current, target, slack, rough)
         if plan is None:  # the rough correction lies too near its rounding: measured wide
