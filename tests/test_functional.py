@@ -11,7 +11,9 @@ from gdinv_modules.core.functional import (
     identity_mse,
     identity_sse,
     inverse_product,
+    inverse_shape,
     loss_and_gradient,
+    loss_and_gradient_at_zero,
     relative_residual,
     wide_residual,
 )
@@ -101,6 +103,24 @@ def test_a_given_product_gives_the_loss_and_gradient_of_one_computed(formulation
     assert all(torch.equal(a, b) for a, b in zip(given, expected, strict=True))
     with pytest.raises(InvalidOptionError, match="one of the two"):
         loss_and_gradient(x, m, "left", product=x @ m, columns=slice(0, 2))
+
+
+@pytest.mark.parametrize("formulation", list(FORMULATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_the_loss_and_gradient_at_zero_are_the_products_bit_for_bit(formulation, dtype):
+    # k from 1 to 67 (odd, even, squares and not: the root of k as the norm takes it) and
+    # 1000; a batch, one matrix, and a rectangular M for the two sides that allow it
+    shapes = [(2, k, k) for k in range(1, 68)] + [(1000, 1000)]
+    if formulation != "symmetric":
+        shapes += [(3, 5, 7), (7, 5)]
+    for shape in shapes:
+        m = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(len(shape)))
+        m[(0,) * m.ndim] = 0  # a zero entry: its gradient is -0 either way
+        zero = torch.zeros(inverse_shape(m.shape), dtype=dtype)
+        expected = loss_and_gradient(zero, m, formulation, ridge=0.5)
+        given = loss_and_gradient_at_zero(m, formulation)
+        assert given[1].is_contiguous() and given[0].shape == m.shape[:-2]
+        assert all(torch.equal(a, b) for a, b in zip(given, expected, strict=True)), shape
 
 
 @pytest.mark.parametrize("name", list(FORMULATIONS))

@@ -126,10 +126,11 @@ class _Products(TorchDispatchMode):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_invert_takes_the_products_its_steps_need(dtype, monkeypatch):
-    # Two a step, descent's or refinement's, but the first from X = 0 (E = 0), and the rank
-    # check's Gram matrix. Each check of descent measures E, which the next window's first
-    # step takes as its product, or the last one refinement as its first correction (for a
-    # float32 M a rough one, far above its rounding here: refinement's first step from it).
+    # Two a step, descent's or refinement's, but none for the first from X = 0 (E = 0, its
+    # gradient -2 M^H / k^2); one more for the last X's correction, and the tuner's Gram
+    # matrix. Each check of descent measures E, which the next window's first step takes as
+    # its product, or the last one refinement as its first correction (for a float32 M a
+    # rough one, far above its rounding here: refinement's first step from it).
     checks = []
     measure = HeavyBallStepper.measure
     monkeypatch.setattr(HeavyBallStepper, "measure", lambda self: checks.append(1) or measure(self))
@@ -138,7 +139,7 @@ def test_invert_takes_the_products_its_steps_need(dtype, monkeypatch):
         result = invert(matrix)
     steps = result.report.steps + result.report.refine_steps
     assert result.report.refine_steps > 0 and len(checks) >= 2  # windows after a check
-    assert products.count == 2 * steps + 1  # the 1: the Gram matrix
+    assert products.count == 2 * (steps - 1) + 1 + 1
 
 
 def test_a_run_that_fails_keeps_no_product_for_the_next(monkeypatch):

@@ -43,6 +43,7 @@ __all__ = [
     "product_into",
     "inverse_loss",
     "loss_and_gradient",
+    "loss_and_gradient_at_zero",
     "squared_norm",
     "autocast_off",
 ]
@@ -319,6 +320,31 @@ def loss_and_gradient(
     if ridge:
         gradient += (2 * ridge) * inverse
     return loss, gradient
+
+
+def loss_and_gradient_at_zero(
+    matrix: Tensor,  # shape: (..., m, n)
+    formulation: Union[str, Formulation] = "left",
+) -> Tuple[Tensor, Tensor]:  # shapes: (...), (..., n, m)
+    r""":func:`loss_and_gradient` at X = 0, with no matrix product: E = 0, so the loss is
+    :math:`\lVert I\rVert_F^2 / k^2 = 1/k` per matrix and the gradient
+    :math:`-\tfrac{2}{k^2} M^H` for every formulation (a ridge adds nothing at 0), bit for bit
+    what the products give.
+
+    Example:
+        >>> loss, grad = loss_and_gradient_at_zero(torch.tensor([[2.0, 0.0], [1.0, 4.0]]))
+        >>> loss
+        tensor(0.5000)
+        >>> grad
+        tensor([[-1.0000, -0.5000],
+                [-0.0000, -2.0000]])
+    """
+    k = as_formulation(formulation).order(matrix.shape)
+    # ||-I||_F as inverse_loss's norm takes it (its root of k, not always math.sqrt's)
+    norm = torch.linalg.vector_norm(matrix.new_ones(k, dtype=matrix.dtype.to_real()))
+    loss = (norm / k).square().expand(matrix.shape[:-2]).clone()
+    gradient = matrix.new_empty(inverse_shape(matrix.shape)).copy_(matrix.mH)
+    return loss, gradient.mul_(-2.0 / (k * k))
 
 
 def squared_norm(tensor: Tensor) -> Tensor:  # shape: (..., a, b) -> (...), float64

@@ -238,11 +238,11 @@ class StoppingPolicy:
 
     def start_from_zeros(self) -> Optional[Stop]:
         """:meth:`after_window` before the first window from X = 0: for an invertible M and no
-        ridge its residual is 1, known without a product, and E = 0 is offered to the first
-        window (:meth:`HeavyBallStepper.offer_product`)."""
+        ridge its residual is 1, known without a product, and the first step's loss and
+        gradient need none (:meth:`HeavyBallStepper.offer_zero_start`)."""
         if not self.invertible:
             return self.after_window()
-        self.stepper.offer_product(torch.zeros_like(self.stepper.module.inverse))
+        self.stepper.offer_zero_start()
         self._record.append((0, 1.0))
         return Stop("skipped", 0, 1.0) if self._skip else None
 

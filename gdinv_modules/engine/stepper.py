@@ -35,6 +35,7 @@ from gdinv_modules.core.functional import (
     identity_error,
     inverse_loss,
     loss_and_gradient,
+    loss_and_gradient_at_zero,
     relative_residual,
     squared_norm,
     wide_dtype,
@@ -119,6 +120,7 @@ class HeavyBallStepper:
         self.replayed = False  # whether the last window ran from a CUDA graph
         # shape: (..., k, k), E at X as the last check measured it, until the next window
         self.checked_product: Optional[Tensor] = None
+        self._at_zero = False  # X = 0 as of the last check: the next step takes no product
         self._keeping = False  # inside keeping_products()
         self.started = False
 
@@ -210,10 +212,10 @@ class HeavyBallStepper:
         if graph is None or (graph.warm and inputs is None):
             self._window(losses, step, first_step)  # from the checked product, if kept
         elif not graph.warm:
-            self.checked_product = None
+            self.checked_product, self._at_zero = None, False
             graph.warm_up(lambda out: self._window(out, step, first_step), losses)
         else:
-            self.checked_product = None  # a recorded window computes its own
+            self.checked_product, self._at_zero = None, False  # a recorded window computes its own
             group = self.optimizer.param_groups[0]
             graph.run(
                 lambda out: self._window(out, self.optimizer.step, first_step),
@@ -249,11 +251,15 @@ class HeavyBallStepper:
         formulation = self.module.formulation
         inverse, matrix = self.module.inverse, self.matrix
         product, self.checked_product = self.checked_product, None  # E at X, or None
+        at_zero, self._at_zero = self._at_zero and shard.mode == "none", False
         for index in range(len(losses)):
-            loss, gradient = shard.loss_and_gradient(
-                inverse, matrix, formulation, ridge, product=product
-            )
-            product = None
+            if at_zero:
+                loss, gradient = loss_and_gradient_at_zero(matrix, formulation)
+            else:
+                loss, gradient = shard.loss_and_gradient(
+                    inverse, matrix, formulation, ridge, product=product
+                )
+            product, at_zero = None, False
             losses[index] = loss
             if tuner is not None:
                 if tuner.due(first_step + index):
@@ -320,12 +326,19 @@ class HeavyBallStepper:
             yield
         finally:
             self._keeping = False
-            self.checked_product = None
+            self.checked_product, self._at_zero = None, False
 
     def offer_product(self, product: Optional[Tensor]) -> None:  # shape: (..., k, k), E at X
         """Keep E at the current X for the next window, inside :meth:`keeping_products`
         (``None``: keep none)."""
         self.checked_product = product if self._keeping else None
+        self._at_zero = False
+
+    def offer_zero_start(self) -> None:
+        """X is 0, inside :meth:`keeping_products`: the next window's first step takes its loss
+        and gradient without a product (:func:`loss_and_gradient_at_zero`)."""
+        self.offer_product(None)
+        self._at_zero = self._keeping
 
     def check(self, tol: Optional[float]) -> bool:
         """Whether every matrix's residual is at most ``tol`` (one host sync). Measures first
