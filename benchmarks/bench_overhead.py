@@ -11,7 +11,11 @@ process; invert() and the bare steps alternate, each repeated; the median ratio 
 "floor / ideal" prices the refinement steps as what they are, a correction accumulated in the
 wide dtype and an update (``refine_counted``: the steps alone, no checks; the first correction
 is the last check's product, as in ``invert()``): the least ``invert()`` could take with the
-same steps and the same accuracy.
+same steps and the same accuracy. "spectrum / ideal" prices what the tuner needs before the
+first step, σ_max (``operator_sigma_max``: the Gram matrix's eigenvalues, its squarings or power
+iteration, by the route ``invert()`` takes), or with ``check_rank=True`` the rank check's
+singular values (``wide_svdvals``), which give σ_max: floor + spectrum is the least ``invert()``
+could take with the same steps, the same accuracy and the same learning rate.
 """
 
 import argparse
@@ -21,6 +25,8 @@ import time
 import torch
 
 from gdinv_modules import conditioned_matrix, invert
+from gdinv_modules.core.decomposition import wide_svdvals
+from gdinv_modules.core.spectral import operator_sigma_max
 from gdinv_modules.engine.refinement import refine_counted
 
 
@@ -47,11 +53,21 @@ def bare_refinement_steps(matrix: torch.Tensor, inverse: torch.Tensor, steps: in
     return time.perf_counter() - start
 
 
+def spectrum(matrix: torch.Tensor, check_rank: object) -> float:
+    """Seconds for what the tuner needs before the first step (module docstring)."""
+    start = time.perf_counter()
+    if check_rank is True:
+        wide_svdvals(matrix)
+    else:
+        operator_sigma_max(matrix)
+    return time.perf_counter() - start
+
+
 def case(name: str, matrix: torch.Tensor, repeats: int, **options) -> None:
     result = invert(matrix, **options)  # warm-up, and the step counts
     descent, refinement = result.report.steps, result.report.refine_steps
     rough = result.inverse * 0.999  # refinement's start, near where descent leaves X
-    ratios, floors, ours = [], [], []
+    ratios, floors, spectra, ours = [], [], [], []
     for _ in range(repeats):
         began = time.perf_counter()
         invert(matrix, **options)
@@ -60,11 +76,13 @@ def case(name: str, matrix: torch.Tensor, repeats: int, **options) -> None:
         floor = bare_steps(matrix, descent) + bare_refinement_steps(matrix, rough, refinement)
         ratios.append(seconds / ideal)
         floors.append(floor / ideal)
+        spectra.append(spectrum(matrix, options.get("check_rank", "auto")) / ideal)
         ours.append(seconds)
     print(
         f"| {name} | {descent} + {refinement} | "
         f"{1e3 * statistics.median(ours):.0f} ms | {statistics.median(ratios):.2f} | "
-        f"{min(ratios):.2f} to {max(ratios):.2f} | {statistics.median(floors):.2f} |",
+        f"{min(ratios):.2f} to {max(ratios):.2f} | {statistics.median(floors):.2f} | "
+        f"{statistics.median(spectra):.2f} |",
         flush=True,
     )
 
@@ -75,9 +93,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
-        "| case | steps (descent + refinement) | invert() | time / ideal | spread | floor / ideal |"
+        "| case | steps (descent + refinement) | invert() | time / ideal | spread | floor / ideal "
+        "| spectrum / ideal |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     f64, f32 = torch.float64, torch.float32
     case("3 x 512 float64", conditioned_matrix(512, condition=2.25, batch_shape=(3,),
          dtype=f64), args.repeats)  # fmt: skip
