@@ -212,10 +212,10 @@ class HeavyBallStepper:
         if graph is None or (graph.warm and inputs is None):
             self._window(losses, step, first_step)  # from the checked product, if kept
         elif not graph.warm:
-            self.checked_product, self._at_zero = None, False
+            self.offer_product(None)
             graph.warm_up(lambda out: self._window(out, step, first_step), losses)
         else:
-            self.checked_product, self._at_zero = None, False  # a recorded window computes its own
+            self.offer_product(None)  # a recorded window computes its own
             group = self.optimizer.param_groups[0]
             graph.run(
                 lambda out: self._window(out, self.optimizer.step, first_step),
@@ -326,11 +326,11 @@ class HeavyBallStepper:
             yield
         finally:
             self._keeping = False
-            self.checked_product, self._at_zero = None, False
+            self.offer_product(None)
 
     def offer_product(self, product: Optional[Tensor]) -> None:  # shape: (..., k, k), E at X
         """Keep E at the current X for the next window, inside :meth:`keeping_products`
-        (``None``: keep none)."""
+        (``None``: keep none, nor a zero start)."""
         self.checked_product = product if self._keeping else None
         self._at_zero = False
 
