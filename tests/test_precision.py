@@ -5,6 +5,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from gdinv_modules import (
     spd_matrix,
 )
 from gdinv_modules.core.errors import InvalidOptionError, MatrixDtypeError
+from gdinv_modules.core.formulation import LEFT, RIGHT, SYMMETRIC
 from gdinv_modules.engine.policy import window_length
 from gdinv_modules.engine.refinement import correction, product_rounding, refine, safe_start
 
@@ -154,22 +156,62 @@ def test_a_rough_correction_that_leads_nowhere_is_taken_anew():
         refine(inverse, matrix, current=rough, rough=rough)
 
 
+@pytest.mark.parametrize("side", [LEFT, RIGHT], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
-def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtype):
+def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtype, side):
     # I - XM cancels in the wide dtype: C in X's dtype is that, rounded (eps relative to C),
     # where I - XM taken in X's dtype is off by about eps relative to I (C is near 1e-4 here)
     matrix = conditioned(32, 10.0, dtype=dtype, batch_shape=(3,))
     wide = torch.complex128 if dtype.is_complex else F64
     inverse = (torch.linalg.inv(matrix.to(wide)) * (1 + 1e-4)).to(dtype)
-    exact = torch.eye(32, dtype=wide) - inverse.to(wide) @ matrix.to(wide)
-    got = correction(inverse, matrix.to(wide))
+    x, m = inverse.to(wide), matrix.to(wide)
+    exact = torch.eye(32, dtype=wide) - side.product(x, m)
+    got = correction(inverse, m, formulation=side)
     assert got.dtype == dtype
     eps = torch.finfo(dtype).eps  # atol: the wide product's own rounding, summed in blocks
     torch.testing.assert_close(got, exact.to(dtype), rtol=eps, atol=1e-13)
     into = torch.empty_like(got)
-    assert correction(inverse, matrix.to(wide), out=into) is into and torch.equal(into, got)
-    narrow = torch.eye(32, dtype=dtype) - inverse @ matrix
+    assert correction(inverse, m, out=into, formulation=side) is into and torch.equal(into, got)
+    narrow = torch.eye(32, dtype=dtype) - side.product(inverse, matrix)
     assert (narrow - exact).abs().max() > 100 * (got - exact).abs().max()
+
+
+def exact_residual(inverse, matrix, formulation):
+    """What tol bounds for the formulation, in numpy's long double (11 bits past float64 on
+    x86, 60 on aarch64): X's own residual, not the rounding of its measurement."""
+    x, m = (t.numpy().astype(np.longdouble) for t in (inverse, matrix))
+    product = {"left": x @ m, "right": m @ x, "symmetric": (x @ m + m @ x) / 2}[formulation]
+    error = product - np.eye(m.shape[-1], dtype=np.longdouble)
+    return float(np.sqrt((error * error).sum() / m.shape[-1]))
+
+
+def test_a_right_inverse_is_refined_on_its_own_side():
+    # XM and MX differ by up to kappa: refined on the left, MX - I came out at 5e-7 here
+    # (6e-6 at n = 2), reported as converged to 1e-10 with no word
+    matrix = conditioned(5, 1e6, seed=3)
+    lapack = torch.linalg.inv(matrix)
+    for formulation, other in (("left", "right"), ("right", "left")):
+        result = invert(matrix, formulation=formulation)
+        own = exact_residual(result.inverse, matrix, formulation)
+        assert result.converged.item() and own <= 1e-10
+        assert own <= 10 * exact_residual(lapack, matrix, formulation)
+        assert own / 2 <= result.residual.item() <= 2 * own  # measured as it is
+        assert exact_residual(result.inverse, matrix, other) > 1e3 * own  # the other side's
+
+
+def test_the_symmetric_residual_is_measured_after_refinement_and_a_miss_names_left():
+    # no refinement step squares (XM + MX)/2 - I: refined on the left, MX - I stays up to
+    # kappa times XM - I; it was reported as the left residual, 2e-11, converged
+    matrix = conditioned(5, 1e6, seed=3)
+    with pytest.warns(ConvergenceWarning, match=r"formulation='left' reaches (\S+) here") as got:
+        result = invert(matrix, formulation="symmetric", max_steps=200)
+    own = exact_residual(result.inverse, matrix, "symmetric")
+    assert not result.converged.item() and own > 1e-10
+    assert result.residual.item() == pytest.approx(own, rel=1e-6)
+    reached = float(re.search(r"reaches (\S+) here", str(got[0].message)).group(1))
+    assert reached <= 1e-10 and invert(matrix).residual.item() == pytest.approx(reached, rel=0.1)
+    with pytest.raises(InvalidOptionError, match="one side's correction"):
+        refine(result.inverse, matrix, formulation=SYMMETRIC)
 
 
 def test_a_batch_refines_each_matrix_to_its_own_floor():

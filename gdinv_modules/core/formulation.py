@@ -20,7 +20,7 @@ Options take the name (``formulation="left"``); :func:`as_formulation` turns it 
 """
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -163,6 +163,25 @@ class Formulation:
                 f"formulation {self.name!r} has no column split: use 'left' or 'right'"
             )
         return tensor[..., :, columns] if self.name == "left" else tensor[..., columns, :]
+
+    def factors(self, inverse: Tensor, matrix: Tensor) -> Tuple[Tensor, Tensor]:
+        """The product's two factors, in order, for a one-sided formulation: ``(X, M)`` for
+        ``left``, ``(M, X)`` for ``right`` (``E = left @ right``, for a product written into
+        memory at hand)."""
+        if not self.allows_column_split:
+            raise InvalidOptionError(f"formulation {self.name!r} has no single product")
+        return (inverse, matrix) if self.name == "left" else (matrix, inverse)
+
+    def inverse_part(self, part: slice) -> Tuple[Any, int]:
+        """Where X's ``part`` lies, whose product with M (:meth:`product`) is E's same part
+        (X's and E's rows for ``left``, their columns for ``right``), as an index of both, and
+        the diagonal of E's part that holds I's ones."""
+        if not self.allows_column_split:
+            raise InvalidOptionError(f"formulation {self.name!r} has no part of X to split")
+        start = part.start or 0
+        if self.name == "left":
+            return (..., part, slice(None)), start
+        return (..., slice(None), part), -start
 
     def identity_offset(self, columns: slice) -> int:
         """The diagonal of the part's product that holds I's ones (see :meth:`columns_of`)."""

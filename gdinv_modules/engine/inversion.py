@@ -55,8 +55,9 @@ class InverseResult:
 
     Attributes:
         inverse: the approximate inverse, shape ``(..., n, m)``, on M's device, of M's dtype.
-        residual: per matrix, what ``tol`` bounds (``||XM - I||_F / sqrt(n)``, measured in
-            float64), on the CPU, shape ``(...)``.
+        residual: per matrix, what ``tol`` bounds (``||E - I||_F / sqrt(k)``, the
+            formulation's product E: ``XM`` for ``"left"``; measured in float64), on the CPU,
+            shape ``(...)``.
         converged: whether each matrix reached the tolerance, shape ``(...)``.
         steps_to_tol: per matrix, the descent step at which it reached the tolerance (the
             descent steps run, where refinement took it there or it never got there); ``(...)``.
@@ -106,7 +107,8 @@ def invert(
 ) -> InverseResult:
     r"""Invert ``matrix`` (shape ``(..., n, n)``) by heavy-ball gradient descent, then refine.
 
-    ``tol`` bounds the residual ``||XM - I||_F / sqrt(n)``: ``"auto"`` is 1e-5 for float32 and
+    ``tol`` bounds the residual ``||E - I||_F / sqrt(k)`` (``E = XM`` for ``"left"``, ``MX``
+    for ``"right"``, both averaged for ``"symmetric"``): ``"auto"`` is 1e-5 for float32 and
     complex64, 1e-10 for float64 and complex128. The steps run on M's device (or ``device``)
     in M's dtype, with no Trainer; the result has M's dtype and device. M is never modified,
     and any strides will do. An empty M or batch gives an empty result.

@@ -37,9 +37,10 @@ import torch
 from torch import Tensor
 
 from gdinv_modules.core.decomposition import on_host
+from gdinv_modules.core.formulation import SYMMETRIC
 from gdinv_modules.core.functional import default_tol, wide_dtype, wide_residual
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, refine
+from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, one_side, refine
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 __all__ = ["StoppingPolicy", "Stop", "Outcome", "Window", "window_length", "converge"]
@@ -320,21 +321,17 @@ class StoppingPolicy:
         stepper = self.stepper
         module = stepper.module
         stop = stop or Stop("trainer", stepper.steps, *self._best())
-        matrix = module.resolve_matrix()
         refine_steps = 0
         if self.refinable:
             checked = stepper.take_checked_correction()  # C at X, from the last check
             wide = checked is not None and checked.dtype == wide_dtype(checked.dtype)
-            refinement = refine(
+            refined, refine_steps, residual = self._refine(
                 module.inverse.detach(),
-                matrix,
                 current=checked if wide else None,
                 rough=None if wide else checked,
             )
             del checked
-            module.inverse.copy_(refinement.inverse)
-            refine_steps = refinement.steps
-            residual = refinement.residual.real.double().cpu()
+            module.inverse.copy_(refined)
         else:
             residual = self._final_residual()
         judged = self.tol if self.tol is not None else default_tol(module.inverse.dtype)
@@ -400,6 +397,15 @@ class StoppingPolicy:
             if refine_steps >= MAX_REFINE_STEPS:
                 return f"refinement ran out of its {MAX_REFINE_STEPS} steps; see the report"
             floor = f"refinement stopped at the rounding of X in {name} for this M{about}"
+            module = self.stepper.module
+            if module.formulation is SYMMETRIC:  # the left residual is at the floor: measured
+                left = wide_residual(module.inverse.detach(), module.resolve_matrix()).max()
+                if left.item() <= tol:
+                    return (
+                        f"{floor}: it leaves XM - I there, and MX - I, which the symmetric "
+                        "residual averages in, up to the condition number times larger; "
+                        f"formulation='left' reaches {left.item():.1e} here"
+                    )
             if wide != dtype:
                 estimate = "" if kappa is None else f": about {wide_eps * kappa:.1e}"
                 return f"{floor}; convert M to {wide_name}, whose floor is far lower{estimate}"
@@ -451,12 +457,26 @@ class StoppingPolicy:
         from a copy of the final X (or its safe start) reaches tol here."""
         if self.refine or not self.invertible:
             return []
-        module = self.stepper.module
-        trial = refine(module.inverse.detach().clone(), module.resolve_matrix())
-        reached = trial.residual.real.double().max().item()
+        _, steps, residual = self._refine(self.stepper.module.inverse.detach().clone())
+        reached = residual.max().item()
         if reached > tol:
             return []
-        return [f"refine=True, which reaches {reached:.1e} here ({trial.steps} refinement steps)"]
+        return [f"refine=True, which reaches {reached:.1e} here ({steps} refinement steps)"]
+
+    def _refine(self, inverse: Tensor, **start: Optional[Tensor]) -> Tuple[Tensor, int, Tensor]:
+        """:func:`refine` from X (its memory serves the steps) on the formulation's side:
+        ``right`` refines :math:`MX - I`, ``left`` and ``symmetric`` :math:`XM - I` (no step
+        squares the symmetric product's residual; it is measured apart, one product more).
+        ``start``: ``refine``'s ``current`` or ``rough``. The refined X, the steps taken, and
+        per matrix what ``tol`` bounds at X (float64 on the CPU)."""
+        module = self.stepper.module
+        formulation, matrix = module.formulation, module.resolve_matrix()
+        refinement = refine(inverse, matrix, formulation=one_side(formulation), **start)
+        if formulation is SYMMETRIC:
+            residual = wide_residual(refinement.inverse, matrix, formulation)
+        else:
+            residual = refinement.residual.real.double()
+        return refinement.inverse, refinement.steps, residual.cpu()
 
 
 def _name(dtype: torch.dtype) -> str:

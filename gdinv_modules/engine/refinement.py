@@ -11,6 +11,14 @@ its error was measured: more accurate than LAPACK's float32 inverse. The cancell
 relative precision, all that the step :math:`CX` (taken in X's dtype) uses: no float64 copy
 of C is held.
 
+A side: the step is :math:`2X - XMX` either way, but its rounding is not. Taken as
+:math:`X + CX` from :math:`C = I - XM`, it leaves :math:`XM - I` at the floor while
+:math:`MX - I = M (XM - I) M^{-1}` can be :math:`\kappa` times larger (float64 at
+:math:`\kappa = 10^6`: 1e-11 against 6e-6); a right inverse's steps
+(:data:`~gdinv_modules.core.formulation.RIGHT`) take :math:`X + XC` from :math:`C = I - MX`.
+No step squares the symmetric product's :math:`(XM + MX)/2 - I`: its X is refined on the left
+(:func:`one_side`) and its residual measured apart.
+
 Safe restart: where descent left :math:`\lVert C\rVert_F \ge 1` (a transient, a float32 floor
 above 1, a budget too small for heavy ball), the steps start instead from
 :math:`X_0 = M^H / (\lVert M\rVert_1 \lVert M\rVert_\infty)`, from which they converge for any
@@ -34,6 +42,7 @@ import torch
 from torch import Tensor
 
 from gdinv_modules.core.errors import InvalidOptionError
+from gdinv_modules.core.formulation import LEFT, SYMMETRIC, Formulation
 from gdinv_modules.core.functional import autocast_off, blocks, product_into, wide_dtype
 
 __all__ = [
@@ -49,6 +58,7 @@ __all__ = [
     "MAX_REFINE_STEPS",
     "SAFE_RESIDUAL",
     "WARM_RESIDUAL",
+    "one_side",
 ]
 
 MAX_REFINE_STEPS = 100  # from the safe start, 2 log2(kappa) + log2(n) + 5: kappa up to 1e14
@@ -64,8 +74,9 @@ class Refinement:
 
     Attributes:
         inverse: the refined X, M's dtype, shape ``(..., n, n)``.
-        residual: per matrix, :math:`\lVert I - XM\rVert_F / \sqrt n`, of C measured in the
-            wide dtype and rounded to X's (relative to the residual itself: eps of X's dtype).
+        residual: per matrix, :math:`\lVert C\rVert_F / \sqrt n` (:math:`C = I - XM`, or
+            :math:`I - MX` for ``RIGHT``), C measured in the wide dtype and rounded to
+            X's (relative to the residual itself: eps of X's dtype).
         steps: refinement steps taken (the batch takes them together).
         restarted: per matrix, whether the steps started from the safe start instead of X.
     """
@@ -77,31 +88,45 @@ class Refinement:
 
 
 def correction(
-    inverse: Tensor, matrix: Tensor, *, out: Optional[Tensor] = None, rough: bool = False
+    inverse: Tensor,
+    matrix: Tensor,
+    *,
+    out: Optional[Tensor] = None,
+    rough: bool = False,
+    formulation: Formulation = LEFT,
 ) -> Tensor:  # (..., n, n) in X's dtype
-    r"""The correction :math:`C = I - XM`, accumulated in the wide dtype and stored in X's
-    (module docstring), a new tensor or into ``out`` (a correction no longer needed, in place:
+    r"""The correction :math:`C = I - XM` (:data:`~gdinv_modules.core.formulation.RIGHT`:
+    :math:`I - MX`), accumulated in the wide dtype and stored in X's (module docstring), a new
+    tensor or into ``out`` (a correction no longer needed, in place:
     :func:`~gdinv_modules.core.functional.product_into`). Where X's dtype is narrower, it is
-    taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks of rows at a time (each row
-    of XM needs only its row of X), so only a block of X and of C is ever wide. ``rough``: one
-    product in X's dtype instead, off by about :func:`product_rounding`.
+    taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks at a time (each row of XM
+    needs only its row of X; each column of MX its column), so only a block of X and of C is
+    ever wide. ``rough``: one product in X's dtype instead, off by about
+    :func:`product_rounding`.
 
     Example:
         >>> correction(torch.eye(2), 2 * torch.eye(2))
         tensor([[-1., -0.],
                 [-0., -1.]])
+        >>> from gdinv_modules.core.formulation import RIGHT
+        >>> m = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+        >>> correction(torch.eye(2), m, formulation=RIGHT)  # I - MX
+        tensor([[ 0., -1.],
+                [-0.,  0.]])
     """
     wide = inverse.dtype if rough else wide_dtype(matrix.dtype)
     matrix = matrix.to(wide)
     if inverse.dtype == wide:
-        out = inverse @ matrix if out is None else product_into(out, inverse, matrix)
+        factors = formulation.factors(inverse, matrix)
+        out = torch.matmul(*factors) if out is None else product_into(out, *factors)
     else:
         if out is None:
-            out = inverse.new_empty((*inverse.shape[:-1], matrix.shape[-1]))
+            out = inverse.new_empty(inverse.shape)
         for block in blocks(inverse.shape[-2]):
-            product = inverse[..., block, :].to(wide) @ matrix
-            product.neg_().diagonal(block.start, dim1=-2, dim2=-1).add_(1)  # I - XM, still wide
-            out[..., block, :] = product
+            part, ones = formulation.inverse_part(block)
+            product = formulation.product(inverse[part].to(wide), matrix)  # E's part
+            product.neg_().diagonal(ones, dim1=-2, dim2=-1).add_(1)  # C's part, still wide
+            out[part] = product  # stored in X's dtype
             del product  # before the next block's: one block of C is wide at a time
         return out
     out.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
@@ -109,10 +134,15 @@ def correction(
 
 
 def refinement_step(
-    inverse: Tensor, current: Tensor, *, out: Optional[Tensor] = None
+    inverse: Tensor,
+    current: Tensor,
+    *,
+    out: Optional[Tensor] = None,
+    formulation: Formulation = LEFT,
 ) -> Tensor:  # shape: (..., n, n)
-    r"""One step :math:`X \leftarrow X + C X`, given X's correction C in X's dtype; returns the
-    new X, a new tensor or ``out`` (an X no longer needed, written in place:
+    r"""One step :math:`X \leftarrow X + C X` (:data:`~gdinv_modules.core.formulation.RIGHT`:
+    :math:`X + X C`), given X's correction C in X's dtype; returns the new X, a new tensor or
+    ``out`` (an X no longer needed, written in place:
     :func:`~gdinv_modules.core.functional.product_into`). The sum rounds once: ``X + fl(CX)``,
     not a product accumulated onto X (``addmm``'s, whose float64 floor came out twice as high).
 
@@ -121,7 +151,8 @@ def refinement_step(
         tensor([[1.5000, 0.5000],
                 [0.5000, 1.5000]])
     """
-    out = current @ inverse if out is None else product_into(out, current, inverse)
+    factors = formulation.factors(current, inverse)  # C X as E is X M: (C, X), or (X, C)
+    out = torch.matmul(*factors) if out is None else product_into(out, *factors)
     out += inverse
     return out
 
@@ -217,8 +248,20 @@ def ieee_products(device: torch.device) -> bool:
     return backend is not None and backend.fp32_precision in ("none", "ieee")
 
 
+def one_side(formulation: Formulation) -> Formulation:
+    """The formulation whose correction refinement squares for ``formulation``: itself for
+    ``left`` and ``right``; ``left`` for ``symmetric`` (module docstring).
+
+    Example:
+        >>> from gdinv_modules.core.formulation import RIGHT
+        >>> one_side(SYMMETRIC) is LEFT, one_side(RIGHT) is RIGHT
+        (True, True)
+    """
+    return LEFT if formulation is SYMMETRIC else formulation
+
+
 def _rough_step(
-    inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor
+    inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor, form: Formulation
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int]:
     """The first step from a correction measured in X's dtype, where it lies well above
     :func:`product_rounding`, kept where the wide residual falls; returns X, its correction
@@ -229,8 +272,9 @@ def _rough_step(
     usable = (norm < SAFE_RESIDUAL) & (norm.square() >= floor)
     steps = 0
     if bool(usable.all()):
-        candidate = refinement_step(inverse, rough)
-        current = correction(candidate, wide_matrix, out=rough)  # measured wide: judged as ever
+        candidate = refinement_step(inverse, rough, formulation=form)
+        # measured wide: judged as ever
+        current = correction(candidate, wide_matrix, out=rough, formulation=form)
         candidate_norm = torch.linalg.matrix_norm(current)
         better = candidate_norm < norm
         moved, every = torch.stack([better.any(), better.all()]).tolist()
@@ -240,7 +284,7 @@ def _rough_step(
         # where the rough correction served a matrix badly, every correction is taken anew
         if moved:
             inverse, steps = torch.where(better[..., None, None], candidate, inverse), 1
-    current = correction(inverse, wide_matrix, out=rough)
+    current = correction(inverse, wide_matrix, out=rough, formulation=form)
     return inverse, current, torch.linalg.matrix_norm(current), None, steps
 
 
@@ -251,8 +295,12 @@ def refine(
     max_steps: int = MAX_REFINE_STEPS,
     current: Optional[Tensor] = None,  # shape: (..., n, n), X's correction, if known
     rough: Optional[Tensor] = None,  # shape: (..., n, n), one from a product in X's dtype
+    formulation: Formulation = LEFT,  # or RIGHT: whose correction the steps square
 ) -> Refinement:
-    r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling.
+    r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling;
+    ``RIGHT``: :math:`X \leftarrow X + X (I - MX)`, the same step in exact arithmetic,
+    whose rounding leaves :math:`MX - I` at the floor instead of :math:`XM - I` (a right
+    inverse's residual; the other side's can be up to :math:`\kappa` times larger).
 
     Each matrix keeps its best X: a step that does not lower a matrix's residual is not
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
@@ -275,6 +323,11 @@ def refine(
     """
     if current is not None and rough is not None:
         raise InvalidOptionError("refine() takes X's correction once: current or rough")
+    if formulation is not one_side(formulation):
+        raise InvalidOptionError(
+            f"refinement squares one side's correction: {formulation.name!r} has none; pass "
+            "one_side(formulation)"
+        )
     # ``current``: overwritten by the next correction (its memory serves each step's)
     spare: Optional[Tensor] = None  # an X no longer needed: the next step's memory
     steps = 0
@@ -282,21 +335,24 @@ def refine(
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
         if rough is not None and max_steps > 0:
-            inverse, current, norm, spare, steps = _rough_step(inverse, rough, matrix, wide_matrix)
+            inverse, current, norm, spare, steps = _rough_step(
+                inverse, rough, matrix, wide_matrix, formulation
+            )
         else:
-            current = correction(inverse, wide_matrix) if current is None else current
+            if current is None:
+                current = correction(inverse, wide_matrix, formulation=formulation)
             norm = torch.linalg.matrix_norm(current)
         restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
         if bool(restarted.any()):
             inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
-            current = correction(inverse, wide_matrix, out=current)
+            current = correction(inverse, wide_matrix, out=current, formulation=formulation)
             norm = torch.linalg.matrix_norm(current)
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)
         while steps < max_steps:
-            candidate = refinement_step(inverse, current, out=spare)
-            current = correction(candidate, wide_matrix, out=current)
+            candidate = refinement_step(inverse, current, out=spare, formulation=formulation)
+            current = correction(candidate, wide_matrix, out=current, formulation=formulation)
             candidate_norm = torch.linalg.matrix_norm(current)
             warming = restarted & (norm >= WARM_RESIDUAL)
             better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))

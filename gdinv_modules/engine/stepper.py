@@ -29,7 +29,7 @@ from gdinv_modules.core.errors import (
     SingularMatrixWarning,
     warn_user,
 )
-from gdinv_modules.core.formulation import LEFT
+from gdinv_modules.core.formulation import SYMMETRIC
 from gdinv_modules.core.functional import (
     autocast_off,
     identity_error,
@@ -364,13 +364,13 @@ class HeavyBallStepper:
         return tol is not None and worst_residual <= tol
 
     def take_checked_correction(self) -> Optional[Tensor]:  # shape: (..., n, n)
-        """Refinement's first correction :math:`I - XM`, made in place from the product the
-        last check measured at this X, where that product is it (``left``), in X's dtype: for
-        a float32 M a rough one, for :func:`~gdinv_modules.engine.refinement.refine`'s
-        ``rough``. ``None`` otherwise; the product is let go either way. Kept only inside
-        :meth:`keeping_products`."""
+        """Refinement's first correction :math:`I - E`, made in place from the product E the
+        last check measured at this X, where E is one side's (:math:`XM` for ``left``,
+        :math:`MX` for ``right``), in X's dtype: for a float32 M a rough one, for
+        :func:`~gdinv_modules.engine.refinement.refine`'s ``rough``. ``None`` otherwise; the
+        product is let go either way. Kept only inside :meth:`keeping_products`."""
         product, self.checked_product = self.checked_product, None
-        if product is None or self.module.formulation is not LEFT:
+        if product is None or self.module.formulation is SYMMETRIC:
             return None
         product.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
         return product
