@@ -8,7 +8,7 @@ Vocabulary (used in names, docstrings and messages throughout; the README has th
   ``X M`` (``"left"``), ``M X`` (``"right"``) or their average (``"symmetric"``); **k** is its
   order.
 - **the error** ``E - I``, a matrix; **the correction** ``C = I - XM``, what a refinement step
-  ``X <- X + C X`` squares.
+  ``X <- X + C X`` squares (``C = I - MX`` and ``X <- X + X C`` for ``"right"``).
 - **the residual**: per matrix, the number ``||E - T||_F / sqrt(k)`` (T the identity, or the
   projector for a rank-deficient M), what ``tol`` bounds.
 - **the loss**: per matrix, the objective SGD minimises, ``||E - I||_F^2 / k^2`` plus

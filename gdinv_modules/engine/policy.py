@@ -22,11 +22,13 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    says it cannot help: its floor for this condition number lies above 1, or Polyak's rate
    needs more than twice ``max_steps`` to reach the hand-over.
 4. **The finish** (:meth:`StoppingPolicy.finish`): with ``refine`` on, for a square M of full
-   rank without a ridge, descent stops once :math:`\lVert I - XM\rVert_F \le 1/4` and
+   rank without a ridge, descent stops once :math:`\lVert E - I\rVert_F \le 1/4` and
    refinement steps (:func:`~gdinv_modules.engine.refinement.refine`) square the residual down
-   to the dtype's floor; they restart from a safe start where descent left it above 1 (a
-   stall, a budget verdict). A matrix that still misses ``tol`` gets a message naming the
-   cause and the remedy that works for this M (:attr:`Outcome.message`).
+   to the dtype's floor, on the formulation's own side (``right``: :math:`I - MX`;
+   ``symmetric``'s residual is measured after steps on the left); they restart from a safe
+   start where descent left it above 1 (a stall, a budget verdict). A matrix that still misses
+   ``tol`` gets a message naming the cause and the remedy that works for this M
+   (:attr:`Outcome.message`).
 """
 
 import math
