@@ -120,9 +120,10 @@ def correction(
         factors = formulation.factors(inverse, matrix)
         out = torch.matmul(*factors) if out is None else product_into(out, *factors)
     else:
+        k = formulation.order(matrix.shape)  # C is k x k, as E
         if out is None:
-            out = inverse.new_empty(inverse.shape)
-        for block in blocks(inverse.shape[-2]):
+            out = inverse.new_empty((*inverse.shape[:-2], k, k))
+        for block in blocks(k):
             part, ones = formulation.inverse_part(block)
             product = formulation.product(inverse[part].to(wide), matrix)  # E's part
             product.neg_().diagonal(ones, dim1=-2, dim2=-1).add_(1)  # C's part, still wide
