@@ -262,7 +262,7 @@ def one_side(formulation: Formulation) -> Formulation:
 
 
 def _rough_step(
-    inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor, form: Formulation
+    inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor, formulation: Formulation
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int]:
     """The first step from a correction measured in X's dtype, where it lies well above
     :func:`product_rounding`, kept where the wide residual falls; returns X, its correction
@@ -273,9 +273,9 @@ def _rough_step(
     usable = (norm < SAFE_RESIDUAL) & (norm.square() >= floor)
     steps = 0
     if bool(usable.all()):
-        candidate = refinement_step(inverse, rough, formulation=form)
+        candidate = refinement_step(inverse, rough, formulation=formulation)
         # measured wide: judged as ever
-        current = correction(candidate, wide_matrix, out=rough, formulation=form)
+        current = correction(candidate, wide_matrix, out=rough, formulation=formulation)
         candidate_norm = torch.linalg.matrix_norm(current)
         better = candidate_norm < norm
         moved, every = torch.stack([better.any(), better.all()]).tolist()
@@ -285,7 +285,7 @@ def _rough_step(
         # where the rough correction served a matrix badly, every correction is taken anew
         if moved:
             inverse, steps = torch.where(better[..., None, None], candidate, inverse), 1
-    current = correction(inverse, wide_matrix, out=rough, formulation=form)
+    current = correction(inverse, wide_matrix, out=rough, formulation=formulation)
     return inverse, current, torch.linalg.matrix_norm(current), None, steps
 
 
