@@ -19,10 +19,15 @@ A side: the step is :math:`2X - XMX` either way, but its rounding is not. Taken 
 No step squares the symmetric product's :math:`(XM + MX)/2 - I`: its X is refined on the left
 (:func:`one_side`) and its residual measured apart.
 
-Safe restart: where descent left :math:`\lVert C\rVert_F \ge 1` (a transient, a float32 floor
-above 1, a budget too small for heavy ball), the steps start instead from
-:math:`X_0 = M^H / (\lVert M\rVert_1 \lVert M\rVert_\infty)`, from which they converge for any
-invertible M (Newton-Schulz's start) in about :math:`2\log_2\kappa + \log_2 n + 5` steps. Its
+A probe, then a safe restart: where descent left :math:`\lVert C\rVert_F \ge 1` (a transient,
+a float32 floor above 1, a budget too small for heavy ball, or the symmetric formulation's X,
+whose own residual says little of :math:`XM - I`), the steps still converge from X wherever
+C's spectral radius is below 1: after j steps C is :math:`C^{2^j}`, though its norm may rise
+first where C is far from normal. So X is probed: it takes steps for as long as each lowers
+:math:`\lVert C\rVert_F`, and at the first that does not, above 1, the matrix restarts from
+:math:`X_0 = M^H / (\lVert M\rVert_1 \lVert M\rVert_\infty)`, from which the steps converge
+for any invertible M (Newton-Schulz's start) in about :math:`2\log_2\kappa + \log_2 n + 5`
+steps; X = 0 (a skipped descent) and a non-finite X start there at once. The safe start's
 first steps grow the smallest singular values of :math:`X M` 2-fold each, which the norm of
 :math:`C` may not show for many steps (for :math:`\kappa = 10^{10}`, about 60): until the
 residual falls below :data:`WARM_RESIDUAL`, a restarted matrix takes every step that does not
@@ -78,7 +83,7 @@ class Refinement:
             :math:`I - MX` for ``RIGHT``), C measured in the wide dtype and rounded to
             X's (relative to the residual itself: eps of X's dtype).
         steps: refinement steps taken (the batch takes them together).
-        restarted: per matrix, whether the steps started from the safe start instead of X.
+        restarted: per matrix, whether the steps went on from the safe start instead of X.
     """
 
     inverse: Tensor
@@ -305,10 +310,11 @@ def refine(
 
     Each matrix keeps its best X: a step that does not lower a matrix's residual is not
     taken for it (a restarted matrix above :data:`WARM_RESIDUAL` takes any step that does not
-    raise it), and a matrix whose last step fell far short of squaring its correction has met
-    the rounding floor and takes no more; the steps end once no matrix moves or every one met
-    its floor (one host sync per step). Two X's are alive at a time: each step writes its X
-    into the memory of the one before last, ``inverse``'s own from the second step on (pass a
+    raise it; a probed one restarts, module docstring), and a matrix whose last step fell far
+    short of squaring its correction has met the rounding floor and takes no more; the steps
+    end once no matrix moves or every one met its floor (one host sync per step). Two X's are
+    alive at a time: each step writes its X into the memory of the one before last,
+    ``inverse``'s own from the second step on, and a restart its safe start into X's (pass a
     copy to keep it). ``rough``: X's correction measured in X's dtype, tried for the first
     step (module docstring); its memory serves the corrections. Pass it or ``current``.
 
@@ -343,11 +349,17 @@ def refine(
             if current is None:
                 current = correction(inverse, wide_matrix, formulation=formulation)
             norm = torch.linalg.matrix_norm(current)
-        restarted = ~(norm < SAFE_RESIDUAL)  # NaN too
-        if bool(restarted.any()):
-            inverse = torch.where(restarted[..., None, None], safe_start(matrix), inverse)
-            current = correction(inverse, wide_matrix, out=current, formulation=formulation)
-            norm = torch.linalg.matrix_norm(current)
+        far = ~(norm < SAFE_RESIDUAL)  # NaN too
+        restarted = probing = torch.zeros_like(far)
+        if bool(far.any()):
+            # no step moves X = 0 (a skipped descent), nor helps a non-finite X; the others
+            # are probed from X (module docstring)
+            restarted = far & (~torch.isfinite(norm) | (torch.linalg.matrix_norm(inverse) == 0))
+            probing = far & ~restarted
+            if bool(restarted.any()):
+                inverse, current, norm = _restart(
+                    inverse, matrix, wide_matrix, current, norm, restarted, formulation
+                )
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)
@@ -360,16 +372,42 @@ def refine(
             better &= ~done
             # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
             done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
-            moved, every, finished = torch.stack([better.any(), better.all(), done.all()]).tolist()
-            if not moved:
-                break
-            steps += 1
-            # Only X is kept for a matrix that did not move: it is done, its correction unused.
-            if not every:
-                candidate = torch.where(better[..., None, None], candidate, inverse)
-            # not into a strided X (the safe start is M's transpose): its rows' copies crawl
-            spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
-            norm = torch.where(better, candidate_norm, norm)
-            if finished:
+            failed = probing & ~better  # a probe's step that did not lower ||C||: restart
+            probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
+            done &= ~failed
+            moved, every, finished, restart = torch.stack(
+                [better.any(), better.all(), done.all(), failed.any()]
+            ).tolist()
+            if moved:
+                steps += 1
+                # Only X is kept for a matrix that did not move: it is done (or restarts), its
+                # correction unused.
+                if not every:
+                    candidate = torch.where(better[..., None, None], candidate, inverse)
+                # not into a strided X: its rows' copies crawl
+                spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
+                norm = torch.where(better, candidate_norm, norm)
+            if restart:
+                restarted |= failed
+                inverse, current, norm = _restart(
+                    inverse, matrix, wide_matrix, current, norm, failed, formulation
+                )
+            elif finished or not moved:
                 break
         return Refinement(inverse, norm / n**0.5, steps, restarted)
+
+
+def _restart(
+    inverse: Tensor,
+    matrix: Tensor,
+    wide_matrix: Tensor,
+    current: Tensor,
+    norm: Tensor,
+    which: Tensor,  # shape: (...), bool
+    formulation: Formulation,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The matrices ``which`` from :func:`safe_start`, written into X in place (only their
+    copies made); returns X, its correction (into ``current``) and that correction's norm."""
+    inverse[which] = safe_start(matrix[which])
+    current = correction(inverse, wide_matrix, out=current, formulation=formulation)
+    return inverse, current, torch.where(which, torch.linalg.matrix_norm(current), norm)
