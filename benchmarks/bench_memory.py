@@ -2,10 +2,11 @@
 of M, counted by a ``TorchDispatchMode`` (what ``torch.cuda.max_memory_allocated`` sees on a
 GPU, without one), with the lines that held them at the peak.
 
-    python benchmarks/bench_memory.py [--n 256] [--lines 6]
+    python benchmarks/bench_memory.py [--n 256] [--lines 6] [--formulation left]
 
 For ``invert()``, an ``InverseTracker`` update and a ``LitInverse`` built and fitted for 300
-steps on the CPU, in float64 and float32; M and the tracker's
+steps on the CPU (the last two for ``left``, the tracker's formulation, and the first and last
+for ``--formulation``), in float64 and float32; M and the tracker's
 buffers were allocated before the call and are not counted (as in ``bench_gpu_calls.py``); the
 target is at most 6.
 """
@@ -85,7 +86,7 @@ def measure(
         print(f"    {copies:.1f}  {where}")
 
 
-def fit(matrix: torch.Tensor) -> None:
+def fit(matrix: torch.Tensor, formulation: str = "left") -> None:
     trainer = pl.Trainer(
         max_steps=300,
         accelerator="cpu",
@@ -94,20 +95,26 @@ def fit(matrix: torch.Tensor) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(LitInverse(matrix, lr="auto", momentum="auto"))
+    trainer.fit(LitInverse(matrix, lr="auto", momentum="auto", formulation=formulation))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--lines", type=int, default=6, help="the largest holders shown")
+    parser.add_argument("--formulation", default="left", choices=("left", "right", "symmetric"))
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's, of torch's pytree
-    n = args.n
+    n, form = args.n, args.formulation
     for dtype in (torch.float64, torch.float32):
         matrix = conditioned_matrix(n, condition=50.0, dtype=torch.float64).to(dtype)
-        measure(f"invert() {dtype}", lambda m=matrix: invert(m), matrix, args.lines)
+        measure(
+            f"invert() {form} {dtype}",
+            lambda m=matrix: invert(m, formulation=form),
+            matrix,
+            args.lines,
+        )
         tracker = InverseTracker(matrix)
         scale = torch.linalg.matrix_norm(matrix, 2) / (2 * n**0.5)
         drifted = matrix + 1e-3 * scale * torch.randn_like(matrix)
@@ -118,7 +125,12 @@ def main() -> None:
             args.lines,
             *tracker.buffers(),
         )
-        measure(f"LitInverse, 300 steps {dtype}", lambda m=matrix: fit(m), matrix, args.lines)
+        measure(
+            f"LitInverse {form}, 300 steps {dtype}",
+            lambda m=matrix: fit(m, form),
+            matrix,
+            args.lines,
+        )
 
 
 if __name__ == "__main__":

@@ -41,22 +41,26 @@ __all__ = [
 FormulationName = Literal["left", "right", "symmetric"]
 
 
-def _scaled_product(left: Tensor, right: Tensor, alpha: float) -> Tensor:
+def _scaled_product(
+    left: Tensor, right: Tensor, alpha: float, into: Optional[Tensor] = None
+) -> Tensor:
     """``alpha * (left @ right)`` with the scale applied by the product itself (BLAS's alpha):
-    no extra pass over the result, and bit for bit equal when ``alpha`` is a power of 2."""
-    unused = left.new_empty(())  # beta=0: the "input" term is ignored, never read
-    if left.ndim == 2 and right.ndim == 2:
-        return torch.addmm(unused, left, right, beta=0, alpha=alpha)
+    no extra pass over the result, and bit for bit equal when ``alpha`` is a power of 2. With
+    ``into`` (a product of this function's) it is added to ``into`` in place (BLAS's beta =
+    1): a sum of two products holds no third matrix."""
     batch = left.shape[:-2]
-    if right.shape[:-2] != batch:  # broadcast batches: a flat view would copy
-        return (left @ right).mul_(alpha)
-    product = torch.baddbmm(
-        unused,
-        left.reshape(-1, *left.shape[-2:]),
-        right.reshape(-1, *right.shape[-2:]),
-        beta=0,
-        alpha=alpha,
-    )
+    if right.shape[:-2] != batch or (into is not None and into.shape[:-2] != batch):
+        product = (left @ right).mul_(alpha)  # broadcast batches: a flat view would copy
+        return product if into is None else into.add_(product)
+    if left.ndim == 2:
+        if into is not None:
+            return into.addmm_(left, right, alpha=alpha)
+        return torch.addmm(left.new_empty(()), left, right, beta=0, alpha=alpha)
+    flat = (left.reshape(-1, *left.shape[-2:]), right.reshape(-1, *right.shape[-2:]))
+    if into is not None:
+        into.view(-1, *into.shape[-2:]).baddbmm_(*flat, alpha=alpha)
+        return into
+    product = torch.baddbmm(left.new_empty(()), *flat, beta=0, alpha=alpha)  # beta=0: unread
     return product.reshape(*batch, left.shape[-2], right.shape[-1])
 
 
@@ -114,7 +118,7 @@ class Formulation:
         if self.name == "right":
             return _scaled_product(matrix_h, error, scale)
         gradient = _scaled_product(error, matrix_h, scale / 2)
-        return gradient.add_(_scaled_product(matrix_h, error, scale / 2))
+        return _scaled_product(matrix_h, error, scale / 2, into=gradient)
 
     def normal_operator(
         self,
@@ -127,8 +131,10 @@ class Formulation:
             return v @ matrix @ matrix.mH
         if self.name == "right":
             return matrix.mH @ (matrix @ v)
-        image = (v @ matrix + matrix @ v) / 2
-        return (image @ matrix.mH + matrix.mH @ image) / 2
+        # each half added into the other: two matrices besides V, not four
+        image = _scaled_product(matrix, v, 0.5, into=_scaled_product(v, matrix, 0.5))
+        matrix_h = matrix.mH
+        return _scaled_product(matrix_h, image, 0.5, into=_scaled_product(image, matrix_h, 0.5))
 
     def operator_singular_values(self, matrix: Tensor) -> Tensor:  # (..., m, n) -> (..., k)
         r"""The exact singular values of :math:`\mathcal{A}`, largest first, in the wide dtype.

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from gdinv_modules.core.errors import InvalidOptionError
-from gdinv_modules.core.formulation import Formulation, as_formulation
+from gdinv_modules.core.formulation import LEFT, SYMMETRIC, Formulation, as_formulation
 
 __all__ = [
     "Tol",
@@ -225,7 +225,8 @@ def wide_residual(
     r""":func:`relative_residual` of the product, accumulated in the wide dtype (float64, or
     complex128), :data:`WIDE_BLOCKS` blocks of E's columns at a time (its rows for ``right``):
     beside X's wide copy only a block of M and of E are alive, not the whole of both
-    (``symmetric`` takes E whole).
+    (``symmetric``: its columns :math:`(XM_{:,c} + MX_{:,c})/2`, the second product by
+    blocks of M's rows).
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -233,19 +234,21 @@ def wide_residual(
         True
     """
     form = as_formulation(formulation)
+    side = LEFT if form is SYMMETRIC else form  # whose blocks E is taken in
     wide = wide_dtype(inverse.dtype)
     x = inverse.to(wide)
-    if not form.allows_column_split:
-        product = form.product(x, matrix.to(wide))
-        return relative_residual(product, None if target is None else target.to(wide)).double()
     k = form.order(matrix.shape)
     total = torch.zeros(matrix.shape[:-2], dtype=torch.float64, device=matrix.device)
     for columns in blocks(k):
-        part = form.product(x, form.columns_of(matrix, columns).to(wide))
+        part = side.product(x, side.columns_of(matrix, columns).to(wide))
+        if form is SYMMETRIC:
+            for rows in blocks(k):
+                part[..., rows, :] += matrix[..., rows, :].to(wide) @ x[..., columns]
+            part /= 2
         if target is None:
-            part.diagonal(form.identity_offset(columns), dim1=-2, dim2=-1).sub_(1)
+            part.diagonal(side.identity_offset(columns), dim1=-2, dim2=-1).sub_(1)
         else:
-            part -= form.columns_of(target, columns).to(wide)
+            part -= side.columns_of(target, columns).to(wide)
         total += squared_norm(part)
         del part  # before the next block's: one block of E at a time
     return total.sqrt() / math.sqrt(k)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gdinv_modules.core.decomposition import gram_matrix, gram_sigma_max
 from gdinv_modules.core.formulation import Formulation, as_formulation
-from gdinv_modules.core.functional import autocast_off, inverse_shape, product_into, wide_dtype
+from gdinv_modules.core.functional import autocast_off, inverse_shape, product_into
 
 __all__ = [
     "power_norm",
@@ -86,7 +86,9 @@ def power_norm(
         quotient = (image.conj() * v).sum(dim=dims).real.double()  # <v, A*A v>, |v| = 1
         previous, estimate = estimate, quotient.clamp_min(0).sqrt()
         norm = torch.linalg.vector_norm(image, dim=dims, keepdim=True)
-        v = torch.where(norm > 0, image / norm.clamp_min(tiny), v)
+        image = image / norm.clamp_min(tiny)
+        v = torch.where(norm > 0, image, v)
+        del image  # not held while the operator makes the next
         if rtol is not None and iteration % 8 == 7:
             top, before = estimate, previous
             if each_row:  # a matrix moves with its largest estimate
@@ -251,10 +253,10 @@ def operator_sigma_max(
     iterations: int = 64,
     rtol: float = 1e-6,
 ) -> Tensor:  # shape: (..., m, n) -> (...), float64
-    r""":math:`a_\max` per matrix, as float64: where the operator has M's spectrum
-    (``left``, ``right``) M's :func:`spectral_norm` in M's dtype (by the route that costs
-    least for ``iterations``), else by power iteration on
-    :math:`\mathcal{A}^*\mathcal{A}` in the wide dtype (four matrix products an iteration).
+    r""":math:`a_\max` per matrix, as float64, in M's dtype: where the operator has M's
+    spectrum (``left``, ``right``) M's :func:`spectral_norm` (by the route that costs least
+    for ``iterations``), else by power iteration on :math:`\mathcal{A}^*\mathcal{A}` (four
+    matrix products an iteration, holding four matrices of X's shape).
 
     Example:
         >>> m = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
@@ -264,13 +266,13 @@ def operator_sigma_max(
     form = as_formulation(formulation)
     if form.spectrum_is_ms:
         return spectral_norm(matrix, iterations=iterations, rtol=rtol)
-    work = matrix.to(wide_dtype(matrix.dtype))
-    start = torch.rand(
-        inverse_shape(work.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    )
-    return power_norm(
-        lambda v: form.normal_operator(v, work),
-        start.to(work) + 0.5,
-        iterations=iterations,
-        rtol=rtol,
-    )
+    generator = torch.Generator().manual_seed(0)
+    start = torch.rand(inverse_shape(matrix.shape), generator=generator, dtype=torch.float64)
+    start = start.add_(0.5).to(matrix)  # the float64 draw let go
+    with autocast_off(matrix):
+        return power_norm(
+            lambda v: form.normal_operator(v, matrix),
+            start,
+            iterations=iterations,
+            rtol=rtol,
+        )
