@@ -350,7 +350,7 @@ def refine(
                 current = correction(inverse, wide_matrix, formulation=formulation)
             norm = torch.linalg.matrix_norm(current)
         far = ~(norm < SAFE_RESIDUAL)  # NaN too
-        restarted = probing = torch.zeros_like(far)
+        restarted, probing = torch.zeros_like(far), torch.zeros_like(far)
         if bool(far.any()):
             # no step moves X = 0 (a skipped descent), nor helps a non-finite X; the others
             # are probed from X (module docstring)
