@@ -47,6 +47,7 @@ from gdinv_modules.core.matrices import (
     spd_matrix,
 )
 from gdinv_modules.core.report import ConvergenceReport
+from gdinv_modules.engine.implicit import inverse_of
 from gdinv_modules.engine.inversion import InverseResult, invert
 from gdinv_modules.engine.options import StepOptions
 from gdinv_modules.engine.stepper import HeavyBallStepper
@@ -62,6 +63,7 @@ __all__ = [
     "HeavyBallStepper",
     "StepOptions",
     "InverseTracker",
+    "inverse_of",
     "LitInverse",
     "MatrixDataModule",
     "StepProgressBar",
