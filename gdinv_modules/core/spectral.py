@@ -85,8 +85,12 @@ def power_norm(
         image = operator(v)
         quotient = (image.conj() * v).sum(dim=dims).real.double()  # <v, A*A v>, |v| = 1
         previous, estimate = estimate, quotient.clamp_min(0).sqrt()
+        # scaled by its largest entry first: the squares of A*A v's entries (sigma^4) leave
+        # float32's range from sigma about 1e9, and its norm would come out infinite
+        peak = torch.linalg.vector_norm(image, ord=math.inf, dim=dims, keepdim=True)
+        image = image / peak.clamp_min(tiny)
         norm = torch.linalg.vector_norm(image, dim=dims, keepdim=True)
-        image = image / norm.clamp_min(tiny)
+        image.div_(norm.clamp_min(tiny))
         v = torch.where(norm > 0, image, v)
         del image  # not held while the operator makes the next
         if rtol is not None and iteration % 8 == 7:
