@@ -25,6 +25,7 @@ from gdinv_modules import (
 )
 from gdinv_modules.core.errors import InvalidOptionError, SingularMatrixError
 from gdinv_modules.engine.policy import HOST_RANK_PROOF_STEPS, RANK_PROOF_STEPS, StoppingPolicy
+from gdinv_modules.engine.refinement import refine
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 F32, F64 = torch.float32, torch.float64
@@ -114,11 +115,16 @@ def test_kahan_30_in_float32_names_float64_not_ridge_or_max_steps():
     assert bool(wide.converged) and wide.residual.item() < 1e-12
 
 
-def test_scipys_scaled_diagonal_refines_from_the_safe_start():
+def test_scipys_scaled_diagonal_refines_from_the_scaled_start():
     matrix = torch.diag(torch.tensor([1.0, 1e-10], dtype=F64))
-    result = invert(matrix)  # the restart's first 60 steps do not show in ||I - XM||
-    assert bool(result.converged) and result.report.refine_steps > 40
+    # descent skipped: the rank check's singular values scale the restart, whose lower bound
+    # on XM's eigenvalues grows 4-fold a step from 1e-20: log4(1e20) = 33 steps, then squarings
+    result = invert(matrix)
+    assert bool(result.converged) and 33 <= result.report.refine_steps <= 40
     torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), rtol=1e-12, atol=0)
+    # the safe start's steps grow it 2-fold, and the first 60 do not show in ||I - XM||
+    plain = refine(torch.zeros_like(matrix), matrix)
+    assert plain.restarted.item() and plain.residual.item() < 1e-15 and plain.steps > 60
 
 
 def test_a_measured_rate_is_measured():

@@ -26,7 +26,8 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    refinement steps (:func:`~gdinv_modules.engine.refinement.refine`) square the residual down
    to the dtype's floor, on the formulation's own side (``right``: :math:`I - MX`;
    ``symmetric``'s residual is measured after steps on the left); they restart from a safe
-   start where descent left it above 1 (a stall, a budget verdict). A matrix that still misses
+   start where descent left it above 1 (a stall, a budget verdict) or was skipped, scaled by
+   the rank check's singular values where it ran. A matrix that still misses
    ``tol`` gets a message naming the cause and the remedy that works for this M
    (:attr:`Outcome.message`).
 """
@@ -331,6 +332,7 @@ class StoppingPolicy:
                 module.inverse.detach(),
                 current=checked if wide else None,
                 rough=None if wide else checked,
+                start_over=stop.reason == "skipped",
             )
             del checked
             module.inverse.copy_(refined)
@@ -465,15 +467,31 @@ class StoppingPolicy:
             return []
         return [f"refine=True, which reaches {reached:.1e} here ({steps} refinement steps)"]
 
-    def _refine(self, inverse: Tensor, **start: Optional[Tensor]) -> Tuple[Tensor, int, Tensor]:
+    def _refine(
+        self,
+        inverse: Tensor,
+        *,
+        current: Optional[Tensor] = None,
+        rough: Optional[Tensor] = None,
+        start_over: bool = False,
+    ) -> Tuple[Tensor, int, Tensor]:
         """:func:`refine` from X (its memory serves the steps) on the formulation's side:
         ``right`` refines :math:`MX - I`, ``left`` and ``symmetric`` :math:`XM - I` (no step
-        squares the symmetric product's residual; it is measured apart, one product more).
-        ``start``: ``refine``'s ``current`` or ``rough``. The refined X, the steps taken, and
-        per matrix what ``tol`` bounds at X (float64 on the CPU)."""
+        squares the symmetric product's residual; it is measured apart, one product more),
+        with the rank check's singular values where it ran (a restart's scaled start).
+        ``current``, ``rough``, ``start_over``: ``refine``'s. The refined X, the steps taken,
+        and per matrix what ``tol`` bounds at X (float64 on the CPU)."""
         module = self.stepper.module
         formulation, matrix = module.formulation, module.resolve_matrix()
-        refinement = refine(inverse, matrix, formulation=one_side(formulation), **start)
+        refinement = refine(
+            inverse,
+            matrix,
+            formulation=one_side(formulation),
+            current=current,
+            rough=rough,
+            singular_values=self.stepper.singular_values,
+            start_over=start_over,
+        )
         if formulation is SYMMETRIC:
             residual = wide_residual(refinement.inverse, matrix, formulation)
         else:
