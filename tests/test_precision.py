@@ -138,16 +138,22 @@ def test_a_far_x_whose_steps_converge_is_probed_not_restarted():
     assert probed.steps <= 11 < restarted.steps, (probed.steps, restarted.steps)
 
 
-def test_a_probe_whose_step_raises_the_residual_restarts_from_the_safe_start():
+def probe_batch():
+    """A batch of two 16 x 16 M (kappa 50) and X whose corrections are 1.5 Q, whose first
+    step raises ||1.5 Q||_F to ||2.25 Q^2||_F, and 0.9 Q, whose steps converge (Q orthogonal)."""
     matrix = conditioned(16, 50.0, seed=4)
     rotation = torch.linalg.qr(
         torch.randn(16, 16, dtype=F64, generator=torch.Generator().manual_seed(1))
     )[0]
-    # in a batch with one that converges: the first step raises ||1.5 Q||_F to ||2.25 Q^2||_F
     batch = torch.stack([matrix, matrix])
     inverse = torch.stack(
         [far_inverse(matrix, 1.5 * rotation), far_inverse(matrix, 0.9 * rotation)]
     )
+    return batch, inverse
+
+
+def test_a_probe_whose_step_raises_the_residual_restarts_from_the_safe_start():
+    batch, inverse = probe_batch()
     result = refine(inverse, batch)
     assert result.restarted.tolist() == [True, False]
     # both at LAPACK's accuracy: a few kappa eps
@@ -184,15 +190,8 @@ def test_a_restart_with_ms_singular_values_takes_scaled_steps(kappa):
 
 
 def test_start_over_restarts_every_matrix_and_a_failed_probe_takes_the_scaled_start():
-    matrix = conditioned(16, 50.0, seed=4)
-    rotation = torch.linalg.qr(
-        torch.randn(16, 16, dtype=F64, generator=torch.Generator().manual_seed(1))
-    )[0]
-    batch = torch.stack([matrix, matrix])
+    batch, inverse = probe_batch()
     values = torch.linalg.svdvals(batch)
-    inverse = torch.stack(
-        [far_inverse(matrix, 1.5 * rotation), far_inverse(matrix, 0.9 * rotation)]
-    )
     probed = refine(inverse.clone(), batch, singular_values=values)
     assert probed.restarted.tolist() == [True, False]  # the first, after its probe's step
     again = refine(inverse.clone(), batch, singular_values=values, start_over=True)
