@@ -400,6 +400,21 @@ def refine(
         # 1 where none are taken
         lower = torch.ones(far.shape, dtype=torch.float64, device=far.device)
         scaling = False  # whether any matrix may take scaled steps
+
+        def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+            """:func:`_restart` of the matrices ``which``, from X, C and its norm as they are."""
+            return _restart(
+                inverse,
+                matrix,
+                wide_matrix,
+                current,
+                norm,
+                which,
+                formulation,
+                lower,
+                singular_values,
+            )
+
         if bool(far.any()):
             # no step moves X = 0 (a skipped descent), nor helps a non-finite X; the others
             # are probed from X (module docstring)
@@ -408,17 +423,7 @@ def refine(
             )
             probing = far & ~restarted
             if bool(restarted.any()):
-                inverse, current, norm = _restart(
-                    inverse,
-                    matrix,
-                    wide_matrix,
-                    current,
-                    norm,
-                    restarted,
-                    formulation,
-                    lower=lower,
-                    singular_values=singular_values,
-                )
+                inverse, current, norm = restart(restarted)
                 scaling = singular_values is not None
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
@@ -444,7 +449,7 @@ def refine(
             failed = probing & ~better  # a probe's step that did not lower ||C||: restart
             probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
             done &= ~failed
-            moved, every, finished, restart, scaling = torch.stack(
+            moved, every, finished, any_failed, scaling = torch.stack(
                 [better.any(), better.all(), done.all(), failed.any(), (lower < SCALED_UNTIL).any()]
             ).tolist()
             if moved:
@@ -456,19 +461,9 @@ def refine(
                 # not into a strided X: its rows' copies crawl
                 spare, inverse = (inverse if inverse.is_contiguous() else None), candidate
                 norm = torch.where(better, candidate_norm, norm)
-            if restart:
+            if any_failed:
                 restarted |= failed
-                inverse, current, norm = _restart(
-                    inverse,
-                    matrix,
-                    wide_matrix,
-                    current,
-                    norm,
-                    failed,
-                    formulation,
-                    lower=lower,
-                    singular_values=singular_values,
-                )
+                inverse, current, norm = restart(failed)
                 scaling = singular_values is not None
             elif finished or not moved:
                 break
@@ -483,7 +478,6 @@ def _restart(
     norm: Tensor,
     which: Tensor,  # shape: (...), bool
     formulation: Formulation,
-    *,
     lower: Tensor,  # shape: (...), the scaled steps' bounds, set in place for ``which``
     singular_values: Optional[Tensor],  # shape: (..., n)
 ) -> Tuple[Tensor, Tensor, Tensor]:
