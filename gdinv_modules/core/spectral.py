@@ -85,13 +85,13 @@ def power_norm(
         image = operator(v)
         quotient = (image.conj() * v).sum(dim=dims).real.double()  # <v, A*A v>, |v| = 1
         previous, estimate = estimate, quotient.clamp_min(0).sqrt()
-        # scaled by its largest entry first: the squares of A*A v's entries (sigma^4) leave
-        # float32's range from sigma about 1e9, and its norm would come out infinite
+        # scaled by its largest entry first (the operator's image is a new tensor): the
+        # squares of A*A v's entries (sigma^4) leave float32's range from sigma about 1e9, and
+        # its norm would come out infinite; then the norm is at least 1 where the peak is > 0
         peak = torch.linalg.vector_norm(image, ord=math.inf, dim=dims, keepdim=True)
-        image = image / peak.clamp_min(tiny)
-        norm = torch.linalg.vector_norm(image, dim=dims, keepdim=True)
-        image.div_(norm.clamp_min(tiny))
-        v = torch.where(norm > 0, image, v)
+        image.div_(peak.clamp_min(tiny))
+        image.div_(torch.linalg.vector_norm(image, dim=dims, keepdim=True))
+        v = torch.where(peak > 0, image, v)  # an image of 0 (0/0 above) leaves v as it was
         del image  # not held while the operator makes the next
         if rtol is not None and iteration % 8 == 7:
             top, before = estimate, previous
