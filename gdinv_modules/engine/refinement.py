@@ -394,26 +394,20 @@ def refine(
             if current is None:
                 current = correction(inverse, wide_matrix, formulation=formulation)
             norm = torch.linalg.matrix_norm(current)
-        far = ~(norm < SAFE_RESIDUAL) | start_over  # NaN too
-        restarted, probing = torch.zeros_like(far), torch.zeros_like(far)
-        # per matrix, a lower bound on XM's eigenvalues along scaled steps (module docstring);
-        # 1 where none are taken
-        lower = torch.ones(far.shape, dtype=torch.float64, device=far.device)
-        scaling = False  # whether any matrix may take scaled steps
+        far = torch.ones_like(norm, dtype=torch.bool) if start_over else ~(norm < SAFE_RESIDUAL)
+        restarted, probing = torch.zeros_like(far), torch.zeros_like(far)  # far: NaN too
+        # per matrix, a lower bound on XM's eigenvalues along scaled steps (module docstring),
+        # once a scaled restart made one; 1 where none are taken
+        lower: Optional[Tensor] = None
+        probe = scaling = False  # whether any matrix probes, and any may take scaled steps
 
-        def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-            """:func:`_restart` of the matrices ``which``, from X, C and its norm as they are."""
+        def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+            """:func:`_restart` of the matrices ``which``, from X, C, its norm and the scaled
+            steps' bounds as they are."""
             return _restart(
-                inverse,
-                matrix,
-                wide_matrix,
-                current,
-                norm,
-                which,
-                formulation,
-                lower,
+                inverse, matrix, wide_matrix, current, norm, which, formulation, lower,
                 singular_values,
-            )
+            )  # fmt: skip
 
         if bool(far.any()):
             # no step moves X = 0 (a skipped descent), nor helps a non-finite X; the others
@@ -422,9 +416,10 @@ def refine(
                 ~torch.isfinite(norm) | (torch.linalg.matrix_norm(inverse) == 0) | start_over
             )
             probing = far & ~restarted
-            if bool(restarted.any()):
-                inverse, current, norm = restart(restarted)
-                scaling = singular_values is not None
+            any_restarted, probe = torch.stack([restarted.any(), probing.any()]).tolist()
+            if any_restarted:
+                inverse, current, norm, lower = restart(restarted)
+                scaling = lower is not None
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)
@@ -444,14 +439,23 @@ def refine(
             better &= ~done
             # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
             done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
+            flags = []  # the probe's and the scaled steps', where they run: one host sync a step
             if scaling:
                 done &= ~scaled
-            failed = probing & ~better  # a probe's step that did not lower ||C||: restart
-            probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
-            done &= ~failed
-            moved, every, finished, any_failed, scaling = torch.stack(
-                [better.any(), better.all(), done.all(), failed.any(), (lower < SCALED_UNTIL).any()]
+                flags.append((lower < SCALED_UNTIL).any())
+            if probe:
+                failed = probing & ~better  # a probe's step that did not lower ||C||: restart
+                probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
+                done &= ~failed
+                flags += [probing.any(), failed.any()]
+            moved, every, finished, *rest = torch.stack(
+                [better.any(), better.all(), done.all(), *flags]
             ).tolist()
+            any_failed = False
+            if scaling:
+                scaling = rest.pop(0)
+            if probe:
+                probe, any_failed = rest
             if moved:
                 steps += 1
                 # Only X is kept for a matrix that did not move: it is done (or restarts), its
@@ -463,8 +467,8 @@ def refine(
                 norm = torch.where(better, candidate_norm, norm)
             if any_failed:
                 restarted |= failed
-                inverse, current, norm = restart(failed)
-                scaling = singular_values is not None
+                inverse, current, norm, lower = restart(failed)
+                scaling = lower is not None
             elif finished or not moved:
                 break
         return Refinement(inverse, norm / n**0.5, steps, restarted)
@@ -478,15 +482,18 @@ def _restart(
     norm: Tensor,
     which: Tensor,  # shape: (...), bool
     formulation: Formulation,
-    lower: Tensor,  # shape: (...), the scaled steps' bounds, set in place for ``which``
+    lower: Optional[Tensor],  # shape: (...), the scaled steps' bounds, set in place for ``which``
     singular_values: Optional[Tensor],  # shape: (..., n)
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """The matrices ``which`` from :func:`scaled_start` where M's singular values are known,
     else from :func:`safe_start`, written into X in place (only their copies made); returns X,
-    its correction (into ``current``) and that correction's norm."""
+    its correction (into ``current``), that correction's norm and the scaled steps' bounds
+    (made at the first scaled restart: 1 for the other matrices)."""
     if singular_values is None:
         inverse[which] = safe_start(matrix[which])
     else:
+        if lower is None:
+            lower = torch.ones(which.shape, dtype=torch.float64, device=which.device)
         inverse[which], lower[which] = scaled_start(matrix[which], singular_values[which])
     current = correction(inverse, wide_matrix, out=current, formulation=formulation)
-    return inverse, current, torch.where(which, torch.linalg.matrix_norm(current), norm)
+    return inverse, current, torch.where(which, torch.linalg.matrix_norm(current), norm), lower
