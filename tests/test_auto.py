@@ -250,15 +250,23 @@ def test_auto_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
     assert torch.equal(resumed.inverse, whole.inverse)
 
 
-def test_without_the_rank_check_a_small_matrix_runs_as_with_it():
-    # "auto" waits for the check (κ 50: it runs at step 8), and both take the tuner's sigma_max
-    # from the Gram matrix in M's dtype before the first step: the same pair, the same X
+def test_without_the_rank_check_a_small_matrix_descends_where_the_check_skips_descent():
+    # "auto" checks the rank at step 4 (κ 50: the residual falls too slowly to show it by step
+    # 8), and by the spectrum a scaled restart takes fewer steps than descent; without the
+    # check there is no spectrum: descent to the hand-over
     matrix = conditioned_matrix(32, condition=50.0, batch_shape=(6,), dtype=torch.float32)
     checked, unchecked = invert(matrix), invert(matrix, check_rank=False)
-    assert unchecked.report.steps == checked.report.steps
-    assert unchecked.report.lr == checked.report.lr  # power iteration's were 1e-6 apart
+    assert checked.report.descent_stop == "skipped" and unchecked.report.descent_stop == "tol"
+    assert checked.report.steps == 4 < unchecked.report.steps
     assert unchecked.report.rank == [None] * 6 and checked.report.rank == [32] * 6
-    assert torch.equal(unchecked.inverse, checked.inverse)
+    wide, eye = matrix.double(), torch.eye(32, dtype=F64)
+    exact = torch.linalg.inv(wide)
+    for result in (checked, unchecked):  # X - M^-1 = (XM - I) M^-1, both within tol
+        residual = torch.linalg.matrix_norm(result.inverse.double() @ wide - eye)
+        assert bool((residual <= 1e-5 * 32**0.5).all())
+        error = torch.linalg.matrix_norm(result.inverse.double() - exact)
+        bound = residual * torch.linalg.matrix_norm(exact, 2)
+        assert bool((error <= bound * (1 + 1e-6)).all())
 
 
 def test_invert_warns_or_raises_when_not_converged():

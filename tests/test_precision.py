@@ -86,7 +86,7 @@ def test_float64_is_within_10_times_lapacks(kappa):
 
 
 def test_the_report_counts_descent_and_refinement_steps_apart():
-    matrix = conditioned(32, 100.0, seed=3)
+    matrix = conditioned(32, 3.0, seed=3)  # descent shows its full rank: no spectrum, no skip
     result = invert(matrix)
     descent_only = invert(matrix, refine=False)
     assert result.report.refine_steps > 0

@@ -12,15 +12,19 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    (``left``; MX for ``right``; ``symmetric`` and a ridge take the check at once),
    and the rank check (an eigenvalue or singular value decomposition, a few steps' cost)
    is skipped; it runs after :data:`RANK_PROOF_STEPS` steps where no check showed it
-   (:data:`HOST_RANK_PROOF_STEPS` where it runs on the host, for a GPU's batch).
+   (:data:`HOST_RANK_PROOF_STEPS` where it runs on the host, for a GPU's batch), or at an
+   earlier check whose residual falls too slowly to show it by then.
 3. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
    target (``tol``, or where refinement takes over), divergence, ``max_steps``, and from the
    residuals measured at the checks two verdicts: *stalled*, the residual stopped falling at
    the dtype's floor (heavy ball bottoms out near :math:`0.3\,\epsilon\,\kappa^2`), and
    *budget*, at the rate it falls ``tol`` lies well past ``max_steps``. Where refinement will
    run and M's spectrum is known from the rank check, descent is *skipped* when the theory
-   says it cannot help: its floor for this condition number lies above 1, or Polyak's rate
-   needs more than twice ``max_steps`` to reach the hand-over.
+   says it cannot help (its floor for this condition number lies above 1, or Polyak's rate
+   needs more than twice ``max_steps`` to reach the hand-over) or costs more: Polyak's rate
+   needs more steps than refinement's restart, scaled by that spectrum, takes to the same
+   place (:func:`~gdinv_modules.engine.refinement.scaled_steps`: about
+   :math:`\log_2 \kappa` against :math:`(\kappa/2) \ln(4\sqrt k)`).
 4. **The finish** (:meth:`StoppingPolicy.finish`): with ``refine`` on, for a square M of full
    rank without a ridge, descent stops once :math:`\lVert E - I\rVert_F \le 1/4` and
    refinement steps (:func:`~gdinv_modules.engine.refinement.refine`) square the residual down
@@ -43,7 +47,7 @@ from gdinv_modules.core.decomposition import on_host
 from gdinv_modules.core.formulation import SYMMETRIC
 from gdinv_modules.core.functional import default_tol, wide_dtype, wide_residual
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, one_side, refine
+from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, one_side, refine, scaled_steps
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 __all__ = ["StoppingPolicy", "Stop", "Outcome", "Window", "window_length", "converge"]
@@ -56,9 +60,17 @@ STALL_GAIN = 2.0  # a residual that fell less than this over the last quarter of
 EXPECTED_GAIN = 100.0  # ... where the tuner's theory expected this much, has stalled
 BUDGET_MARGIN = 2.0  # stop when the predicted steps exceed the budget this many times
 DESCENT_FLOOR = 0.3  # heavy ball's residual bottoms out near DESCENT_FLOOR * eps * kappa^2
+# descent is skipped where a restart from M's singular values gets there for less: Polyak's
+# steps to the hand-over above this many times the restart's scaled steps (a refinement step
+# costs about a descent step in float64, 2 to 3 where its correction is wider than X)
+RESTART_STEP_COST = 1.0
 # check_rank="auto": the rank check runs after this many steps, unless a residual showed M's
 # full rank first (a condition number up to about 3 gets there by then: benchmarks/RESULTS.md)
 RANK_PROOF_STEPS = 8
+# ... or at an earlier check where the residual, falling (in log) this many times as fast as it
+# has since the first check, would still show nothing by then (the runs that showed it by step
+# 8 fell at most 1.25 times as fast in their second window as in their first)
+RANK_PROOF_SPEEDUP = 2.0
 # ... or after this many where it runs on the host (a GPU's batch of matrices past 32 x 32),
 # where it cost about 1000 of the batch's steps on an H200 (4096 x 64x64: 110 to 150 ms)
 HOST_RANK_PROOF_STEPS = MIN_DECISION_STEPS
@@ -145,7 +157,7 @@ class StoppingPolicy:
         self.window_option = window
         self.refinable = False
         self.target = tol
-        self._skip = False  # descent cannot help: straight to refinement
+        self._skip = False  # descent cannot help, or costs more: straight to refinement
         # check_rank="auto": the rank check waits for the first checks' residuals
         self._rank_pending = stepper.options.check_rank == "auto" and stepper.matrix_rank is None
         self._begun = False
@@ -174,7 +186,7 @@ class StoppingPolicy:
         self.target = self.tol
         if self.tol is not None and self.refinable:
             self.target = max(self.tol, SWITCH_RESIDUAL / math.sqrt(k))
-            self._skip = self._descent_hopeless(self.target)
+            self._skip = self._skip_descent(self.target)
 
     def _find_rank(self) -> None:
         """The rank check ``check_rank="auto"`` put off (:meth:`HeavyBallStepper.find_rank`),
@@ -194,7 +206,8 @@ class StoppingPolicy:
         check's residual shows it (:math:`\lVert I - XM\rVert_F < 1`: XM is invertible), and
         the rank check runs where it does not by the end of the first
         :data:`RANK_PROOF_STEPS` steps (:data:`HOST_RANK_PROOF_STEPS` where the check runs on
-        the host), or before a stop at ``tol``. Whether the check ran now."""
+        the host), earlier where the residual falls too slowly to show it by then
+        (:meth:`_proof_in_reach`), or before a stop at ``tol``. Whether the check ran now."""
         stepper = self.stepper
         if not self._rank_pending:
             return False
@@ -203,15 +216,32 @@ class StoppingPolicy:
             stepper.assume_full_rank()
             return False
         wait = HOST_RANK_PROOF_STEPS if on_host(stepper.matrix) else RANK_PROOF_STEPS
-        if stepper.steps < wait and not reached:
+        if stepper.steps < wait and not reached and self._proof_in_reach(wait):
             return False
         self._find_rank()
         self._set_target()
         return True
 
-    def _descent_hopeless(self, target: float) -> bool:
-        """Whether, by the exact spectrum, descent's floor lies above 1 or Polyak's rate needs
-        more than ``BUDGET_MARGIN * max_steps`` steps to ``target``."""
+    def _proof_in_reach(self, wait: int) -> bool:
+        r"""Whether the residual could still show M's full rank by step ``wait``: falling
+        :data:`RANK_PROOF_SPEEDUP` times as fast (in log) as it has since the first check, it
+        would reach :math:`\lVert I - XM\rVert_F < 1` (``True`` before a first check)."""
+        stepper = self.stepper
+        if not self._record:
+            return True
+        first_step, first = self._record[0]
+        steps, now = stepper.steps, stepper.worst_residual
+        if steps <= first_step or not 0 < now < math.inf:
+            return True
+        fall = math.log(first / now) / (steps - first_step)  # per step, in log
+        reach = math.log(now) - RANK_PROOF_SPEEDUP * max(fall, 0.0) * (wait - steps)
+        return reach < -0.5 * math.log(stepper.module.order)
+
+    def _skip_descent(self, target: float) -> bool:
+        """Whether, by the exact spectrum, descent's floor lies above 1, or Polyak's rate
+        needs more than ``BUDGET_MARGIN * max_steps`` steps to ``target``, or more than
+        ``RESTART_STEP_COST`` times the scaled steps refinement's restart takes
+        (:func:`~gdinv_modules.engine.refinement.scaled_steps`)."""
         stepper = self.stepper
         singular = stepper.singular_values
         if singular is None or not stepper.module.formulation.spectrum_is_ms:
@@ -222,7 +252,9 @@ class StoppingPolicy:
             return True
         rate = (kappa - 1) / (kappa + 1)
         needed = math.log(target) / math.log(rate) if 0 < rate < 1 else 0.0
-        return self.max_steps is not None and needed > BUDGET_MARGIN * self.max_steps
+        if self.max_steps is not None and needed > BUDGET_MARGIN * self.max_steps:
+            return True
+        return needed > RESTART_STEP_COST * scaled_steps(kappa)
 
     @property
     def invertible(self) -> bool:

@@ -71,6 +71,7 @@ __all__ = [
     "correction",
     "safe_start",
     "scaled_start",
+    "scaled_steps",
     "product_rounding",
     "rough_floor",
     "ieee_products",
@@ -242,6 +243,23 @@ def scaled_start(
     top = singular_values[..., 0].double().square() * (1 + SCALED_MARGIN)
     lower = singular_values[..., -1].double().square() * (1 - SCALED_MARGIN) / top
     return matrix.mH / top.to(matrix.real.dtype)[..., None, None], lower
+
+
+def scaled_steps(kappa: float) -> int:
+    r"""The scaled steps a restart from M's singular values takes for the condition number
+    ``kappa``: from :func:`scaled_start`'s bound :math:`\ell` on XM's eigenvalues until it
+    reaches :data:`SCALED_UNTIL`, :math:`\ell \leftarrow \alpha \ell (2 - \ell)` with
+    :math:`\alpha = 2 / (1 + \ell (2 - \ell))` (module docstring).
+
+    Example:
+        >>> [scaled_steps(kappa) for kappa in (2.25, 10, 1e4, 1e8)]
+        [3, 5, 15, 28]
+    """
+    lower, steps = (1 - SCALED_MARGIN) / ((1 + SCALED_MARGIN) * kappa**2), 0
+    while lower < SCALED_UNTIL:
+        grown = lower * (2 - lower)
+        lower, steps = 2 * grown / (1 + grown), steps + 1
+    return steps
 
 
 def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
