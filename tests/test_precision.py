@@ -27,6 +27,7 @@ from gdinv_modules.engine.refinement import (
     refine,
     safe_start,
 )
+from gdinv_modules.engine.refinement import scaled_steps as policy_scaled_steps
 
 F64 = torch.float64
 
@@ -168,6 +169,17 @@ def scaled_steps(kappa):
     while lower < SCALED_UNTIL:
         lower, steps = 2 * lower * (2 - lower) / (1 + lower * (2 - lower)), steps + 1
     return steps
+
+
+def test_the_policys_count_of_scaled_steps_is_the_recurrences():
+    # the count the policy weighs against descent's (engine/policy.py); the bound grows at
+    # most 4-fold a step, from about kappa^-2 to SCALED_UNTIL: at least log2(kappa) - 0.1 steps
+    for kappa in (1.0, 2.25, 10.0, 1e4, 1e8, 1e12):
+        assert policy_scaled_steps(kappa) == scaled_steps(kappa)
+        assert policy_scaled_steps(kappa) >= math.log2(kappa) - 0.1
+    for bad in (0.5, math.inf, math.nan, 1e200):
+        with pytest.raises(InvalidOptionError, match="condition number of at least 1"):
+            policy_scaled_steps(bad)
 
 
 @pytest.mark.parametrize("kappa", [1e3, 1e6, 1e10])

@@ -254,8 +254,15 @@ def scaled_steps(kappa: float) -> int:
     Example:
         >>> [scaled_steps(kappa) for kappa in (2.25, 10, 1e4, 1e8)]
         [3, 5, 15, 28]
+
+    Raises:
+        InvalidOptionError: ``kappa`` is below 1, or its square is not finite.
     """
-    lower, steps = (1 - SCALED_MARGIN) / ((1 + SCALED_MARGIN) * kappa**2), 0
+    lower, steps = (1 - SCALED_MARGIN) / ((1 + SCALED_MARGIN) * kappa * kappa), 0
+    if not (kappa >= 1 and lower > 0):
+        raise InvalidOptionError(
+            f"scaled_steps needs a condition number of at least 1, its square finite: {kappa}"
+        )
     while lower < SCALED_UNTIL:
         grown = lower * (2 - lower)
         lower, steps = 2 * grown / (1 + grown), steps + 1
