@@ -30,7 +30,7 @@ from gdinv_modules.engine.policy import (
     StoppingPolicy,
     window_length,
 )
-from gdinv_modules.engine.refinement import refine
+from gdinv_modules.engine.refinement import refine, scaled_steps
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 F32, F64 = torch.float32, torch.float64
@@ -265,7 +265,8 @@ def test_auto_skips_the_rank_check_where_descent_shows_full_rank(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "n, kappa, checked_at", [(16, 4.0, []), (16, 10.0, [RANK_PROOF_STEPS]), (32, 30.0, [4])]
+    "n, kappa, checked_at",
+    [(16, 4.0, []), (16, 10.0, [RANK_PROOF_STEPS]), (32, 30.0, [FIRST_CHECK])],
 )
 def test_auto_checks_the_rank_where_the_first_steps_do_not_show_it(
     monkeypatch, n, kappa, checked_at
@@ -281,6 +282,23 @@ def test_auto_checks_the_rank_where_the_first_steps_do_not_show_it(
         singular = torch.linalg.svdvals(matrix)[-1].item()
         assert result.report.sigma_min[0] == pytest.approx(singular)
     torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-13, rtol=0)
+
+
+def test_descent_gives_way_where_the_restart_scaled_by_ms_spectrum_is_cheaper():
+    # κ 1e4: heavy ball needs about 2e4 steps to the hand-over, the scaled restart 15, then
+    # plain steps to float64's floor; the residual beats LAPACK's inverse
+    matrix = conditioned_matrix(32, condition=1e4, dtype=F64, seed=2)
+    result = invert(matrix)
+    assert result.report.descent_stop == "skipped" and result.report.steps == FIRST_CHECK
+    assert scaled_steps(1e4) < result.report.refine_steps <= scaled_steps(1e4) + 6
+    eye = torch.eye(32, dtype=F64)
+    lapack = torch.linalg.matrix_norm(torch.linalg.inv(matrix) @ matrix - eye) / 32**0.5
+    assert float(result.residual) <= float(lapack)
+    # where Polyak's count to the hand-over (2.2 steps for n = 4, κ 2.25) is below the
+    # restart's 3 scaled steps, descent runs; for n = 32 (3.2 steps) the restart
+    small, larger = (conditioned_matrix(n, condition=2.25, dtype=F64, seed=2) for n in (4, 32))
+    assert invert(small, check_rank=True).report.descent_stop == "tol"
+    assert invert(larger, check_rank=True).report.descent_stop == "skipped"
 
 
 @pytest.mark.parametrize("tol", ["auto", 0.5])
