@@ -54,7 +54,7 @@ correction fewer, and no digit lost where the estimate misjudges (a product in T
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -88,6 +88,7 @@ QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at t
 ROUGH_MARGIN = 4.0  # a rough correction is stepped from where ||C||^2 is this far above rounding
 SCALED_MARGIN = 0.01  # the scaled start's relative margin on M's extreme singular values
 SCALED_UNTIL = 0.9  # scaled steps until XM's eigenvalues are known to lie in [this, 2 - this]
+Bound = TypeVar("Bound", float, Tensor)  # a lower bound on XM's eigenvalues: one, or per matrix
 
 
 @dataclass
@@ -264,9 +265,15 @@ def scaled_steps(kappa: float) -> int:
             f"scaled_steps needs a condition number of at least 1, its square finite: {kappa}"
         )
     while lower < SCALED_UNTIL:
-        grown = lower * (2 - lower)
-        lower, steps = 2 * grown / (1 + grown), steps + 1
+        lower, steps = _scaled_step(lower)[1], steps + 1
     return steps
+
+
+def _scaled_step(lower: Bound) -> Tuple[Bound, Bound]:
+    r"""A scaled step's :math:`\alpha = 2 / (1 + \ell (2 - \ell))` and the bound it leaves,
+    :math:`\alpha \ell (2 - \ell)` (module docstring), for a float or per matrix."""
+    alpha = 2 / (1 + lower * (2 - lower))
+    return alpha, alpha * lower * (2 - lower)
 
 
 def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
@@ -452,7 +459,8 @@ def refine(
             candidate = refinement_step(inverse, current, out=spare, formulation=formulation)
             if scaling:
                 scaled = lower < SCALED_UNTIL
-                alpha = torch.where(scaled, 2 / (1 + lower * (2 - lower)), 1.0)
+                alpha, bound = _scaled_step(lower)
+                alpha = torch.where(scaled, alpha, 1.0)
                 candidate.mul_(alpha.to(candidate.real.dtype)[..., None, None])
             current = correction(candidate, wide_matrix, out=current, formulation=formulation)
             candidate_norm = torch.linalg.matrix_norm(current)
@@ -460,7 +468,7 @@ def refine(
             better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
             if scaling:  # a scaled step is taken whatever ||C|| says (module docstring)
                 better |= scaled
-                lower = torch.where(scaled, alpha * lower * (2 - lower), lower)
+                lower = torch.where(scaled, bound, lower)
             better &= ~done
             # ||C^2||_F <= ||C||_F^2: a step that misses it QUADRATIC_SLACK-fold met the rounding
             done |= ~better | (~warming & (candidate_norm > QUADRATIC_SLACK * norm.square()))
