@@ -294,12 +294,15 @@ def test_a_rough_correction_that_leads_nowhere_is_taken_anew():
         refine(inverse, matrix, current=rough, rough=rough)
 
 
+# a batch below WIDE_BLOCKS matrices is taken in blocks of rows (columns for RIGHT), one of
+# WIDE_BLOCKS or more in blocks of its matrices
+@pytest.mark.parametrize("batch", [(3,), (6,), (5, 2)], ids=str)
 @pytest.mark.parametrize("side", [LEFT, RIGHT], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
-def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtype, side):
+def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtype, side, batch):
     # I - XM cancels in the wide dtype: C in X's dtype is that, rounded (eps relative to C),
     # where I - XM taken in X's dtype is off by about eps relative to I (C is near 1e-4 here)
-    matrix = conditioned(32, 10.0, dtype=dtype, batch_shape=(3,))
+    matrix = conditioned(32, 10.0, dtype=dtype, batch_shape=batch)
     wide = torch.complex128 if dtype.is_complex else F64
     inverse = (torch.linalg.inv(matrix.to(wide)) * (1 + 1e-4)).to(dtype)
     x, m = inverse.to(wide), matrix.to(wide)

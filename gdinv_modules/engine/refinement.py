@@ -61,7 +61,13 @@ from torch import Tensor
 
 from gdinv_modules.core.errors import InvalidOptionError
 from gdinv_modules.core.formulation import LEFT, SYMMETRIC, Formulation
-from gdinv_modules.core.functional import autocast_off, blocks, product_into, wide_dtype
+from gdinv_modules.core.functional import (
+    WIDE_BLOCKS,
+    autocast_off,
+    blocks,
+    product_into,
+    wide_dtype,
+)
 
 __all__ = [
     "refine",
@@ -122,9 +128,10 @@ def correction(
     :math:`I - MX`), accumulated in the wide dtype and stored in X's (module docstring), a new
     tensor or into ``out`` (a correction no longer needed, in place:
     :func:`~gdinv_modules.core.functional.product_into`). Where X's dtype is narrower, it is
-    taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks at a time (each row of XM
-    needs only its row of X; each column of MX its column), so only a block of X and of C is
-    ever wide. ``rough``: one product in X's dtype instead, off by about
+    taken :data:`~gdinv_modules.core.functional.WIDE_BLOCKS` blocks at a time, of a batch's
+    matrices where it holds that many (whole products, no strided copies), else of rows (each
+    row of XM needs only its row of X; each column of MX its column), so only a block of X and
+    of C is ever wide. ``rough``: one product in X's dtype instead, off by about
     :func:`product_rounding`.
 
     Example:
@@ -146,6 +153,17 @@ def correction(
         k = formulation.order(matrix.shape)  # C is k x k, as E
         if out is None:
             out = inverse.new_empty((*inverse.shape[:-2], k, k))
+        if (
+            inverse.dim() > 2
+            and inverse.shape[0] >= WIDE_BLOCKS
+            and matrix.shape[:-2] == inverse.shape[:-2]
+        ):  # whole matrices, a block of the batch at a time: no strided copies, full products
+            for block in blocks(inverse.shape[0]):
+                product = formulation.product(inverse[block].to(wide), matrix[block])
+                product.neg_().diagonal(dim1=-2, dim2=-1).add_(1)
+                out[block] = product
+                del product
+            return out
         for block in blocks(k):
             part, ones = formulation.inverse_part(block)
             product = formulation.product(inverse[part].to(wide), matrix)  # E's part
