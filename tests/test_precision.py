@@ -317,6 +317,28 @@ def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtyp
     assert (narrow - exact).abs().max() > 100 * (got - exact).abs().max()
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_a_start_over_measures_no_correction_of_the_x_it_drops(dtype, monkeypatch):
+    # every matrix restarts (a skipped descent): X's correction, or a step from the rough one
+    # handed over, would serve nothing; the restart's correction is the first one taken
+    matrix = conditioned(24, 50.0, dtype=dtype, batch_shape=(2,))
+    singular = torch.linalg.svdvals(matrix.double())
+    far = torch.linalg.inv(matrix) * 0.5
+    taken = []
+    monkeypatch.setattr(
+        "gdinv_modules.engine.refinement.correction",
+        lambda *a, **k: taken.append(1) or correction(*a, **k),
+    )
+    results = []
+    for handed in ({}, {"rough": torch.eye(24, dtype=dtype) - far @ matrix}):
+        taken.clear()
+        result = refine(far.clone(), matrix, singular_values=singular, start_over=True, **handed)
+        assert len(taken) == result.steps + 1 and bool(result.restarted.all())
+        results.append(result)
+    assert results[0].steps == results[1].steps
+    assert torch.equal(results[0].inverse, results[1].inverse)
+
+
 def exact_residual(inverse, matrix, formulation):
     """What tol bounds for the formulation, in numpy's long double (11 bits past float64 on
     x86, 60 on aarch64): X's own residual, not the rounding of its measurement."""
