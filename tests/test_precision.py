@@ -317,6 +317,43 @@ def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtyp
     assert (narrow - exact).abs().max() > 100 * (got - exact).abs().max()
 
 
+@pytest.mark.parametrize(
+    "n, batch, kappa", [(64, (), 100.0), (16, (8,), 30.0), (32, (3,), 1e3), (8, (), 2.25)]
+)
+def test_rough_corrections_between_scaled_steps_save_wide_ones_and_cost_no_digit(
+    n, batch, kappa, monkeypatch
+):
+    # From the scaled start every step but the last scaled ones is taken whatever ||C|| says;
+    # the correction it takes may be a product in float32 where the bound on XM's eigenvalues
+    # lies far above that product's rounding. The count and the floor are the wide ones'.
+    matrix = conditioned(n, kappa, dtype=torch.float32, batch_shape=batch, seed=2)
+    singular = torch.linalg.svdvals(matrix.double())
+    taken = []
+
+    def counted(*args, **kwargs):
+        taken.append(bool(kwargs.get("rough")))
+        return correction(*args, **kwargs)
+
+    monkeypatch.setattr("gdinv_modules.engine.refinement.correction", counted)
+
+    def restarted():
+        taken.clear()
+        inverse = torch.zeros_like(matrix)
+        return refine(inverse, matrix, singular_values=singular, start_over=True)
+
+    mixed, rough = restarted(), sum(taken)
+    wide_corrections = len(taken)
+    # products that round otherwise than IEEE's (TF32): every correction wide
+    monkeypatch.setattr("gdinv_modules.engine.refinement.ieee_products", lambda device: False)
+    wide = restarted()
+    assert not any(taken) and len(taken) == wide_corrections
+    assert mixed.steps == wide.steps and not bool((~mixed.restarted).any())
+    floor = residual64(wide.inverse, matrix)
+    assert bool((residual64(mixed.inverse, matrix) <= 1.25 * floor).all())
+    # none before the bound clears the rounding: only one scaled step has no scaled step after
+    assert 0 < rough <= policy_scaled_steps(kappa) - 1 or (kappa < 3 and rough <= 1)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_a_start_over_measures_no_correction_of_the_x_it_drops(dtype, monkeypatch):
     # every matrix restarts (a skipped descent): X's correction, or a step from the rough one

@@ -44,7 +44,10 @@ Stat. Comput. 12(5), 1991). From :math:`\ell \approx \kappa^{-2}` that is about
 :math:`\log_2 \kappa` steps where the safe start takes :math:`2 \log_2 \kappa + \log_2 n`.
 Until :math:`\ell` reaches :data:`SCALED_UNTIL` a step is taken whatever the norm of C says
 (eigenvalues that reached 1 move to the interval's far end and back); then plain steps and
-the rules above.
+the rules above. Between two scaled steps the correction may be one product in X's dtype (a
+float32 M's, with IEEE products): where :math:`\ell` lies far above that product's rounding
+(:func:`rough_floor`), the rounding moves no eigenvalue of XM out of :math:`(0, 2)`, and no
+norm of C is judged until the scaled steps end; the corrections after them are wide.
 
 A rough start: where X's correction was measured by a product in X's own dtype (the last
 check's, for a float32 M), the first step is taken from it where it lies far above that
@@ -53,6 +56,7 @@ measured in the wide dtype, it lowers; the others' correction is taken anew. One
 correction fewer, and no digit lost where the estimate misjudges (a product in TF32, say).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, TypeVar
 
@@ -94,6 +98,7 @@ QUADRATIC_SLACK = 4.0  # a step that leaves more than this times ||C||^2 is at t
 ROUGH_MARGIN = 4.0  # a rough correction is stepped from where ||C||^2 is this far above rounding
 SCALED_MARGIN = 0.01  # the scaled start's relative margin on M's extreme singular values
 SCALED_UNTIL = 0.9  # scaled steps until XM's eigenvalues are known to lie in [this, 2 - this]
+SCALED_GROWTH = 4.0  # a scaled step multiplies ||X|| by at most this: alpha (< 2) ||I + C|| (<= 2)
 Bound = TypeVar("Bound", float, Tensor)  # a lower bound on XM's eigenvalues: one, or per matrix
 
 
@@ -352,6 +357,23 @@ def one_side(formulation: Formulation) -> Formulation:
     return LEFT if formulation is SYMMETRIC else formulation
 
 
+def _rough_ahead(
+    lower: Tensor,  # shape: (...), the scaled steps' bounds at X
+    inverse: Tensor,  # shape: (..., n, n), X, the next step's start
+    matrix: Tensor,  # shape: (..., n, n), M in X's dtype
+) -> Tensor:  # shape: (), bool
+    r"""Whether the correction after the next step may be rough (module docstring): for every
+    matrix the next step and the one after it are scaled, and the bound :math:`\ell'` the
+    next step leaves lies :data:`ROUGH_MARGIN` times above :func:`rough_floor` at a product
+    with :data:`SCALED_GROWTH` times X's norm (the next step's X is at most that: :math:`\alpha
+    < 2` and :math:`\lVert I + C\rVert_2 \le 2 - \ell`). The rough product's likely
+    rounding then moves XM's eigenvalues by less than a quarter of :math:`\ell'`: the step
+    after still maps them into :math:`(0, 2)`, where the plain steps square C down."""
+    ahead = _scaled_step(lower)[1]
+    floor = SCALED_GROWTH * rough_floor(inverse, matrix).to(ahead.dtype)
+    return ((lower < SCALED_UNTIL) & (ahead < SCALED_UNTIL) & (ahead >= ROUGH_MARGIN * floor)).all()
+
+
 def _rough_step(
     inverse: Tensor, rough: Tensor, matrix: Tensor, wide_matrix: Tensor, formulation: Formulation
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int]:
@@ -436,7 +458,12 @@ def refine(
     with torch.no_grad(), autocast_off(matrix):
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
-        if rough is not None and max_steps > 0:
+        if start_over:  # X's correction serves no step: only its memory, the restart's
+            current = next((c for c in (current, rough) if c is not None), None)
+            if current is None:
+                current = inverse.new_empty(inverse.shape)  # M is square: C is X's shape
+            norm = inverse.new_full(inverse.shape[:-2], math.inf, dtype=inverse.real.dtype)
+        elif rough is not None and max_steps > 0:
             inverse, current, norm, spare, steps = _rough_step(
                 inverse, rough, matrix, wide_matrix, formulation
             )
@@ -450,6 +477,10 @@ def refine(
         # once a scaled restart made one; 1 where none are taken
         lower: Optional[Tensor] = None
         probe = scaling = False  # whether any matrix probes, and any may take scaled steps
+        # whether the next correction is taken rough, between two scaled steps (module
+        # docstring): where X's dtype is narrower than the wide one and products are IEEE's
+        rough_between = matrix.dtype != wide_matrix.dtype and ieee_products(matrix.device)
+        rough_next = False
 
         def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
             """:func:`_restart` of the matrices ``which``, from X, C, its norm and the scaled
@@ -462,8 +493,10 @@ def refine(
         if bool(far.any()):
             # no step moves X = 0 (a skipped descent), nor helps a non-finite X; the others
             # are probed from X (module docstring)
-            restarted = far & (
-                ~torch.isfinite(norm) | (torch.linalg.matrix_norm(inverse) == 0) | start_over
+            restarted = (
+                far
+                if start_over
+                else far & (~torch.isfinite(norm) | (torch.linalg.matrix_norm(inverse) == 0))
             )
             probing = far & ~restarted
             any_restarted, probe = torch.stack([restarted.any(), probing.any()]).tolist()
@@ -480,7 +513,12 @@ def refine(
                 alpha, bound = _scaled_step(lower)
                 alpha = torch.where(scaled, alpha, 1.0)
                 candidate.mul_(alpha.to(candidate.real.dtype)[..., None, None])
-            current = correction(candidate, wide_matrix, out=current, formulation=formulation)
+            if rough_next:
+                current = correction(
+                    candidate, matrix, out=current, rough=True, formulation=formulation
+                )
+            else:
+                current = correction(candidate, wide_matrix, out=current, formulation=formulation)
             candidate_norm = torch.linalg.matrix_norm(current)
             warming = restarted & (norm >= WARM_RESIDUAL)
             better = (candidate_norm < norm) | (warming & (candidate_norm <= norm))
@@ -494,6 +532,8 @@ def refine(
             if scaling:
                 done &= ~scaled
                 flags.append((lower < SCALED_UNTIL).any())
+                if rough_between:
+                    flags.append(_rough_ahead(lower, candidate, matrix))
             if probe:
                 failed = probing & ~better  # a probe's step that did not lower ||C||: restart
                 probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
@@ -502,9 +542,10 @@ def refine(
             moved, every, finished, *rest = torch.stack(
                 [better.any(), better.all(), done.all(), *flags]
             ).tolist()
-            any_failed = False
+            any_failed = rough_next = False
             if scaling:
                 scaling = rest.pop(0)
+                rough_next = rest.pop(0) if rough_between else False
             if probe:
                 probe, any_failed = rest
             if moved:
