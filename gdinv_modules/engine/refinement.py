@@ -503,6 +503,8 @@ def refine(
             if any_restarted:
                 inverse, current, norm, lower = restart(restarted)
                 scaling = lower is not None
+                if scaling and rough_between:  # the first step's correction is the restart's
+                    rough_next = bool(_rough_ahead(lower, inverse, matrix))
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)
