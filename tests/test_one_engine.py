@@ -230,11 +230,18 @@ def test_train_py_on_ones_own_ill_conditioned_float32_file(tmp_path):
 FIRST_CHECK = window_length(0)  # the step of the first check from X = 0
 
 
-@pytest.mark.parametrize("check_rank, descent_steps", [(True, 0), ("auto", FIRST_CHECK)])
-def test_a_batch_whose_descent_is_skipped_still_reports_per_matrix(check_rank, descent_steps):
-    # the rank check's spectrum shows descent hopeless: at the start, or once "auto" runs it
-    # (at the first check, where the residual falls too slowly to show full rank by step 8)
-    batch = torch.stack([kahan(30), kahan(30, theta=1.1)])  # both past descent's budget
+@pytest.mark.parametrize(
+    "check_rank, dtype, descent_steps",
+    [(True, F64, 0), ("auto", F64, 0), ("auto", torch.float32, FIRST_CHECK)],
+)
+def test_a_batch_whose_descent_is_skipped_still_reports_per_matrix(
+    check_rank, dtype, descent_steps
+):
+    # the rank check's spectrum shows descent hopeless: at the start (where "auto" runs it
+    # first too: a float64 M on the CPU), or once "auto" runs it (float32: at the first check,
+    # where the residual falls too slowly to show full rank by step 8)
+    theta = 1.2 if dtype == F64 else 1.4  # kappa 1.4e5; in float32 (below 1/eps) 5.5e3
+    batch = torch.stack([kahan(30, theta, dtype), kahan(30, theta - 0.1, dtype)])
     result = invert(batch, check_rank=check_rank)
     assert result.report.descent_stop == "skipped"
     assert result.losses.shape == (descent_steps, 2)
@@ -250,9 +257,18 @@ def count_rank_checks(monkeypatch) -> list:
     return calls
 
 
+def close_to_inverse(inverse: torch.Tensor, matrix: torch.Tensor, kappa: float) -> None:
+    """X against LAPACK's float64 inverse, within 10 kappa eps of X's dtype."""
+    exact = torch.linalg.inv(matrix.double())
+    eps = torch.finfo(inverse.dtype).eps
+    atol = 10 * kappa * eps * exact.abs().max().item()
+    torch.testing.assert_close(inverse.double(), exact, atol=atol, rtol=0)
+
+
 def test_auto_skips_the_rank_check_where_descent_shows_full_rank(monkeypatch):
+    # float32 (a float64 M's rank is checked first on the CPU: test_auto_checks_a_float64_...)
     calls = count_rank_checks(monkeypatch)
-    matrix = conditioned_matrix(48, condition=2.25, batch_shape=(3,), dtype=F64)
+    matrix = conditioned_matrix(48, condition=2.25, batch_shape=(3,), dtype=torch.float32)
     auto, checked = invert(matrix), invert(matrix, check_rank=True)
     assert calls == [0]  # the checked run's, at the start
     assert auto.report.rank == checked.report.rank == [48] * 3
@@ -261,7 +277,22 @@ def test_auto_skips_the_rank_check_where_descent_shows_full_rank(monkeypatch):
     assert checked.report.descent_stop == "skipped" and checked.report.steps == 0
     assert auto.report.sigma_min == [None] * 3 and checked.report.sigma_min[0] is not None
     for result in (auto, checked):
-        torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-13, rtol=0)
+        close_to_inverse(result.inverse, matrix, 2.25)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)], ids=str)
+def test_auto_checks_a_float64_ms_rank_first_on_the_cpu_where_refinement_runs(monkeypatch, batch):
+    # there its refinement steps cost what descent's do, and the restart the singular values
+    # allow beats descent from kappa 1.5 on: "auto" runs as True does, bit for bit
+    calls = count_rank_checks(monkeypatch)
+    matrix = conditioned_matrix(48, condition=2.25, batch_shape=batch, dtype=F64)
+    auto, checked = invert(matrix), invert(matrix, check_rank=True)
+    assert calls == [0, 0] and auto.report == checked.report
+    assert auto.report.descent_stop == "skipped" and torch.equal(auto.inverse, checked.inverse)
+    close_to_inverse(auto.inverse, matrix, 2.25)
+    # without refinement (a LitInverse's default, the post's runs) it waits as before
+    invert(matrix, refine=False)
+    assert calls == [0, 0]
 
 
 @pytest.mark.parametrize(
@@ -274,22 +305,23 @@ def test_auto_checks_the_rank_where_the_first_steps_do_not_show_it(
     # ||I - XM||_F at steps 0, 4, 8: 4, 1.24, 0.33 (shown: no check); 4, 2.2, 1.3 (falling
     # fast enough at step 4 to show it by step 8, though it did not); for κ 30, too slowly
     # at step 4 even at twice its rate (in log): the check then
+    # at step 4 (float32: a float64 M's rank is checked first on the CPU)
     calls = count_rank_checks(monkeypatch)
-    matrix = conditioned_matrix(n, condition=kappa, dtype=F64, seed=1)
+    matrix = conditioned_matrix(n, condition=kappa, dtype=torch.float32, seed=1)
     result = invert(matrix)
     assert calls == checked_at and result.report.rank == [n]
     if checked_at:
-        singular = torch.linalg.svdvals(matrix)[-1].item()
+        singular = torch.linalg.svdvals(matrix.double())[-1].item()
         assert result.report.sigma_min[0] == pytest.approx(singular)
-    torch.testing.assert_close(result.inverse, torch.linalg.inv(matrix), atol=1e-13, rtol=0)
+    close_to_inverse(result.inverse, matrix, kappa)
 
 
 def test_descent_gives_way_where_the_restart_scaled_by_ms_spectrum_is_cheaper():
     # κ 1e4: heavy ball needs about 2e4 steps to the hand-over, the scaled restart 15, then
     # plain steps to float64's floor; the residual beats LAPACK's inverse
     matrix = conditioned_matrix(32, condition=1e4, dtype=F64, seed=2)
-    result = invert(matrix)
-    assert result.report.descent_stop == "skipped" and result.report.steps == FIRST_CHECK
+    result = invert(matrix)  # the rank check first (float64 on the CPU), no descent step
+    assert result.report.descent_stop == "skipped" and result.report.steps == 0
     assert scaled_steps(1e4) < result.report.refine_steps <= scaled_steps(1e4) + 6
     eye = torch.eye(32, dtype=F64)
     lapack = torch.linalg.matrix_norm(torch.linalg.inv(matrix) @ matrix - eye) / 32**0.5
@@ -335,6 +367,8 @@ def test_auto_checks_at_the_start_where_no_residual_can_show_the_rank(monkeypatc
 def test_auto_waits_longer_where_the_check_would_run_on_the_host(monkeypatch, rank, checked_at):
     # a GPU's batch of matrices past 32 x 32 is decomposed on the host, for many steps' cost
     monkeypatch.setattr("gdinv_modules.engine.policy.on_host", lambda matrix: True)
+    # a GPU's M is not checked first whatever its dtype: the CPU's rule, patched off
+    monkeypatch.setattr(StoppingPolicy, "_rank_first", lambda self: False)
     calls = count_rank_checks(monkeypatch)
     batch = torch.stack(
         [conditioned_matrix(24, condition=30.0, dtype=F64), low_rank_matrix(24, rank, dtype=F64)]
@@ -348,19 +382,24 @@ def test_auto_waits_longer_where_the_check_would_run_on_the_host(monkeypatch, ra
     torch.testing.assert_close(result.inverse, torch.linalg.pinv(batch), atol=1e-8, rtol=0)
 
 
-def test_a_trackers_jump_checks_the_rank_as_invert_does(monkeypatch):
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
+def test_a_trackers_jump_checks_the_rank_as_invert_does(monkeypatch, dtype):
+    # float64 on the CPU: first, at every cold solve (the tracker's own and each jump);
+    # float32: where the first steps do not show full rank
     calls = count_rank_checks(monkeypatch)
-    tracker = InverseTracker(conditioned_matrix(16, condition=2.25, batch_shape=(4,), dtype=F64))
-    new = conditioned_matrix(16, condition=2.25, batch_shape=(4,), seed=5, dtype=F64)
+    tracker = InverseTracker(conditioned_matrix(16, condition=2.25, batch_shape=(4,), dtype=dtype))
+    new = conditioned_matrix(16, condition=2.25, batch_shape=(4,), seed=5, dtype=dtype)
     update = tracker.update(new)
-    assert update.jumped and calls == []  # the first steps showed full rank, as in invert()
-    torch.testing.assert_close(tracker.inverse, torch.linalg.inv(new), atol=1e-13, rtol=0)
+    first = dtype == F64
+    assert update.jumped and calls == [0, 0] * first  # float32's first steps showed full rank
+    close_to_inverse(tracker.inverse, new, 2.25)
     singular = new.clone()
-    singular[2] = low_rank_matrix(16, 11, dtype=F64)
+    singular[2] = low_rank_matrix(16, 11, dtype=dtype)
     with pytest.raises(SingularMatrixError, match="rank 11 of 16"):
         tracker.update(singular)
-    assert calls == [FIRST_CHECK]  # the check ran, and its warning ended the solve
-    torch.testing.assert_close(tracker.inverse, torch.linalg.inv(new), atol=1e-13, rtol=0)
+    # the check ran, and its warning ended the solve
+    assert calls == ([0, 0, 0] if first else [FIRST_CHECK])
+    close_to_inverse(tracker.inverse, new, 2.25)
 
 
 def test_check_rank_is_true_false_or_auto():

@@ -124,8 +124,8 @@ class _Products(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_invert_takes_the_products_its_steps_need(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype, check_rank", [(torch.float64, False), (torch.float32, "auto")])
+def test_invert_takes_the_products_its_steps_need(dtype, check_rank, monkeypatch):
     # Two a step, descent's or refinement's, but none for the first from X = 0 (E = 0, its
     # gradient -2 M^H / k^2); one more for the last X's correction, and the tuner's Gram
     # matrix. Each check of descent measures E, which the next window's first step takes as
@@ -136,10 +136,22 @@ def test_invert_takes_the_products_its_steps_need(dtype, monkeypatch):
     monkeypatch.setattr(HeavyBallStepper, "measure", lambda self: checks.append(1) or measure(self))
     matrix = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=dtype)
     with _Products(matrix) as products:
-        result = invert(matrix)
+        result = invert(matrix, check_rank=check_rank)
     steps = result.report.steps + result.report.refine_steps
     assert result.report.refine_steps > 0 and len(checks) >= 2  # windows after a check
     assert products.count == 2 * (steps - 1) + 1 + 1
+
+
+def test_a_skipped_descent_takes_only_the_restarts_products():
+    # "auto" checks a float64 M's rank first on the CPU; its spectrum skips descent: the
+    # restart's correction, then two a step (the last one tried may find nothing), no Gram
+    # matrix (the singular values give sigma_max) and no product of the X it drops
+    matrix = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=torch.float64)
+    with _Products(matrix) as products:
+        result = invert(matrix)
+    steps = result.report.refine_steps
+    assert result.report.descent_stop == "skipped" and result.report.steps == 0
+    assert 1 + 2 * steps <= products.count <= 1 + 2 * (steps + 1)
 
 
 def test_a_run_that_fails_keeps_no_product_for_the_next(monkeypatch):

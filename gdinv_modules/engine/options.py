@@ -37,8 +37,10 @@ class StepOptions:
             :class:`SingularMatrixWarning`, and its residual is measured against the projector
             the product tends to. ``"auto"``: the same check, left to the
             :class:`~gdinv_modules.engine.policy.StoppingPolicy`, which skips it where the
-            first steps show M's full rank (:math:`\lVert I - XM\rVert_F < 1`); a stepper
-            run without a policy then takes none. ``False``: none.
+            first steps show M's full rank (:math:`\lVert I - XM\rVert_F < 1`), and runs it
+            first where refinement runs on a CPU M in float64 or complex128 (the restart its
+            singular values allow costs less than descent there); a stepper run without a
+            policy then takes none. ``False``: none.
         shard: how the ranks of a distributed run split the steps: ``"batch"`` (each rank a
             slice of the batch; the columns where there are fewer matrices than ranks),
             ``"columns"`` or ``"none"`` (:class:`Sharding`).

@@ -11,7 +11,9 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    residual shows :math:`\lVert I - XM\rVert_F < 1` proves XM invertible, so M of full rank
    (``left``; MX for ``right``; ``symmetric`` and a ridge take the check at once),
    and the rank check (an eigenvalue or singular value decomposition, a few steps' cost)
-   is skipped; it runs after :data:`RANK_PROOF_STEPS` steps where no check showed it
+   is skipped. It runs first where refinement runs on a CPU M in its own wide dtype (float64,
+   complex128), whose scaled restart then beats descent (:meth:`StoppingPolicy._rank_first`);
+   elsewhere after :data:`RANK_PROOF_STEPS` steps where no check showed it
    (:data:`HOST_RANK_PROOF_STEPS` where it runs on the host, for a GPU's batch), or at an
    earlier check whose residual falls too slowly to show it by then.
 3. **A check after each window** (:meth:`StoppingPolicy.after_window`, one host sync): the
@@ -174,8 +176,11 @@ class StoppingPolicy:
             stepper.start()
         formulation = stepper.module.formulation
         if self._rank_pending and (
-            self.tol is None or stepper.ridge or not formulation.spectrum_is_ms
-        ):  # no residual of the run can show the rank: (XM + MX)/2 = I/2 for a singular M
+            self.tol is None
+            or stepper.ridge
+            or not formulation.spectrum_is_ms  # (XM + MX)/2 = I/2 for a singular M
+            or self._rank_first()
+        ):  # no residual of the run can show the rank, or the check pays for itself
             self._find_rank()
         self._set_target()
 
@@ -187,6 +192,20 @@ class StoppingPolicy:
         if self.tol is not None and self.refinable:
             self.target = max(self.tol, SWITCH_RESIDUAL / math.sqrt(k))
             self._skip = self._skip_descent(self.target)
+
+    def _rank_first(self) -> bool:
+        """Whether ``check_rank="auto"`` runs the rank check before the first step, as
+        ``True`` does: where refinement will run on a CPU M in its own wide dtype (float64,
+        complex128), whose refinement steps cost what descent's do, the scaled restart its
+        singular values allow took 0.49 to 0.90 of the time of descent and refinement from
+        a condition number of 1.5 on (n 8 to 1024, batches; benchmarks/RESULTS.md)."""
+        matrix = self.stepper.matrix
+        return (
+            self.refine
+            and self.invertible
+            and matrix.device.type == "cpu"
+            and matrix.dtype == wide_dtype(matrix.dtype)
+        )
 
     def _find_rank(self) -> None:
         """The rank check ``check_rank="auto"`` put off (:meth:`HeavyBallStepper.find_rank`),
