@@ -304,8 +304,8 @@ def test_auto_checks_the_rank_where_the_first_steps_do_not_show_it(
 ):
     # ||I - XM||_F at steps 0, 4, 8: 4, 1.24, 0.33 (shown: no check); 4, 2.2, 1.3 (falling
     # fast enough at step 4 to show it by step 8, though it did not); for κ 30, too slowly
-    # at step 4 even at twice its rate (in log): the check then
-    # at step 4 (float32: a float64 M's rank is checked first on the CPU)
+    # at step 4 even at twice its rate (in log): the check then. In float32: a float64 M's
+    # rank is checked first on the CPU.
     calls = count_rank_checks(monkeypatch)
     matrix = conditioned_matrix(n, condition=kappa, dtype=torch.float32, seed=1)
     result = invert(matrix)

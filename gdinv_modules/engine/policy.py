@@ -197,8 +197,9 @@ class StoppingPolicy:
         """Whether ``check_rank="auto"`` runs the rank check before the first step, as
         ``True`` does: where refinement will run on a CPU M in its own wide dtype (float64,
         complex128), whose refinement steps cost what descent's do, the scaled restart its
-        singular values allow took 0.49 to 0.90 of the time of descent and refinement from
-        a condition number of 1.5 on (n 8 to 1024, batches; benchmarks/RESULTS.md)."""
+        singular values allow took 0.49 to 0.90 of the time of descent and refinement (n 64
+        to 1024 and batches from a condition number of 1.5 on, n 8 from 4; below that tiny
+        matrices lose about 1 ms: benchmarks/RESULTS.md)."""
         matrix = self.stepper.matrix
         return (
             self.refine
