@@ -172,15 +172,16 @@ class StoppingPolicy:
             return
         self._begun = True
         stepper = self.stepper
-        if not stepper.started:
-            stepper.start()
         formulation = stepper.module.formulation
-        if self._rank_pending and (
+        first = self._rank_pending and (
             self.tol is None
             or stepper.ridge
             or not formulation.spectrum_is_ms  # (XM + MX)/2 = I/2 for a singular M
             or self._rank_first()
-        ):  # no residual of the run can show the rank, or the check pays for itself
+        )  # no residual of the run can show the rank, or the check pays for itself
+        if not stepper.started:  # the tuner then takes sigma_max from the singular values
+            stepper.start(find_rank=first)
+        if first:
             self._find_rank()
         self._set_target()
 
@@ -215,6 +216,8 @@ class StoppingPolicy:
         from now on against the projector the product tends to."""
         stepper = self.stepper
         self._rank_pending = False
+        if stepper.matrix_rank is not None:  # found as the stepper started
+            return
         stepper.offer_product(None)
         stepper.find_rank()
         tuner = stepper.tuner

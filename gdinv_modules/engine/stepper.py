@@ -134,10 +134,12 @@ class HeavyBallStepper:
         """The Tikhonov weight of the loss (:attr:`options`)."""
         return self.options.ridge
 
-    def start(self, *, world_size: int = 1, global_rank: int = 0) -> None:
+    def start(self, *, world_size: int = 1, global_rank: int = 0, find_rank: bool = False) -> None:
         """Prepare a run on the module's device: the split over ``world_size`` processes, the
-        rank check (once), the tuner's spectral estimates (once) and the CUDA graph.
-        :meth:`run` starts a single-process run by itself."""
+        rank check (once; ``find_rank``: under ``check_rank="auto"`` too, where a policy asks
+        for it at once), the tuner's spectral estimates (once, from the rank check's singular
+        values where it ran) and the CUDA graph. :meth:`run` starts a single-process run by
+        itself."""
         module, options = self.module, self.options
         if not self.started:
             _check_scale(self.matrix)
@@ -152,7 +154,7 @@ class HeavyBallStepper:
         graph_fits = StepGraph.supports(module.inverse.device) and self.sharding.mode != "columns"
         if options.cuda_graph and graph_fits and self.step_graph is None:
             self.step_graph = StepGraph(module.inverse.device)
-        if options.check_rank is True and self.matrix_rank is None:
+        if (options.check_rank is True or find_rank) and self.matrix_rank is None:
             self.find_rank()
         if options.auto and self.tuner is None:
             fixed = {
