@@ -299,12 +299,16 @@ def _scaled_step(lower: Bound) -> Tuple[Bound, Bound]:
     return alpha, alpha * lower * (2 - lower)
 
 
-def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
+def product_rounding(
+    inverse: Tensor, matrix: Tensor, *, matrix_norm: Optional[Tensor] = None
+) -> Tensor:  # shape: (...)
     r"""The likely size of the rounding in the product XM taken in X's dtype, per matrix:
     :math:`\sqrt n\, u \lVert X\rVert_F \lVert M\rVert_F` with u the unit roundoff (Higham
     and Mary's probabilistic bound, SIAM J. Sci. Comput. 41(5), 2019: the errors of a sum of
     n products add up as a random walk; the worst case is n times as large), for products in
     IEEE arithmetic (not TF32's). An estimate for choosing, not a bound to rely on.
+    ``matrix_norm``: :math:`\lVert M\rVert_F`, where the caller has it (M does not change
+    along the steps).
 
     Example:
         >>> estimate = product_rounding(torch.eye(4), torch.eye(4))  # sqrt(4) u 2 2
@@ -313,21 +317,25 @@ def product_rounding(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
     """
     unit = torch.finfo(inverse.dtype).eps / 2
     scale = (matrix.shape[-2] ** 0.5) * unit
-    return scale * torch.linalg.matrix_norm(inverse) * torch.linalg.matrix_norm(matrix)
+    if matrix_norm is None:
+        matrix_norm = torch.linalg.matrix_norm(matrix)
+    return scale * torch.linalg.matrix_norm(inverse) * matrix_norm
 
 
-def rough_floor(inverse: Tensor, matrix: Tensor) -> Tensor:  # shape: (...)
-    r""":data:`ROUGH_MARGIN` times :func:`product_rounding`: a rough correction serves a step
-    where :math:`\lVert C\rVert_F^2` lies above it (the step leaves about
-    :math:`\lVert C\rVert^2` plus the rounding), and a count of steps taken from rough
-    corrections allows each this much.
+def rough_floor(
+    inverse: Tensor, matrix: Tensor, *, matrix_norm: Optional[Tensor] = None
+) -> Tensor:  # shape: (...)
+    r""":data:`ROUGH_MARGIN` times :func:`product_rounding` (``matrix_norm`` as there): a
+    rough correction serves a step where :math:`\lVert C\rVert_F^2` lies above it (the step
+    leaves about :math:`\lVert C\rVert^2` plus the rounding), and a count of steps taken from
+    rough corrections allows each this much.
 
     Example:
         >>> eye = torch.eye(4)
         >>> bool(rough_floor(eye, eye) == ROUGH_MARGIN * product_rounding(eye, eye))
         True
     """
-    return ROUGH_MARGIN * product_rounding(inverse, matrix)
+    return ROUGH_MARGIN * product_rounding(inverse, matrix, matrix_norm=matrix_norm)
 
 
 def ieee_products(device: torch.device) -> bool:
@@ -361,6 +369,7 @@ def _rough_ahead(
     lower: Tensor,  # shape: (...), the scaled steps' bounds at X
     inverse: Tensor,  # shape: (..., n, n), X, the next step's start
     matrix: Tensor,  # shape: (..., n, n), M in X's dtype
+    matrix_norm: Tensor,  # shape: (...), its Frobenius norm
 ) -> Tensor:  # shape: (), bool
     r"""Whether the correction after the next step may be rough (module docstring): for every
     matrix the next step and the one after it are scaled, and the bound :math:`\ell'` the
@@ -370,7 +379,7 @@ def _rough_ahead(
     rounding then moves XM's eigenvalues by less than a quarter of :math:`\ell'`: the step
     after still maps them into :math:`(0, 2)`, where the plain steps square C down."""
     ahead = _scaled_step(lower)[1]
-    floor = SCALED_GROWTH * rough_floor(inverse, matrix).to(ahead.dtype)
+    floor = SCALED_GROWTH * rough_floor(inverse, matrix, matrix_norm=matrix_norm)
     return ((lower < SCALED_UNTIL) & (ahead < SCALED_UNTIL) & (ahead >= ROUGH_MARGIN * floor)).all()
 
 
@@ -481,6 +490,7 @@ def refine(
         # docstring): where X's dtype is narrower than the wide one and products are IEEE's
         rough_between = matrix.dtype != wide_matrix.dtype and ieee_products(matrix.device)
         rough_next = False
+        matrix_norm = torch.linalg.matrix_norm(matrix) if rough_between else None
 
         def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
             """:func:`_restart` of the matrices ``which``, from X, C, its norm and the scaled
@@ -504,7 +514,7 @@ def refine(
                 inverse, current, norm, lower = restart(restarted)
                 scaling = lower is not None
                 if scaling and rough_between:  # the first step's correction is the restart's
-                    rough_next = bool(_rough_ahead(lower, inverse, matrix))
+                    rough_next = bool(_rough_ahead(lower, inverse, matrix, matrix_norm))
         # per matrix: at its rounding floor, or its last step found nothing (the same X would
         # find the same step again)
         done = torch.zeros_like(restarted)
@@ -535,7 +545,7 @@ def refine(
                 done &= ~scaled
                 flags.append((lower < SCALED_UNTIL).any())
                 if rough_between:
-                    flags.append(_rough_ahead(lower, candidate, matrix))
+                    flags.append(_rough_ahead(lower, candidate, matrix, matrix_norm))
             if probe:
                 failed = probing & ~better  # a probe's step that did not lower ||C||: restart
                 probing &= better & ~(candidate_norm < SAFE_RESIDUAL)
