@@ -320,16 +320,26 @@ def test_a_narrow_correction_is_the_wide_one_rounded_with_no_wide_copy_kept(dtyp
 
 
 @pytest.mark.parametrize(
-    "n, batch, kappa", [(64, (), 100.0), (16, (8,), 30.0), (32, (3,), 1e3), (8, (), 2.25)]
+    "n, batch, kappa, dtype",
+    [
+        (64, (), 100.0, torch.float32),
+        (16, (8,), 30.0, torch.float32),
+        (32, (3,), 1e3, torch.float32),
+        (8, (), 2.25, torch.float32),
+        (24, (2,), 30.0, torch.complex64),  # a condition number near 30: M's own is measured
+    ],
 )
 def test_rough_corrections_between_scaled_steps_save_wide_ones_and_cost_no_digit(
-    n, batch, kappa, monkeypatch
+    n, batch, kappa, dtype, monkeypatch
 ):
     # From the scaled start every step but the last scaled ones is taken whatever ||C|| says;
     # the correction it takes may be a product in float32 where the bound on XM's eigenvalues
     # lies far above that product's rounding. The count and the floor are the wide ones'.
     matrix = conditioned(n, kappa, dtype=torch.float32, batch_shape=batch, seed=2)
-    singular = torch.linalg.svdvals(matrix.double())
+    if dtype.is_complex:
+        matrix = torch.complex(matrix, 0.1 * conditioned(n, kappa, dtype=torch.float32, seed=3))
+    singular = torch.linalg.svdvals(matrix.to(torch.complex128 if dtype.is_complex else F64))
+    kappa = (singular[..., 0] / singular[..., -1]).max().item()
     taken = []
 
     def counted(*args, **kwargs):
