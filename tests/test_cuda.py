@@ -164,7 +164,9 @@ def test_a_gpu_batch_skips_the_host_rank_check_where_descent_shows_full_rank(mon
     calls = []
     find_rank = HeavyBallStepper.find_rank
     monkeypatch.setattr(
-        HeavyBallStepper, "find_rank", lambda self: calls.append(self.steps) or find_rank(self)
+        HeavyBallStepper,
+        "find_rank",
+        lambda self, **kw: calls.append(self.steps) or find_rank(self, **kw),
     )
     batch = conditioned_matrix(64, condition=50.0, batch_shape=(256,), dtype=torch.float64)
     result = invert(batch.cuda())

@@ -26,6 +26,7 @@ from gdinv_modules.engine.refinement import (
     product_rounding,
     refine,
     safe_start,
+    scaled_correction,
 )
 from gdinv_modules.engine.refinement import scaled_steps as policy_scaled_steps
 
@@ -215,6 +216,47 @@ def test_start_over_restarts_every_matrix_and_a_failed_probe_takes_the_scaled_st
         assert bool((forward_error(result.inverse, batch) < 10 * 50.0 * 2.2e-16).all())
     # kappa 50 from the scaled start: 7 scaled steps and a few more, not the probe's 11
     assert again.steps <= scaled_steps(50.0) + 6 < probed.steps + 2
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, kappa",
+    [(F64, (48,), 100.0), (torch.complex128, (3, 16), 1e4), (torch.float32, (4, 32), 30.0)],
+    ids=str,
+)
+def test_a_start_over_from_the_gram_matrix_refines_as_from_the_restarts_product(
+    dtype, shape, kappa
+):
+    # the rank check's M^H M gives the scaled start's correction I - M^H M / s: the same steps
+    # to the same floor as the product I - X_0 M, whose X_0 = M^H / s it leaves unrounded
+    *batch, n = shape
+    matrix = conditioned(n, kappa, dtype=dtype, batch_shape=tuple(batch))
+    if dtype.is_complex:
+        matrix = matrix + 1j * conditioned(n, kappa, dtype=F64, seed=1, batch_shape=tuple(batch))
+    wide = matrix.to(torch.complex128 if dtype.is_complex else F64)
+    values = torch.linalg.svdvals(wide)
+    kappa = (values[..., 0] / values[..., -1]).max().item()  # M + iM': not the parts' kappa
+    results = []
+    for from_gram in (False, True):
+        inverse = torch.zeros_like(matrix)
+        start = scaled_correction(wide.mH @ wide, values, inverse) if from_gram else None
+        results.append(
+            refine(inverse, matrix, singular_values=values, start_over=True, start=start)
+        )
+    product, gram = results
+    assert abs(gram.steps - product.steps) <= 1 and bool(gram.restarted.all())
+    eps = torch.finfo(dtype).eps
+    assert bool((gram.residual <= (2 * product.residual).clamp_min(4 * eps * n**0.5)).all())
+    assert bool((residual64(gram.inverse, matrix) < 4 * eps * kappa).all())
+
+
+def test_a_start_is_the_left_scaled_restarts_correction_only():
+    matrix = conditioned(8, 10.0)
+    values = torch.linalg.svdvals(matrix)
+    start = scaled_correction(matrix.mT @ matrix, values, matrix)
+    for wrong in ({"start_over": False}, {"formulation": RIGHT}, {"singular_values": None}):
+        options = {"start_over": True, "singular_values": values, "start": start, **wrong}
+        with pytest.raises(InvalidOptionError, match="scaled start's left correction"):
+            refine(torch.zeros_like(matrix), matrix, **options)
 
 
 def test_x_zero_restarts_with_no_step_tried_from_it(monkeypatch):

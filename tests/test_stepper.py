@@ -145,14 +145,16 @@ def test_invert_takes_the_products_its_steps_need(dtype, check_rank, monkeypatch
 def test_a_skipped_descent_takes_only_the_restarts_products():
     # "auto" checks a float64 M's rank first on the CPU (here by the Gram matrix's eigenvalues,
     # one product), before the tuner starts: sigma_max is the singular values', not estimated
-    # too. Its spectrum skips descent: the restart's correction, then two a step, and no
-    # product of the X it drops.
+    # too. Its spectrum skips descent, and the restart's first correction I - M^H M / s is made
+    # from that Gram matrix: then two a step, and no product of the X it drops.
     matrix = conditioned_matrix(48, condition=2.25, batch_shape=(2,), dtype=torch.float64)
     with _Products(matrix) as products:
         result = invert(matrix)
     steps = result.report.refine_steps
     assert result.report.descent_stop == "skipped" and result.report.steps == 0
-    assert products.count == 1 + 1 + 2 * steps
+    assert products.count == 1 + 2 * steps
+    residual = torch.linalg.matrix_norm(result.inverse @ matrix - torch.eye(48, dtype=matrix.dtype))
+    assert bool((residual / 48**0.5 < 48 * torch.finfo(matrix.dtype).eps).all())
 
 
 def test_a_run_that_fails_keeps_no_product_for_the_next(monkeypatch):

@@ -20,12 +20,20 @@ libgomp's throttled barriers: a 64 x 64 product took 108 µs against 7
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Tuple, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["wide_svd", "wide_svdvals", "wide_sigma_max", "gram_sigma_max", "gram_matrix", "on_host"]
+__all__ = [
+    "wide_svd",
+    "wide_svdvals",
+    "wide_gram",
+    "wide_sigma_max",
+    "gram_sigma_max",
+    "gram_matrix",
+    "on_host",
+]
 
 BATCHED_SVD_MAX_N = 32  # cuSOLVER's gesvdjBatched: the largest m and n it decomposes batched
 GRAM_MAX_CONDITION = 1e4  # the largest condition number whose values the Gram matrix gives
@@ -113,6 +121,18 @@ def gram_matrix(matrix: Tensor) -> Tensor:  # (..., m, n) -> (..., k, k), k = mi
     return matrix.mH @ matrix if matrix.shape[-2] >= matrix.shape[-1] else matrix @ matrix.mH
 
 
+def wide_gram(matrix: Tensor) -> Tensor:  # (..., m, n) -> (..., k, k), k = min(m, n)
+    """:func:`gram_matrix` of M in the wide dtype, where M's decompositions run
+    (:func:`on_host`): the one :func:`wide_svdvals` takes its values from, for a caller that
+    has a further use for it.
+
+    Example:
+        >>> wide_gram(torch.tensor([[3.0, 4.0]])).dtype
+        torch.float64
+    """
+    return gram_matrix(_wide(matrix))
+
+
 def wide_sigma_max(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (...)
     r"""The largest singular value of ``matrix`` in the wide dtype, on M's device: the square
     root of the Gram matrix's largest eigenvalue, accurate to :math:`\epsilon` relative
@@ -144,8 +164,13 @@ def gram_sigma_max(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (...), fl
     return values[..., -1].clamp_min(0).sqrt().to(device=matrix.device, dtype=torch.float64)
 
 
-def wide_svdvals(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (..., min(m, n))
+def wide_svdvals(
+    matrix: Tensor,  # shape: (..., m, n)
+    *,
+    gram: Optional[Tensor] = None,  # shape: (..., k, k), k = min(m, n), M's wide_gram
+) -> Tensor:  # shape: (..., k)
     r"""The singular values of ``matrix`` in the wide dtype, largest first, on M's device.
+    ``gram``: :func:`wide_gram` of M, where the caller made it (it is read, not written).
 
     First as the square roots of the Gram matrix's eigenvalues (:math:`M^H M`, or
     :math:`M M^H` for a wide M), a third cheaper than an SVD; these are accurate to at worst
@@ -159,9 +184,8 @@ def wide_svdvals(matrix: Tensor) -> Tensor:  # shape: (..., m, n) -> (..., min(m
         (torch.float64, [3.0, 2.0])
     """
     # the wide copy is let go: the SVD, where needed, makes another
-    gram = gram_matrix(_wide(matrix))
-    values = _side_by_side(torch.linalg.eigvalsh, gram).flip(-1).clamp_min(0).sqrt()
-    del gram
+    values = _side_by_side(torch.linalg.eigvalsh, wide_gram(matrix) if gram is None else gram)
+    values = values.flip(-1).clamp_min(0).sqrt()
     if not bool((values[..., -1] * GRAM_MAX_CONDITION >= values[..., 0]).all()):
         values = _side_by_side(torch.linalg.svdvals, _wide(matrix))
     return values.to(matrix.device)

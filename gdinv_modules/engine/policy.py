@@ -33,7 +33,8 @@ One policy serves every way in: :func:`invert`, ``LitInverse`` under a Trainer (
    to the dtype's floor, on the formulation's own side (``right``: :math:`I - MX`;
    ``symmetric``'s residual is measured after steps on the left); they restart from a safe
    start where descent left it above 1 (a stall, a budget verdict) or was skipped, scaled by
-   the rank check's singular values where it ran. A matrix that still misses
+   the rank check's singular values where it ran (a skip before any step takes the restart's
+   first correction from the check's Gram matrix, not a product). A matrix that still misses
    ``tol`` gets a message naming the cause and the remedy that works for this M
    (:attr:`Outcome.message`).
 """
@@ -45,11 +46,17 @@ from typing import List, Literal, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from gdinv_modules.core.decomposition import on_host
-from gdinv_modules.core.formulation import SYMMETRIC
+from gdinv_modules.core.decomposition import on_host, wide_gram
+from gdinv_modules.core.formulation import LEFT, SYMMETRIC
 from gdinv_modules.core.functional import default_tol, wide_dtype, wide_residual
 from gdinv_modules.core.report import ConvergenceReport
-from gdinv_modules.engine.refinement import MAX_REFINE_STEPS, one_side, refine, scaled_steps
+from gdinv_modules.engine.refinement import (
+    MAX_REFINE_STEPS,
+    one_side,
+    refine,
+    scaled_correction,
+    scaled_steps,
+)
 from gdinv_modules.engine.stepper import HeavyBallStepper
 
 __all__ = ["StoppingPolicy", "Stop", "Outcome", "Window", "window_length", "converge"]
@@ -160,17 +167,28 @@ class StoppingPolicy:
         self.refinable = False
         self.target = tol
         self._skip = False  # descent cannot help, or costs more: straight to refinement
+        # shape: (..., n, n): a skipped descent's scaled restart's first correction, from the
+        # rank check's Gram matrix (begin's checks_first), held until the finish
+        self._start: Optional[Tensor] = None
+        self._checks_first = False
         # check_rank="auto": the rank check waits for the first checks' residuals
         self._rank_pending = stepper.options.check_rank == "auto" and stepper.matrix_rank is None
         self._begun = False
         self._record: List[Tuple[int, float]] = []  # (step, best largest residual) per check
 
-    def begin(self) -> None:
-        """Start the stepper and set the descent's target: ``tol``, or where refinement takes
-        over (``max(tol, 1/(4 sqrt k))``) where it will run; once (later calls do nothing)."""
+    def begin(
+        self, *, world_size: int = 1, global_rank: int = 0, checks_first: bool = False
+    ) -> None:
+        """Start the stepper (:meth:`HeavyBallStepper.start`'s ``world_size`` and
+        ``global_rank``) and set the descent's target: ``tol``, or where refinement takes over
+        (``max(tol, 1/(4 sqrt k))``) where it will run; once (later calls do nothing).
+        ``checks_first``: the first check comes before any window (:func:`converge`), so a
+        skipped descent takes no step, and the scaled restart's first correction is made from
+        the rank check's Gram matrix and held until :meth:`finish` (one product fewer)."""
         if self._begun:
             return
         self._begun = True
+        self._checks_first = checks_first
         stepper = self.stepper
         formulation = stepper.module.formulation
         first = self._rank_pending and (
@@ -179,20 +197,52 @@ class StoppingPolicy:
             or not formulation.spectrum_is_ms  # (XM + MX)/2 = I/2 for a singular M
             or self._rank_first()
         )  # no residual of the run can show the rank, or the check pays for itself
-        if not stepper.started:  # the tuner then takes sigma_max from the singular values
-            stepper.start(find_rank=first)
+        gram = None
+        if stepper.matrix_rank is None and (first or stepper.options.check_rank is True):
+            gram = self._restart_gram()
+        # a check run as the stepper starts comes before the tuner, which then takes sigma_max
+        # from the singular values; a stepper started before checks here
+        stepper.start(
+            world_size=world_size,
+            global_rank=global_rank,
+            find_rank=first and not stepper.started,
+            gram=gram,
+        )
         if first:
-            self._find_rank()
-        self._set_target()
+            gram = self._find_rank(gram)
+        self._set_target(gram)
 
-    def _set_target(self) -> None:
-        """The descent's target, and whether refinement runs, as M's rank is known so far."""
+    def _restart_gram(self) -> Optional[Tensor]:  # shape: (..., n, n)
+        """M's Gram matrix in the wide dtype, for the rank check, where a skipped descent's
+        scaled restart could take its first correction from it (:meth:`begin`'s
+        ``checks_first``: ``left``, on M's device); ``None`` where none could."""
+        stepper = self.stepper
+        matrix = stepper.matrix
+        if not (
+            self._checks_first
+            and self.refine
+            and self.tol is not None
+            and self.invertible
+            and stepper.module.formulation is LEFT
+            and not on_host(matrix)
+        ):
+            return None
+        return wide_gram(matrix)
+
+    def _set_target(self, gram: Optional[Tensor] = None) -> None:
+        """The descent's target, and whether refinement runs, as M's rank is known so far;
+        ``gram``: M's, where the rank check just took it (:meth:`_restart_gram`), made into the
+        scaled restart's first correction where descent is skipped."""
         self.refinable = self.refine and self.invertible
         k = self.stepper.module.order
         self.target = self.tol
+        self._start = None
         if self.tol is not None and self.refinable:
             self.target = max(self.tol, SWITCH_RESIDUAL / math.sqrt(k))
             self._skip = self._skip_descent(self.target)
+            singular = self.stepper.singular_values
+            if self._skip and gram is not None and singular is not None:
+                self._start = scaled_correction(gram, singular, self.stepper.module.inverse)
 
     def _rank_first(self) -> bool:
         """Whether ``check_rank="auto"`` runs the rank check before the first step, as
@@ -209,20 +259,25 @@ class StoppingPolicy:
             and matrix.dtype == wide_dtype(matrix.dtype)
         )
 
-    def _find_rank(self) -> None:
+    def _find_rank(self, gram: Optional[Tensor] = None) -> Optional[Tensor]:
         """The rank check ``check_rank="auto"`` put off (:meth:`HeavyBallStepper.find_rank`),
-        without the last check's product (its memory serves the decomposition); where M lacks
-        full rank, the tuner's estimate of the smallest singular value starts again, measured
-        from now on against the projector the product tends to."""
+        without the last check's product (its memory serves the decomposition), from ``gram``
+        or :meth:`_restart_gram`'s; where M lacks full rank, the tuner's estimate of the
+        smallest singular value starts again, measured from now on against the projector the
+        product tends to. Returns the Gram matrix the check took (``gram`` where the stepper
+        found the rank as it started)."""
         stepper = self.stepper
         self._rank_pending = False
         if stepper.matrix_rank is not None:  # found as the stepper started
-            return
+            return gram
         stepper.offer_product(None)
-        stepper.find_rank()
+        if gram is None:
+            gram = self._restart_gram()
+        stepper.find_rank(gram=gram)
         tuner = stepper.tuner
         if stepper.target is not None and tuner is not None:
             tuner.sigma_min_sq, tuner.next_step = None, stepper.steps
+        return gram
 
     def _rank_shown(self, reached: bool) -> bool:
         r"""Under ``check_rank="auto"``, after a check: M's full rank is recorded where the
@@ -241,8 +296,7 @@ class StoppingPolicy:
         wait = HOST_RANK_PROOF_STEPS if on_host(stepper.matrix) else RANK_PROOF_STEPS
         if stepper.steps < wait and not reached and self._proof_in_reach(wait):
             return False
-        self._find_rank()
-        self._set_target()
+        self._set_target(self._find_rank())
         return True
 
     def _proof_in_reach(self, wait: int) -> bool:
@@ -380,6 +434,7 @@ class StoppingPolicy:
         module = stepper.module
         stop = stop or Stop("trainer", stepper.steps, *self._best())
         refine_steps = 0
+        start, self._start = self._start, None
         if self.refinable:
             checked = stepper.take_checked_correction()  # C at X, from the last check
             wide = checked is not None and checked.dtype == wide_dtype(checked.dtype)
@@ -388,8 +443,9 @@ class StoppingPolicy:
                 current=checked if wide else None,
                 rough=None if wide else checked,
                 start_over=stop.reason == "skipped",
+                start=start if stop.reason == "skipped" else None,
             )
-            del checked
+            del checked, start
             module.inverse.copy_(refined)
         else:
             residual = self._final_residual()
@@ -529,13 +585,14 @@ class StoppingPolicy:
         current: Optional[Tensor] = None,
         rough: Optional[Tensor] = None,
         start_over: bool = False,
+        start: Optional[Tensor] = None,
     ) -> Tuple[Tensor, int, Tensor]:
         """:func:`refine` from X (its memory serves the steps) on the formulation's side:
         ``right`` refines :math:`MX - I`, ``left`` and ``symmetric`` :math:`XM - I` (no step
         squares the symmetric product's residual; it is measured apart, one product more),
         with the rank check's singular values where it ran (a restart's scaled start).
-        ``current``, ``rough``, ``start_over``: ``refine``'s. The refined X, the steps taken,
-        and per matrix what ``tol`` bounds at X (float64 on the CPU)."""
+        ``current``, ``rough``, ``start_over``, ``start``: ``refine``'s. The refined X, the
+        steps taken, and per matrix what ``tol`` bounds at X (float64 on the CPU)."""
         module = self.stepper.module
         formulation, matrix = module.formulation, module.resolve_matrix()
         refinement = refine(
@@ -546,6 +603,7 @@ class StoppingPolicy:
             rough=rough,
             singular_values=self.stepper.singular_values,
             start_over=start_over,
+            start=start,
         )
         if formulation is SYMMETRIC:
             residual = wide_residual(refinement.inverse, matrix, formulation)
@@ -563,7 +621,7 @@ def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
     tracker's jump (a Trainer runs the same steps through ``LitInverse``). ``from_zeros``: X
     starts at 0, whose residual is 1, so the first check comes after the first window (a
     product saved) rather than before it."""
-    policy.begin()
+    policy.begin(checks_first=True)
     # Nothing but these steps moves X here: each window, and refinement, start from the
     # product its check measured.
     with policy.stepper.keeping_products():

@@ -47,7 +47,9 @@ Until :math:`\ell` reaches :data:`SCALED_UNTIL` a step is taken whatever the nor
 the rules above. Between two scaled steps the correction may be one product in X's dtype (a
 float32 M's, with IEEE products): where :math:`\ell` lies far above that product's rounding
 (:func:`rough_floor`), the rounding moves no eigenvalue of XM out of :math:`(0, 2)`, and no
-norm of C is judged until the scaled steps end; the corrections after them are wide.
+norm of C is judged until the scaled steps end; the corrections after them are wide. The
+first correction, :math:`I - M^H M / s`, needs no product where the caller has M's Gram
+matrix (the rank check took its values from it: :func:`scaled_correction`).
 
 A rough start: where X's correction was measured by a product in X's own dtype (the last
 check's, for a float32 M), the first step is taken from it where it lies far above that
@@ -81,6 +83,7 @@ __all__ = [
     "correction",
     "safe_start",
     "scaled_start",
+    "scaled_correction",
     "scaled_steps",
     "product_rounding",
     "rough_floor",
@@ -264,9 +267,37 @@ def scaled_start(
         >>> torch.diagonal(start @ m).tolist() == [4 / 16.16, 1 / 1.01], round(lower.item(), 6)
         (True, 0.24505)
     """
-    top = singular_values[..., 0].double().square() * (1 + SCALED_MARGIN)
+    top = _scaled_top(singular_values)
     lower = singular_values[..., -1].double().square() * (1 - SCALED_MARGIN) / top
     return matrix.mH / top.to(matrix.real.dtype)[..., None, None], lower
+
+
+def _scaled_top(singular_values: Tensor) -> Tensor:  # shape: (..., n) -> (...), float64
+    r""":func:`scaled_start`'s divisor :math:`s = \sigma_\max^2 (1 + \delta)`."""
+    return singular_values[..., 0].double().square() * (1 + SCALED_MARGIN)
+
+
+def scaled_correction(
+    gram: Tensor,  # shape: (..., n, n), M^H M in the wide dtype (wide_gram), overwritten
+    singular_values: Tensor,  # shape: (..., n), M's, largest first
+    inverse: Tensor,  # shape: (..., n, n), X, for its dtype and device
+) -> Tensor:  # shape: (..., n, n), X's dtype and device
+    r"""The correction :math:`I - X_0 M = I - M^H M / s` of :func:`scaled_start`'s
+    :math:`X_0`, from M's Gram matrix where the caller has it, in place of a product: for
+    :func:`refine`'s ``start``. The rounding of :math:`X_0 = M^H / s`, which this leaves out,
+    perturbs the step :math:`(I + C) X_0` as the correction's own rounding in X's dtype does:
+    both multiply :math:`X_0 M` on the left, so its small eigenvalues move in proportion.
+
+    Example:
+        >>> m = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+        >>> s = torch.tensor([4.0, 2.0], dtype=torch.float64)
+        >>> start, _ = scaled_start(m, s)
+        >>> torch.allclose(scaled_correction(m.mT @ m, s, start), correction(start, m))
+        True
+    """
+    top = _scaled_top(singular_values).to(device=gram.device, dtype=gram.real.dtype)
+    gram.div_(top[..., None, None]).neg_().diagonal(dim1=-2, dim2=-1).add_(1)
+    return gram.to(device=inverse.device, dtype=inverse.dtype)
 
 
 def scaled_steps(kappa: float) -> int:
@@ -421,6 +452,7 @@ def refine(
     formulation: Formulation = LEFT,  # or RIGHT: whose correction the steps square
     singular_values: Optional[Tensor] = None,  # shape: (..., n), M's, for a scaled restart
     start_over: bool = False,  # every matrix restarts: X's values are no start
+    start: Optional[Tensor] = None,  # shape: (..., n, n), the scaled start's correction
 ) -> Refinement:
     r"""Refinement steps :math:`X \leftarrow X + (I - XM) X` until the residual stops falling;
     ``RIGHT``: :math:`X \leftarrow X + X (I - MX)`, the same step in exact arithmetic,
@@ -438,7 +470,9 @@ def refine(
     step (module docstring); its memory serves the corrections. Pass it or ``current``.
     ``singular_values``: M's, largest first; a restart then takes the scaled start and its
     scaled steps (module docstring). ``start_over``: every matrix restarts, with no probe (X
-    from a descent that could not help).
+    from a descent that could not help). ``start``: with ``start_over`` and
+    ``singular_values``, the scaled start's correction, where the caller made it from M's
+    Gram matrix (:func:`scaled_correction`); its memory serves the corrections.
 
     Example:
         >>> m = torch.tensor([[4.0, 1.0], [2.0, 3.0]])
@@ -456,6 +490,11 @@ def refine(
     """
     if current is not None and rough is not None:
         raise InvalidOptionError("refine() takes X's correction once: current or rough")
+    if start is not None and (not start_over or singular_values is None or formulation is not LEFT):
+        raise InvalidOptionError(
+            "refine()'s start is the scaled start's left correction I - M^H M / s: pass it "
+            "with start_over=True and M's singular_values, for the left formulation"
+        )
     if formulation is not one_side(formulation):
         raise InvalidOptionError(
             f"refinement squares one side's correction: {formulation.name!r} has none; pass "
@@ -468,7 +507,7 @@ def refine(
         n = matrix.shape[-1]
         wide_matrix = matrix.to(wide_dtype(matrix.dtype))  # once, not at every correction
         if start_over:  # X's correction serves no step: only its memory, the restart's
-            current = next((c for c in (current, rough) if c is not None), None)
+            current = next((c for c in (start, current, rough) if c is not None), None)
             if current is None:
                 current = inverse.new_empty(inverse.shape)  # M is square: C is X's shape
             norm = inverse.new_full(inverse.shape[:-2], math.inf, dtype=inverse.real.dtype)
@@ -492,12 +531,14 @@ def refine(
         rough_next = False
         matrix_norm = torch.linalg.matrix_norm(matrix) if rough_between else None
 
-        def restart(which: Tensor) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        def restart(
+            which: Tensor, known: bool = False
+        ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
             """:func:`_restart` of the matrices ``which``, from X, C, its norm and the scaled
-            steps' bounds as they are."""
+            steps' bounds as they are; ``known``: C is the restart's correction already."""
             return _restart(
                 inverse, matrix, wide_matrix, current, norm, which, formulation, lower,
-                singular_values,
+                singular_values, known,
             )  # fmt: skip
 
         if bool(far.any()):
@@ -511,7 +552,7 @@ def refine(
             probing = far & ~restarted
             any_restarted, probe = torch.stack([restarted.any(), probing.any()]).tolist()
             if any_restarted:
-                inverse, current, norm, lower = restart(restarted)
+                inverse, current, norm, lower = restart(restarted, start is not None)
                 scaling = lower is not None
                 if scaling and rough_between:  # the first step's correction is the restart's
                     rough_next = bool(_rough_ahead(lower, inverse, matrix, matrix_norm))
@@ -588,16 +629,18 @@ def _restart(
     formulation: Formulation,
     lower: Optional[Tensor],  # shape: (...), the scaled steps' bounds, set in place for ``which``
     singular_values: Optional[Tensor],  # shape: (..., n)
+    known: bool = False,  # ``current`` is the restart's correction (scaled_correction)
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """The matrices ``which`` from :func:`scaled_start` where M's singular values are known,
     else from :func:`safe_start`, written into X in place (only their copies made); returns X,
-    its correction (into ``current``), that correction's norm and the scaled steps' bounds
-    (made at the first scaled restart: 1 for the other matrices)."""
+    its correction (into ``current``, unless ``known``), that correction's norm and the scaled
+    steps' bounds (made at the first scaled restart: 1 for the other matrices)."""
     if singular_values is None:
         inverse[which] = safe_start(matrix[which])
     else:
         if lower is None:
             lower = torch.ones(which.shape, dtype=torch.float64, device=which.device)
         inverse[which], lower[which] = scaled_start(matrix[which], singular_values[which])
-    current = correction(inverse, wide_matrix, out=current, formulation=formulation)
+    if not known:
+        current = correction(inverse, wide_matrix, out=current, formulation=formulation)
     return inverse, current, torch.where(which, torch.linalg.matrix_norm(current), norm), lower

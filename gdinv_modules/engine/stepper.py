@@ -134,12 +134,19 @@ class HeavyBallStepper:
         """The Tikhonov weight of the loss (:attr:`options`)."""
         return self.options.ridge
 
-    def start(self, *, world_size: int = 1, global_rank: int = 0, find_rank: bool = False) -> None:
+    def start(
+        self,
+        *,
+        world_size: int = 1,
+        global_rank: int = 0,
+        find_rank: bool = False,
+        gram: Optional[Tensor] = None,  # shape: (..., k, k), M's wide_gram, for find_rank
+    ) -> None:
         """Prepare a run on the module's device: the split over ``world_size`` processes, the
         rank check (once; ``find_rank``: under ``check_rank="auto"`` too, where a policy asks
-        for it at once), the tuner's spectral estimates (once, from the rank check's singular
-        values where it ran) and the CUDA graph. :meth:`run` starts a single-process run by
-        itself."""
+        for it at once; ``gram``: :meth:`find_rank`'s), the tuner's spectral estimates (once,
+        from the rank check's singular values where it ran) and the CUDA graph. :meth:`run`
+        starts a single-process run by itself."""
         module, options = self.module, self.options
         if not self.started:
             _check_scale(self.matrix)
@@ -155,7 +162,7 @@ class HeavyBallStepper:
         if options.cuda_graph and graph_fits and self.step_graph is None:
             self.step_graph = StepGraph(module.inverse.device)
         if (options.check_rank is True or find_rank) and self.matrix_rank is None:
-            self.find_rank()
+            self.find_rank(gram=gram)
         if options.auto and self.tuner is None:
             fixed = {
                 "lr": None if options.lr == "auto" else float(options.lr),
@@ -410,12 +417,15 @@ class HeavyBallStepper:
             )
         )
 
-    def find_rank(self) -> None:
+    def find_rank(self, *, gram: Optional[Tensor] = None) -> None:  # shape: (..., k, k)
         """The rank check (``check_rank``): M's singular values in the wide dtype, its rank, and
         the projector the product tends to where it lacks full rank, with a
-        :class:`SingularMatrixWarning`."""
+        :class:`SingularMatrixWarning`. ``gram``: M's
+        :func:`~gdinv_modules.core.decomposition.wide_gram`, where the caller made it (for a
+        further use: the values are taken from it, it is not written)."""
         module, matrix = self.module, self.matrix
-        self.singular_values = wide_svdvals(matrix)  # the tuner and the report reuse them
+        # the tuner and the report reuse them
+        self.singular_values = wide_svdvals(matrix, gram=gram)
         self.matrix_rank, self.target = product_target(
             matrix, module.formulation, singular_values=self.singular_values
         )
