@@ -167,6 +167,27 @@ def test_lit_inverse_stops_refines_and_warns_as_invert_does():
     torch.testing.assert_close(model.inverse, alone.inverse, rtol=0, atol=0)
 
 
+def test_a_trainer_run_that_checks_the_rank_at_once_takes_sigma_max_from_it(monkeypatch):
+    # LitInverse's policy starts the stepper: the check "auto" runs at once (a float64 M on the
+    # CPU, with refinement) comes before the tuner, which takes sigma_max from its values
+    # rather than estimating it first
+    from gdinv_modules.engine import tuner
+
+    estimates = []
+    estimate = tuner.operator_sigma_max
+    monkeypatch.setattr(
+        tuner, "operator_sigma_max", lambda *a, **k: estimates.append(1) or estimate(*a, **k)
+    )
+    matrix = conditioned_matrix(32, condition=2.25, seed=3, dtype=F64)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
+                       refine=True, check_rank="auto")  # fmt: skip
+    quiet_trainer(max_steps=1000).fit(model)
+    alone = invert(matrix)
+    assert estimates == [] and model.report().sigma_min == alone.report.sigma_min
+    assert model.report().converged == [True]
+    close_to_inverse(model.inverse, matrix, 2.25)
+
+
 def test_a_stall_under_a_trainer_ends_the_fit_with_the_same_warning_at_the_users_line():
     matrix = conditioned_matrix(32, condition=400.0, seed=7, dtype=F32)
     model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
@@ -252,7 +273,9 @@ def count_rank_checks(monkeypatch) -> list:
     calls = []
     find_rank = HeavyBallStepper.find_rank
     monkeypatch.setattr(
-        HeavyBallStepper, "find_rank", lambda self: calls.append(self.steps) or find_rank(self)
+        HeavyBallStepper,
+        "find_rank",
+        lambda self, **kw: calls.append(self.steps) or find_rank(self, **kw),
     )
     return calls
 

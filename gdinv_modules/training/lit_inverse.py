@@ -256,7 +256,6 @@ class LitInverseMixin:
         trainer = self.trainer
         # A value is synced over the processes only where there are several.
         self.metric.dist_sync_on_step = trainer.world_size > 1
-        self.stepper.start(world_size=trainer.world_size, global_rank=trainer.global_rank)
         self._policy = StoppingPolicy(
             self.stepper,
             tol=self.tol,
@@ -270,7 +269,8 @@ class LitInverseMixin:
             refine=self.hparams.refine,
             window=self.hparams.steps_per_window,
         )
-        self._policy.begin()
+        # it starts the stepper: a rank check it runs at once comes before the tuner's sigma_max
+        self._policy.begin(world_size=trainer.world_size, global_rank=trainer.global_rank)
         self._stop = self.outcome = None
         self._save_every = checkpoint_step_intervals(trainer)
 
