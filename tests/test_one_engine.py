@@ -154,15 +154,17 @@ def test_a_measured_rate_is_measured():
 
 def test_lit_inverse_stops_refines_and_warns_as_invert_does():
     matrix = conditioned_matrix(32, condition=400.0, seed=7, dtype=F32)
-    alone = invert(matrix)
+    alone = invert(matrix, check_rank=True)  # LitInverse's default
     model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto",
                        refine=True, steps_per_window="auto")  # fmt: skip
     trainer = quiet_trainer(max_steps=100_000)
     trainer.fit(model)
     report = model.report()
-    # κ 400: by M's spectrum a scaled restart takes fewer steps than descent, for both
+    # κ 400: by M's spectrum a scaled restart takes fewer steps than descent, for both, and
+    # neither takes a descent step first
     assert report.descent_stop == alone.report.descent_stop == "skipped"
-    assert report.steps == alone.report.steps and report.refine_steps == alone.report.refine_steps
+    assert report.steps == alone.report.steps == trainer.global_step == 0
+    assert report.refine_steps == alone.report.refine_steps
     assert report.converged == [True] and report.final_residual[0] <= 1e-5
     torch.testing.assert_close(model.inverse, alone.inverse, rtol=0, atol=0)
 

@@ -168,27 +168,20 @@ class StoppingPolicy:
         self.target = tol
         self._skip = False  # descent cannot help, or costs more: straight to refinement
         # shape: (..., n, n): a skipped descent's scaled restart's first correction, from the
-        # rank check's Gram matrix (begin's checks_first), held until the finish
+        # rank check's Gram matrix, held until the finish (no window comes before it)
         self._start: Optional[Tensor] = None
-        self._checks_first = False
         # check_rank="auto": the rank check waits for the first checks' residuals
         self._rank_pending = stepper.options.check_rank == "auto" and stepper.matrix_rank is None
         self._begun = False
         self._record: List[Tuple[int, float]] = []  # (step, best largest residual) per check
 
-    def begin(
-        self, *, world_size: int = 1, global_rank: int = 0, checks_first: bool = False
-    ) -> None:
+    def begin(self, *, world_size: int = 1, global_rank: int = 0) -> None:
         """Start the stepper (:meth:`HeavyBallStepper.start`'s ``world_size`` and
         ``global_rank``) and set the descent's target: ``tol``, or where refinement takes over
-        (``max(tol, 1/(4 sqrt k))``) where it will run; once (later calls do nothing).
-        ``checks_first``: the first check comes before any window (:func:`converge`), so a
-        skipped descent takes no step, and the scaled restart's first correction is made from
-        the rank check's Gram matrix and held until :meth:`finish` (one product fewer)."""
+        (``max(tol, 1/(4 sqrt k))``) where it will run; once (later calls do nothing)."""
         if self._begun:
             return
         self._begun = True
-        self._checks_first = checks_first
         stepper = self.stepper
         formulation = stepper.module.formulation
         first = self._rank_pending and (
@@ -214,13 +207,12 @@ class StoppingPolicy:
 
     def _restart_gram(self) -> Optional[Tensor]:  # shape: (..., n, n)
         """M's Gram matrix in the wide dtype, for the rank check, where a skipped descent's
-        scaled restart could take its first correction from it (:meth:`begin`'s
-        ``checks_first``: ``left``, on M's device); ``None`` where none could."""
+        scaled restart could take its first correction from it (``left``, on M's device: one
+        product fewer); ``None`` where none could."""
         stepper = self.stepper
         matrix = stepper.matrix
         if not (
-            self._checks_first
-            and self.refine
+            self.refine
             and self.tol is not None
             and self.invertible
             and stepper.module.formulation is LEFT
@@ -342,7 +334,10 @@ class StoppingPolicy:
         return rows == cols and not stepper.ridge and stepper.target is None
 
     def window(self) -> int:
-        """The steps of the next window."""
+        """The steps of the next window: none where descent is skipped (the check after it
+        stops the run before a step)."""
+        if self._skip:
+            return 0
         steps = self.stepper.steps
         length = window_length(steps) if self.window_option == "auto" else self.window_option
         if self.max_steps is not None:
@@ -621,7 +616,7 @@ def converge(policy: StoppingPolicy, *, from_zeros: bool = False) -> Outcome:
     tracker's jump (a Trainer runs the same steps through ``LitInverse``). ``from_zeros``: X
     starts at 0, whose residual is 1, so the first check comes after the first window (a
     product saved) rather than before it."""
-    policy.begin(checks_first=True)
+    policy.begin()
     # Nothing but these steps moves X here: each window, and refinement, start from the
     # product its check measured.
     with policy.stepper.keeping_products():

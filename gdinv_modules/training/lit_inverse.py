@@ -322,7 +322,8 @@ class LitInverseMixin:
                 inverse.grad = scaler.scale(inverse.grad)  # times a power of 2: exact
                 optimizer.step()
 
-        stepper.run(steps, step=step)
+        if steps:  # none where descent is skipped: its check stops the fit at once
+            stepper.run(steps, step=step)
         if stepper.replayed:
             count_optimizer_steps(optimizer, steps)
         product = stepper.measure()
