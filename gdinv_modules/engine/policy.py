@@ -208,7 +208,9 @@ class StoppingPolicy:
     def _restart_gram(self) -> Optional[Tensor]:  # shape: (..., n, n)
         """M's Gram matrix in the wide dtype, for the rank check, where a skipped descent's
         scaled restart could take its first correction from it (``left``, on M's device: one
-        product fewer); ``None`` where none could."""
+        product fewer); ``None`` where none could. Only where M's dtype is its own wide one:
+        a float32 M's float64 Gram matrix is two copies of M, held through the check's SVD
+        where its eigenvalues do not suffice (9 copies at the peak, against 7)."""
         stepper = self.stepper
         matrix = stepper.matrix
         if not (
@@ -216,6 +218,7 @@ class StoppingPolicy:
             and self.tol is not None
             and self.invertible
             and stepper.module.formulation is LEFT
+            and matrix.dtype == wide_dtype(matrix.dtype)
             and not on_host(matrix)
         ):
             return None
