@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 from gdinv_modules import LitInverse
 from gdinv_modules.cli.train import RUN_DEFAULTS, main
 from gdinv_modules.core.errors import SingularMatrixWarning
-from gdinv_modules.core.matrices import random_matrix
+from gdinv_modules.core.matrices import conditioned_matrix, random_matrix
 from gdinv_modules.io.atomic import atomic_path
 from gdinv_modules.io.matrix_io import load_matrix
 from gdinv_modules.io.plotting import plot_losses, plot_run, run_figure
@@ -282,6 +282,21 @@ def test_a_rank_deficient_runs_plot_takes_its_rank_floor_off(tmp_path):
     shown = lines_by_label(figure)["loss above the rank floor"].get_ydata()
     assert shown[0] == pytest.approx(float(model.losses[0]) - 0.25)
     assert shown.min() >= np.finfo(np.float64).eps * 0.25  # rounding, not spikes to 1e-308
+
+
+def test_a_run_without_descent_steps_says_why_in_its_plot(tmp_path):
+    # by its spectrum (the rank check, LitInverse's default) refinement's scaled restart takes
+    # fewer steps than descent: no curve, but the reason and what refinement reached
+    matrix = conditioned_matrix(16, condition=100.0, dtype=torch.float64)
+    model = LitInverse(matrix, lr="auto", momentum="auto", init="zeros", tol="auto", refine=True)
+    users_trainer(tmp_path, max_steps=400, enable_progress_bar=False).fit(model)
+    report = model.report()
+    assert report.descent_stop == "skipped" and len(model.losses) == 0
+    figure = run_figure(model.losses, report, 16, steps=model.loss_steps, dtype="float64")
+    (note,) = [text.get_text() for text in figure.axes[0].texts]
+    residual = f"{max(report.final_residual):.3g}"
+    assert note.startswith("descent skipped") and residual in note
+    assert f"{report.refine_steps} refinement steps" in note
 
 
 def test_train_py_draws_the_run_plot_and_figure_py_keeps_the_posts_look(tmp_path):

@@ -81,7 +81,8 @@ def run_figure(
     reached it; the plateau the dtype's rounding leaves, where the run reached it (measured: the
     median loss of the run's last tenth). A run that went on along its plateau is cut at a
     quarter past the plateau's start, with a note. For a batch, the rate and the step are the
-    worst matrix's.
+    worst matrix's. A run without a descent step (skipped: refinement's scaled restart took
+    fewer steps) has no curve: the figure says why, and what refinement reached.
 
     Example:
         >>> losses = torch.tensor([0.5 ** (2 * t) for t in range(60)]).clamp_min(1e-14)
@@ -110,6 +111,10 @@ def run_figure(
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss ||E - I||²/k²" if not floor else "loss - (k - r)/k²")
     if not len(values):
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, _no_descent(report), transform=axes.transAxes, ha="center",
+                  va="center", wrap=True)  # fmt: skip
+        axes.set_title(title)
         return figure
     worst = max(range(len(report.final_residual)), key=lambda i: report.final_residual[i])
     rate = report.predicted_rate[worst]
@@ -169,6 +174,19 @@ def run_figure(
     axes.grid(True, which="major", alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def _no_descent(report: ConvergenceReport) -> str:
+    """Why a run took no descent step, and what refinement reached: the no-curve figure's note."""
+    why = {
+        "skipped": "descent skipped: by M's singular values, refinement's scaled restart\n"
+        "takes fewer steps than descent to its hand-over",
+        "tol": "no descent step: X met the target as it started",
+    }.get(report.descent_stop, f"no descent step (stop: {report.descent_stop})")
+    if report.refine_steps:
+        residual = max(report.final_residual)
+        why += f"\n\n{report.refine_steps} refinement steps, residual ||XM - I||/√k {residual:.3g}"
+    return why
 
 
 def plot_run(
