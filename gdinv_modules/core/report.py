@@ -95,10 +95,12 @@ class ConvergenceReport:
     ``tol`` asks for less, ``steps_to_tol`` is ``None`` (the loss cannot tell) while
     ``converged`` comes from the residual measured at the end. With a ridge the history holds
     no distance to the minimiser, so ``steps_to_tol`` and ``measured_rate`` are left out
-    (``None``). :func:`invert` adds the
+    (``None``). ``lr`` and ``momentum`` are ``None`` where ``"auto"`` chose none, no descent
+    step being taken (and the predicted rate with them). :func:`invert` adds the
     refinement steps it took after descent and why descent stopped (``descent_stop``:
-    ``"tol"``, ``"stalled"`` at the dtype's floor, ``"budget"``: too slow for ``max_steps``, or
-    ``"max_steps"``).
+    ``"tol"``, ``"stalled"`` at the dtype's floor, ``"budget"``: too slow for ``max_steps``,
+    ``"max_steps"``, or ``"skipped"``: by M's spectrum, refinement's scaled restart took fewer
+    steps).
     """
 
     tol: float
@@ -109,8 +111,8 @@ class ConvergenceReport:
     measured_rate: List[Optional[float]]
     predicted_rate: List[Optional[float]]
     polyak_rate: List[Optional[float]]
-    lr: List[float]
-    momentum: List[float]
+    lr: List[Optional[float]]
+    momentum: List[Optional[float]]
     sigma_max: List[Optional[float]]
     sigma_min: List[Optional[float]]
     rank: List[Optional[int]]
@@ -190,8 +192,8 @@ class ConvergenceReport:
             measured_rate=_optional(rate),
             predicted_rate=_optional(predicted),
             polyak_rate=_optional(polyak),
-            lr=lr.tolist(),
-            momentum=momentum.tolist(),
+            lr=_optional(lr),
+            momentum=_optional(momentum),
             sigma_max=_optional(sigma_max),
             sigma_min=_optional(sigma_min),
             rank=[None] * count if rank is None else rank.reshape(-1).tolist(),
@@ -218,8 +220,8 @@ class ConvergenceReport:
             measured_rate=none,
             predicted_rate=none,
             polyak_rate=none,
-            lr=[math.nan] * count,
-            momentum=[math.nan] * count,
+            lr=none,
+            momentum=none,
             sigma_max=none,
             sigma_min=none,
             rank=[0] * count,
@@ -277,10 +279,17 @@ class ConvergenceReport:
             + [
                 f"  converged (tol {self.tol:.0e})  {converged} of {len(self.converged)}"
                 + (f", the last at step {max(reached)}" if reached else ""),
-                f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "
-                f"(Polyak's best {_fmt(polyak)})",
-                f"  lr, momentum           {self.lr[worst]:.4g}, {self.momentum[worst]:.4g}",
             ]
+            + (
+                [
+                    f"  rate per step          measured {_fmt(rate)}, theory {_fmt(predicted)} "
+                    f"(Polyak's best {_fmt(polyak)})",
+                    f"  lr, momentum           {_fmt(self.lr[worst], '.4g')}, "
+                    f"{_fmt(self.momentum[worst], '.4g')}",
+                ]
+                if self.steps
+                else [f"  rate per step          no descent step (Polyak's best {_fmt(polyak)})"]
+            )
             + (
                 [
                     f"  descent, refinement    {self.steps} steps ({self.descent_stop}), "
@@ -303,5 +312,5 @@ def _optional(values: Tensor) -> List[Optional[float]]:
     return [None if math.isnan(value) else value for value in values.double().tolist()]
 
 
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.5f}"
+def _fmt(value: Optional[float], spec: str = ".5f") -> str:
+    return "n/a" if value is None else format(value, spec)

@@ -475,15 +475,18 @@ class HeavyBallStepper:
         return self.singular_values[..., 0]
 
     def effective_parameters(self) -> Tuple[Tensor, Tensor]:  # shapes: (...), (...)
-        """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair)."""
+        """The (lr, momentum) each matrix ran with last (the tuner's, or the fixed pair); NaN
+        for an ``"auto"`` value no step has used yet (a skipped descent's)."""
         tuner = self.tuner
         if tuner is not None and tuner.lr is not None and tuner.momentum is not None:
             return tuner.lr, tuner.momentum
-        group = self.optimizer.param_groups[0]
+        group, options = self.optimizer.param_groups[0], self.options
         batch_shape = self.module.batch_shape
+        lr = math.nan if options.lr == "auto" else float(group["lr"])
+        momentum = math.nan if options.momentum == "auto" else float(group["momentum"])
         return (
-            torch.full(batch_shape, float(group["lr"]), dtype=torch.float64),
-            torch.full(batch_shape, float(group["momentum"]), dtype=torch.float64),
+            torch.full(batch_shape, lr, dtype=torch.float64),
+            torch.full(batch_shape, momentum, dtype=torch.float64),
         )
 
     def report(self, tol: float, final_residual: Optional[Tensor] = None) -> ConvergenceReport:
